@@ -1,0 +1,23 @@
+"""PyTorch's ``scaled_dot_product_attention``: the honest baseline every kernel is reported beside."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from labkit.attention.validate import validate_decode
+
+
+def sdpa_decode(q, k, v, *, scale: float | None = None, expand_kv: bool = True) -> torch.Tensor:
+    """Decode attention through SDPA. q: [B, Hq, D]; k, v: [B, Hkv, T, D]; returns [B, Hq, D].
+
+    No causal mask: with one query, ``is_causal=True`` aligns top-left and attends to key 0
+    only. With GQA, ``expand_kv`` repeats KV heads so SDPA keeps its fast kernels (it falls
+    back to the math path otherwise); the expansion's copy is part of what SDPA costs.
+    """
+    B, Hq, Hkv, T, D = validate_decode(q, k, v)
+    if Hq != Hkv and expand_kv:
+        k = k.repeat_interleave(Hq // Hkv, dim=1)
+        v = v.repeat_interleave(Hq // Hkv, dim=1)
+        return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, scale=scale).squeeze(2)
+    return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, scale=scale, enable_gqa=Hq != Hkv).squeeze(2)

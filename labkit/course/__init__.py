@@ -1,0 +1,1 @@
+"""Course tools: releasing student notebooks, executing masters, grading submissions."""

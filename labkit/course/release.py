@@ -1,0 +1,120 @@
+"""``labkit release``: write the student notebooks in ``notebooks/`` from the masters in ``solutions/``.
+
+Conventions in a master notebook:
+
+* An **exercise cell** has cell metadata ``{"labkit": {"exercise": "02.fused_kernel"}}`` and
+  marks its solution with lines ``### BEGIN SOLUTION`` and ``### END SOLUTION``. The release
+  replaces each region with ``raise NotImplementedError("Exercise 02.fused_kernel: ...")``
+  at the indentation of the ``BEGIN`` line.
+* A **check cell** has ``{"labkit": {"check": "02.fused_kernel", "points": 3}}`` and calls a
+  check in :mod:`labkit.checks`. It is kept as it is (``labkit grade`` restores it from the
+  master by this metadata).
+* Every output and execution count is stripped; cell ids and metadata are kept, so a
+  release is byte-for-byte reproducible and ``--check`` can compare.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[2]
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+_MARK = re.compile(r"^(\s*)### (BEGIN|END) SOLUTION\s*$")
+
+
+class ReleaseError(ValueError):
+    """A master notebook is malformed; the message names the notebook, cell and line."""
+
+
+@dataclass
+class ReleaseResult:
+    written: list[Path]
+    stale: list[Path]
+
+
+def cell_meta(cell) -> dict:
+    """The cell's ``labkit`` metadata (``{}`` when it has none)."""
+    return dict(cell.get("metadata", {}).get("labkit", {}))
+
+
+def stub_solution(source: str, exercise: str | None, where: str) -> str:
+    """Replace every solution region in ``source`` with a stub that raises ``NotImplementedError``."""
+    out, inside, begin_line, indent = [], False, 0, ""
+    for lineno, line in enumerate(source.splitlines(), start=1):
+        m = _MARK.match(line)
+        if m and m.group(2) == "BEGIN":
+            if inside:
+                raise ReleaseError(f"{where}, line {lineno}: {BEGIN} inside the region opened at line {begin_line}")
+            if exercise is None:
+                raise ReleaseError(f"{where}, line {lineno}: solution region in a cell with no "
+                                   "'labkit.exercise' metadata (the stub must name its exercise)")
+            inside, begin_line, indent = True, lineno, m.group(1)
+            out.append(f'{indent}raise NotImplementedError("Exercise {exercise}: your code here")')
+        elif m:
+            if not inside:
+                raise ReleaseError(f"{where}, line {lineno}: {END} without a matching {BEGIN}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ReleaseError(f"{where}, line {begin_line}: {BEGIN} is never closed by {END}")
+    return "\n".join(out)
+
+
+def student_notebook(master: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
+    """The student version of one master notebook (``name`` is used in error messages)."""
+    nb = copy.deepcopy(master)
+    for index, cell in enumerate(nb.cells):
+        where = f"{name}, cell {index}"
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+            has_region = any(_MARK.match(line) for line in cell.source.splitlines())
+            if has_region:
+                cell.source = stub_solution(cell.source, cell_meta(cell).get("exercise"), where)
+            elif "exercise" in cell_meta(cell):
+                raise ReleaseError(f"{where}: has 'labkit.exercise' metadata but no {BEGIN} region")
+        elif BEGIN in cell.source or END in cell.source:
+            raise ReleaseError(f"{where}: solution markers in a {cell.cell_type} cell")
+        cell.get("metadata", {}).pop("execution", None)
+    return nb
+
+
+def master_paths(src: Path) -> list[Path]:
+    return sorted(p for p in src.glob("*.ipynb") if not p.name.startswith("."))
+
+
+def release(src: str | Path = ROOT / "solutions", dst: str | Path = ROOT / "notebooks", *,
+            check: bool = False) -> ReleaseResult:
+    """Release every master in ``src`` to ``dst``; with ``check``, write nothing and list stale files.
+
+    A file in ``dst`` is stale when it differs from a fresh release, is missing, or has no
+    master any more.
+    """
+    src, dst = Path(src), Path(dst)
+    written, stale = [], []
+    expected = set()
+    for path in master_paths(src):
+        master = nbformat.read(path, as_version=4)
+        text = nbformat.writes(student_notebook(master, path.name)) + "\n"
+        target = dst / path.name
+        expected.add(target.name)
+        if check:
+            if not target.exists() or target.read_text() != text:
+                stale.append(target)
+        else:
+            dst.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            written.append(target)
+    orphans = [p for p in dst.glob("*.ipynb") if p.name not in expected]
+    if check:
+        stale.extend(orphans)
+    else:
+        for p in orphans:
+            p.unlink()
+    return ReleaseResult(written, stale)

@@ -1,0 +1,91 @@
+"""Compile kernels for the course's target GPU, the T4 (compute capability 7.5), with no GPU.
+
+* Triton: ``triton.compile`` for ``GPUTarget("cuda", 75, 32)`` runs Triton's whole pipeline
+  down to an sm_75 cubin on the CPU; we then assert the kernel's shared memory fits 64 KB.
+* Numba: ``numba.cuda.compile_ptx(..., cc=(7, 5))`` needs the real ``numba.cuda`` (not the
+  simulator) and the CUDA 12 NVVM from ``numba-cuda[cu12]``. A process in sim mode has the
+  simulator loaded, so the PTX is produced in a child process started with
+  ``LABKIT_PTX_ONLY=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+
+T4_CC = (7, 5)
+T4_SHARED_BYTES = 64 * 1024  # the most one block may use on a T4
+
+
+@dataclass
+class TritonBuild:
+    name: str
+    shared_bytes: int
+    num_warps: int
+    registers: int | None
+    cubin_bytes: int
+
+
+def compile_triton_for_t4(kernel, signature: dict, constexprs: dict | None = None, *, num_warps: int = 4,
+                          num_stages: int = 2) -> TritonBuild:
+    """Compile a ``@triton.jit`` kernel for sm_75 and assert it fits the T4's shared memory.
+
+    ``signature`` maps each runtime argument to a Triton type string (``"*fp16"``, ``"i32"``,
+    ``"fp32"``); ``constexprs`` maps each ``tl.constexpr`` argument to its value.
+    Works under ``TRITON_INTERPRET=1`` too (the interpreter's wrapper is unwrapped).
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    fn = kernel if isinstance(kernel, JITFunction) else JITFunction(getattr(kernel, "fn", kernel))
+    src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs or {}))
+    compiled = triton.compile(src, target=GPUTarget("cuda", T4_CC[0] * 10 + T4_CC[1], 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    md = compiled.metadata
+    build = TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), getattr(compiled, "n_regs", None),
+                        len(compiled.asm["cubin"]))
+    assert build.shared_bytes <= T4_SHARED_BYTES, (
+        f"{build.name} needs {build.shared_bytes} bytes of shared memory; a T4 block has {T4_SHARED_BYTES}"
+    )
+    return build
+
+
+_CHILD = r"""
+import importlib, json, sys
+import labkit  # sets mode; LABKIT_PTX_ONLY keeps numba.cuda real
+from numba import cuda
+req = json.loads(sys.argv[1])
+out = {}
+for module, attr, sig in req:
+    k = getattr(importlib.import_module(module), attr)
+    ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(7, 5))
+    out[f"{module}.{attr}:{sig}"] = ptx
+print(json.dumps(out))
+"""
+
+
+def compile_numba_ptx_for_t4(kernels: list[tuple[str, str, str]]) -> dict[str, str]:
+    """Compile Numba kernels to PTX for compute capability 7.5.
+
+    ``kernels`` is a list of ``(module, attribute, signature)``, e.g.
+    ``("labkit.attention.numba_fused", "fused_decode_kernel", "void(float32[:, :, ::1], ...)")``.
+    Returns ``{"module.attr:signature": ptx}``. Raises ``RuntimeError`` with the child's
+    error output when a kernel fails to compile; asserts static shared memory fits the T4.
+    """
+    env = dict(os.environ, LABKIT_MODE="sim", LABKIT_PTX_ONLY="1", NUMBA_ENABLE_CUDASIM="0")
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(kernels)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"PTX compilation for cc 7.5 failed:\n{proc.stderr[-4000:]}")
+    ptxs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key, ptx in ptxs.items():
+        assert ".target sm_75" in ptx, f"{key}: PTX is not for sm_75"
+        shared = sum(int(n) for n in re.findall(r"\.shared\s+\.align\s+\d+\s+\.b8\s+\S+\[(\d+)\]", ptx))
+        assert shared <= T4_SHARED_BYTES, f"{key}: {shared} bytes of static shared memory > {T4_SHARED_BYTES}"
+    return ptxs
