@@ -50,8 +50,8 @@ def _where(y: np.ndarray, e: np.ndarray, bad: np.ndarray) -> str:
     worst = tuple(int(i) for i in worst)
     lines = [
         f"{len(idx)} of {y.size} elements differ; first at index {first}: "
-        f"yours {y[first]!r} vs expected {e[first]!r}",
-        f"largest difference at index {worst}: yours {y[worst]!r} vs expected {e[worst]!r}",
+        f"yours {y[first].item():.6g} vs expected {e[first].item():.6g}",
+        f"largest difference at index {worst}: yours {y[worst].item():.6g} vs expected {e[worst].item():.6g}",
     ]
     if y.ndim >= 1 and y.shape[0] > 1:
         rows = sorted({int(i[0]) for i in idx})

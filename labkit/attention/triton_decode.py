@@ -1,0 +1,357 @@
+"""Decode attention in Triton: a one-pass kernel and flash-decoding (split-K + log-sum-exp merge).
+
+One query token per sequence attends to its KV cache. The work is all memory traffic (each K
+and V element is read once and used for two multiply-adds), so a kernel is fast when it keeps
+every SM streaming K and V at once:
+
+* :func:`triton_decode` runs one program per (sequence, KV head). The program loads the
+  query heads of its GQA group as one ``[GROUP, D]`` tile, then streams K and V in
+  ``[BLOCK_T, D]`` tiles with an online softmax in fp32: one read of K and V serves every
+  query head of the group. Scores are a broadcast-multiply and ``tl.sum`` (no ``tl.dot``, so
+  the T4 path stays on plain loads and reductions).
+* :func:`flash_decode` splits each sequence's KV range across ``num_splits`` programs (so
+  ``batch × kv_heads × num_splits`` programs fill the GPU even at batch 1). Each writes a
+  partial result ``(m, l, acc)``: running max, sum of exponentials and unnormalised output
+  into a cached fp32 workspace; a second kernel merges the partials by log-sum-exp:
+
+      M = max_i m_i,   out = Σ_i 2^(m_i − M)·acc_i / Σ_i 2^(m_i − M)·l_i
+
+  Scores are kept in the log2 domain (q is pre-scaled by scale·log2 e) so the kernels use
+  ``exp2``.
+
+Both take ``lengths`` (``[B]`` int32, the valid KV length per sequence, for ragged batches in
+a preallocated cache) and ``rope=(cos, sin, positions)``, which rotates the query as it is
+loaded (rotate-half convention, :mod:`labkit.rope`): attention on an unrotated ``q`` equals
+attention on ``apply_rope(q, positions, cos, sin)``.
+
+Neither synchronises with the host nor allocates on the hot path when ``out=`` is given (the
+workspace is cached per device and shape), so a call can be captured in a CUDA graph once it
+has run once outside the capture.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from labkit import runtime
+from labkit.attention.validate import check_tensor, validate_decode
+
+HEAD_DIMS = (16, 32, 64, 128, 256)  # powers of two: BLOCK_D = D, so every row is one contiguous load
+MAX_SPLITS = 64  # bounds the workspace and the merge kernel's tile
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attend_kernel(
+    Q, K, V,  # q [B, Hq, D]; k, v [B, Hkv, T, D]; contiguous, fp16/bf16/fp32
+    Lengths,  # [B] int32 valid KV length per sequence (read only if HAS_LENGTHS)
+    Cos, Sin,  # RoPE tables [max_len, D/2] fp32 (read only if HAS_ROPE)
+    Positions,  # [B] int32 the query's position per sequence (read only if HAS_ROPE)
+    Out,  # [B, Hq, D] the output (written only if not SPLIT)
+    Mws, Lws,  # [B, Hq, num_splits] fp32 partial running max and sum (written only if SPLIT)
+    Accws,  # [B, Hq, num_splits, D] fp32 partial unnormalised output (written only if SPLIT)
+    qk_scale,  # softmax scale × log2(e): scores live in the log2 domain
+    T,  # KV tokens allocated per sequence (k.shape[2])
+    num_splits,  # programs per (sequence, KV head) along T
+    HKV: tl.constexpr,  # KV heads
+    GROUP: tl.constexpr,  # query heads per KV head (Hq // Hkv)
+    GROUP_P: tl.constexpr,  # GROUP rounded up to a power of two (tile rows)
+    HEAD_DIM: tl.constexpr,  # D, a power of two
+    BLOCK_T: tl.constexpr,  # KV tokens per tile
+    HAS_LENGTHS: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+    SPLIT: tl.constexpr,  # write partials to the workspace (flash-decoding) or the final output
+):
+    pid_bh = tl.program_id(0)  # which (sequence, KV head)
+    split = tl.program_id(1)  # which chunk of the sequence's KV range
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+
+    # 1. This program's KV range: the sequence's valid length cut into num_splits chunks of
+    #    whole tiles, so every tile the loop visits holds at least one valid token.
+    if HAS_LENGTHS:
+        length = tl.minimum(tl.maximum(tl.load(Lengths + b), 1), T)
+    else:
+        length = T
+    tiles_per_split = tl.cdiv(tl.cdiv(length, BLOCK_T), num_splits)
+    t_begin = split * tiles_per_split * BLOCK_T
+    t_end = tl.minimum(t_begin + tiles_per_split * BLOCK_T, length)
+
+    # 2. The group's query heads as one [GROUP_P, HEAD_DIM] tile in fp32, rotated if asked,
+    #    pre-scaled so that q·k is already the log2-domain score.
+    offs_g = tl.arange(0, GROUP_P)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_g = offs_g < GROUP
+    heads = hk * GROUP + offs_g  # query heads served by this KV head
+    q_rows = (b * (HKV * GROUP) + heads).to(tl.int64) * HEAD_DIM
+    q_ptrs = Q + q_rows[:, None] + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=mask_g[:, None], other=0.0).to(tl.float32)
+    if HAS_ROPE:
+        # rotate-half: x'[i] = x[i]·cos − x[i + D/2]·sin, x'[i + D/2] = x[i + D/2]·cos + x[i]·sin
+        HALF: tl.constexpr = HEAD_DIM // 2
+        partner = tl.where(offs_d < HALF, offs_d + HALF, offs_d - HALF)
+        sign = tl.where(offs_d < HALF, -1.0, 1.0)
+        pos = tl.load(Positions + b).to(tl.int64)
+        cos = tl.load(Cos + pos * HALF + offs_d % HALF)
+        sin = tl.load(Sin + pos * HALF + offs_d % HALF)
+        q_partner = tl.load(Q + q_rows[:, None] + partner[None, :], mask=mask_g[:, None], other=0.0).to(tl.float32)
+        q = q * cos[None, :] + sign[None, :] * q_partner * sin[None, :]
+    q = q * qk_scale
+
+    # 3. Stream K and V tile by tile with an online softmax per query head.
+    kv_base = pid_bh.to(tl.int64) * T * HEAD_DIM
+    offs_t = tl.arange(0, BLOCK_T)
+    m = tl.full([GROUP_P], float("-inf"), dtype=tl.float32)  # running max of scores
+    l = tl.zeros([GROUP_P], dtype=tl.float32)  # running sum of 2^(score − m)
+    acc = tl.zeros([GROUP_P, HEAD_DIM], dtype=tl.float32)  # running Σ 2^(score − m)·v
+    for start in range(t_begin, t_end, BLOCK_T):
+        t = start + offs_t
+        mask_t = t < t_end
+        kv_offs = kv_base + t[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        k = tl.load(K + kv_offs, mask=mask_t[:, None], other=0.0).to(tl.float32)  # [BLOCK_T, D]
+        v = tl.load(V + kv_offs, mask=mask_t[:, None], other=0.0).to(tl.float32)
+        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [GROUP_P, BLOCK_T]
+        s = tl.where(mask_t[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp2(m - m_new)  # rescales what was accumulated under the old max
+        p = tl.exp2(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        m = m_new
+
+    # 4. Write the normalised output, or this chunk's partial for the merge.
+    if SPLIT:
+        part = (b * (HKV * GROUP) + heads).to(tl.int64) * num_splits + split  # [GROUP_P] rows
+        tl.store(Mws + part, m, mask=mask_g)
+        tl.store(Lws + part, l, mask=mask_g)
+        tl.store(Accws + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=mask_g[:, None])
+    else:
+        out = acc / l[:, None]
+        tl.store(Out + q_rows[:, None] + offs_d[None, :], out.to(Out.dtype.element_ty), mask=mask_g[:, None])
+
+
+@triton.jit
+def _merge_kernel(
+    Mws, Lws,  # [B·Hq, num_splits] fp32 partial max (log2 domain) and sum of exponentials
+    Accws,  # [B·Hq, num_splits, D] fp32 partial unnormalised outputs
+    Out,  # [B·Hq, D] the output, q's dtype
+    num_splits,  # partials per row
+    HEAD_DIM: tl.constexpr,  # D, a power of two
+    SPLITS_P: tl.constexpr,  # num_splits rounded up to a power of two
+):
+    row = tl.program_id(0).to(tl.int64)  # one (sequence, query head) per program
+    offs_s = tl.arange(0, SPLITS_P)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_s = offs_s < num_splits
+    # A chunk with no valid tokens left m = -inf, l = 0, acc = 0: its weight below is 0.
+    m = tl.load(Mws + row * num_splits + offs_s, mask=mask_s, other=float("-inf"))
+    l = tl.load(Lws + row * num_splits + offs_s, mask=mask_s, other=0.0)
+    acc = tl.load(Accws + (row * num_splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
+                  mask=mask_s[:, None], other=0.0)
+    m_all = tl.max(m, axis=0)  # chunk 0 always holds a token, so this is finite
+    w = tl.exp2(m - m_all)  # each chunk's weight relative to the global max
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configuration
+
+
+def launch_config(head_dim: int, group: int) -> tuple[int, int]:
+    """``(BLOCK_T, num_warps)`` for a head dim and GQA group size.
+
+    The score product is a ``[GROUP_P, BLOCK_T, D]`` fp32 tile in registers; BLOCK_T keeps it
+    near 8192 elements (64 per thread at 4 warps) so nothing spills, and never below 16 rows
+    so each K/V load stays a large, coalesced request.
+    """
+    group_p = triton.next_power_of_2(group)
+    block_t = max(16, min(128, 8192 // (group_p * head_dim)))
+    num_warps = 4 if group_p * block_t * head_dim <= 8192 else 8
+    return block_t, num_warps
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int | None = None) -> int:
+    """Streaming multiprocessors of the GPU (40 on a T4, 132 on an H100); 40 in sim mode (the T4 is the target)."""
+    if runtime.is_sim() or not torch.cuda.is_available():
+        return 40
+    return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
+
+
+def num_splits_heuristic(batch: int, kv_heads: int, T: int, sm_count: int, *, block_t: int = 64,
+                         programs_per_sm: int = 4, min_tiles_per_split: int = 2,
+                         max_splits: int = MAX_SPLITS) -> int:
+    """How many chunks to split each sequence's KV range into.
+
+    Decode attention is pure streaming, so the GPU is fast only when every SM has several
+    programs resident, each with loads in flight. One program per (sequence, KV head) gives
+    ``batch × kv_heads`` programs: 12 for GPT-2 at batch 1, which leaves 28 of a T4's 40 SMs
+    (120 of an H100's 132) idle. We aim for ``programs_per_sm × sm_count`` programs, but never
+    cut a chunk below ``min_tiles_per_split`` tiles (each split costs a partial write and a
+    merge read) and never make more splits than there are tiles. The count is then rounded to
+    the number of equal whole-tile chunks it produces, so no split is left empty.
+
+    flash-attn's ``num_splits_heuristic`` (see :func:`flash_attn_num_splits`) instead fills
+    about one wave of 2 × SMs thread blocks, picking the first split count whose wave
+    efficiency is within 85% of the best: its blocks are big (128-256 keys each, tensor-core
+    tiles), ours are small and many, so we ask for more programs per SM.
+    """
+    tiles = max(1, math.ceil(T / block_t))
+    base = max(1, batch * kv_heads)
+    want = math.ceil(programs_per_sm * sm_count / base)
+    splits = max(1, min(want, tiles // min_tiles_per_split, max_splits))
+    return math.ceil(tiles / math.ceil(tiles / splits))  # equal chunks of whole tiles
+
+
+def flash_attn_num_splits(batch_heads: int, sm_count: int, n_blocks: int, max_splits: int = 128) -> int:
+    """flash-attn's ``num_splits_heuristic`` (csrc/flash_attn/flash_api.cpp), for comparison.
+
+    ``batch_heads``: batch × heads (× query blocks, 1 for decode); ``sm_count``: it passes
+    2 × SMs; ``n_blocks``: key blocks of 128 (d ≤ 128). B=1, H=32, d=128, T=4096 gives 5 on
+    a T4 (``sm_count=80``) and 7 on an H100 (``264``).
+    """
+    if batch_heads >= 0.8 * sm_count:
+        return 1
+    max_splits = min(max_splits, sm_count, n_blocks)
+    eligible = [s for s in range(1, max_splits + 1)
+                if s == 1 or math.ceil(n_blocks / s) != math.ceil(n_blocks / (s - 1))]
+    eff = {s: (batch_heads * s / sm_count) / math.ceil(batch_heads * s / sm_count) for s in eligible}
+    best = max(eff.values())
+    return next(s for s in eligible if eff[s] >= 0.85 * best)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: validation, workspace, launches
+
+_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def workspace(device: torch.device, B: int, Hq: int, num_splits: int, D: int):
+    """The cached fp32 partials ``(m [B, Hq, S], l [B, Hq, S], acc [B, Hq, S, D])`` for one shape.
+
+    Reused across calls (calls on one stream run in order, so reuse is safe): no allocation on
+    the hot path, and a CUDA graph captured after the first call keeps pointing at them.
+    """
+    key = (device.type, device.index, B, Hq, num_splits, D)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        m = torch.empty((B, Hq, num_splits), dtype=torch.float32, device=device)
+        ws = (m, torch.empty_like(m), torch.empty((B, Hq, num_splits, D), dtype=torch.float32, device=device))
+        _WORKSPACES[key] = ws
+    return ws
+
+
+def _prepare(q, k, v, scale, lengths, rope, out):
+    """Validate everything and return the launch arguments shared by both entry points."""
+    device = runtime.device()
+    B, Hq, Hkv, T, D = validate_decode(q, k, v, head_dims=HEAD_DIMS, device=device, lengths=lengths)
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if lengths is not None:
+        if lengths.dtype != torch.int32:
+            raise TypeError(f"lengths must be int32, got {str(lengths.dtype).replace('torch.', '')}")
+        if lengths.device.type == "cpu":  # checking values costs a sync on a GPU, nothing on the CPU
+            lo, hi = int(lengths.min()), int(lengths.max())
+            if lo < 1 or hi > T:
+                raise ValueError(f"lengths must lie in [1, T={T}], got values from {lo} to {hi}")
+    if rope is not None:
+        try:
+            cos, sin, positions = rope
+        except (TypeError, ValueError):
+            raise TypeError("rope must be a tuple (cos, sin, positions)") from None
+        check_tensor("rope cos", cos, ndim=2, dtypes=(torch.float32,), device=device)
+        check_tensor("rope sin", sin, ndim=2, dtypes=(torch.float32,), device=device)
+        check_tensor("rope positions", positions, ndim=1, dtypes=(torch.int32,), device=device)
+        if cos.shape != sin.shape or cos.shape[1] != D // 2:
+            raise ValueError(f"rope cos and sin must both be [max_len, D/2={D // 2}], got "
+                             f"{tuple(cos.shape)} and {tuple(sin.shape)}")
+        if positions.shape[0] != B:
+            raise ValueError(f"rope positions must have shape [{B}], got {tuple(positions.shape)}")
+        if positions.device.type == "cpu" and positions.numel():
+            lo, hi = int(positions.min()), int(positions.max())
+            if lo < 0 or hi >= cos.shape[0]:
+                raise ValueError(f"rope positions must lie in [0, {cos.shape[0]}), got {lo} to {hi}")
+    else:
+        cos = sin = positions = None
+    if out is None:
+        out = torch.empty_like(q)
+    else:
+        check_tensor("out", out, ndim=3, dtypes=(q.dtype,), device=device)
+        if out.shape != q.shape:
+            raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    return (B, Hq, Hkv, T, D), scale, lengths, (cos, sin, positions), out
+
+
+def _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, block_t, num_warps):
+    B, Hq, Hkv, T, D = dims
+    group = Hq // Hkv
+    cos, sin, positions = rope
+    m_ws, l_ws, acc_ws = ws if ws is not None else (out, out, out)  # unused when not SPLIT
+    _attend_kernel[(B * Hkv, num_splits)](
+        q, k, v,
+        lengths if lengths is not None else q,
+        cos if cos is not None else q, sin if sin is not None else q,
+        positions if positions is not None else q,
+        out, m_ws, l_ws, acc_ws,
+        scale * LOG2E, T, num_splits,
+        HKV=Hkv, GROUP=group, GROUP_P=triton.next_power_of_2(group), HEAD_DIM=D, BLOCK_T=block_t,
+        HAS_LENGTHS=lengths is not None, HAS_ROPE=cos is not None, SPLIT=ws is not None,
+        num_warps=num_warps,
+    )
+
+
+def triton_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None, out=None,
+                  block_t: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """One-pass decode attention: one program per (sequence, KV head), all its query heads at once.
+
+    q: [B, Hq, D]; k, v: [B, Hkv, T, D]; fp16, fp32 or bf16 (where the GPU has it), contiguous,
+    D a power of two from 16 to 256, Hq a multiple of Hkv. ``lengths``: optional [B] int32,
+    1 ≤ lengths[b] ≤ T. ``rope``: optional ``(cos, sin, positions)`` — fp32 tables
+    [max_len, D/2] and int32 positions [B] — rotating q as it is loaded. ``out``: optional
+    [B, Hq, D] of q's dtype to write into. Returns [B, Hq, D] in q's dtype.
+    """
+    dims, scale, lengths, rope, out = _prepare(q, k, v, scale, lengths, rope, out)
+    default_t, default_w = launch_config(dims[4], dims[1] // dims[2])
+    _launch_attend(q, k, v, dims, scale, lengths, rope, out, 1, None, block_t or default_t, num_warps or default_w)
+    return out
+
+
+def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None, num_splits: int | None = None,
+                 out=None, block_t: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """Flash-decoding: split each sequence's KV range across programs, then merge by log-sum-exp.
+
+    Same arguments and result as :func:`triton_decode`, plus ``num_splits`` (default:
+    :func:`num_splits_heuristic` for this GPU, capped at the number of KV tiles and
+    :data:`MAX_SPLITS`). One split runs the one-pass kernel alone; more run the split kernel
+    (partials into a cached fp32 workspace) and the merge kernel: two launches, no host sync.
+    ``block_t`` and ``num_warps`` override the split kernel's launch configuration (tuning).
+    """
+    dims, scale, lengths, rope, out = _prepare(q, k, v, scale, lengths, rope, out)
+    B, Hq, Hkv, T, D = dims
+    default_t, default_w = launch_config(D, Hq // Hkv)
+    block_t, num_warps = block_t or default_t, num_warps or default_w
+    tiles = triton.cdiv(T, block_t)
+    if num_splits is None:
+        num_splits = num_splits_heuristic(B, Hkv, T, sm_count(q.device.index), block_t=block_t)
+    elif not isinstance(num_splits, int) or num_splits < 1:
+        raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
+    num_splits = min(num_splits, tiles, MAX_SPLITS)
+    if num_splits == 1:
+        _launch_attend(q, k, v, dims, scale, lengths, rope, out, 1, None, block_t, num_warps)
+        return out
+    ws = workspace(q.device, B, Hq, num_splits, D)
+    _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, block_t, num_warps)
+    _merge_kernel[(B * Hq,)](*ws, out, num_splits, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(num_splits),
+                             num_warps=4)
+    return out
+
+
+__all__ = ["HEAD_DIMS", "MAX_SPLITS", "flash_attn_num_splits", "flash_decode", "launch_config",
+           "num_splits_heuristic", "sm_count", "triton_decode", "workspace"]

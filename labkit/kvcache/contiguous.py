@@ -1,0 +1,137 @@
+"""The contiguous KV cache: every row preallocated to a maximum length (the baseline).
+
+Keys and values live in two tensors ``[num_layers, B, Hkv, max_len, D]``; a row's token at
+position ``p`` sits at ``[:, b, :, p]``. Simple and fast to read, but every row reserves
+``max_len`` tokens whether it uses them or not: the memory the paged cache wins back.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+
+from labkit.kvcache.base import KVCache, as_length_list
+
+# Implementations that attend through torch's scaled_dot_product_attention with a mask.
+TORCH_IMPLS = ("sdpa", "torch")
+
+
+def _accepts_lengths(impl: str) -> bool:
+    from labkit.attention import get_impl
+
+    try:
+        return "lengths" in inspect.signature(get_impl(impl)).parameters
+    except (ImportError, AttributeError):  # the kernel's module isn't there (yet)
+        return False
+
+
+class ContiguousKVCache(KVCache):
+    """A :class:`~labkit.kvcache.base.KVCache` preallocated to ``max_len`` tokens per row.
+
+    impl: how :meth:`attend` computes attention. ``"sdpa"`` (default): torch's
+    ``scaled_dot_product_attention`` with a causal mask over the rows' lengths, for any
+    number of new tokens. A name from ``labkit.attention.IMPLEMENTATIONS`` whose function takes
+    ``lengths=`` (e.g. ``"triton_splitk"``): that decode kernel for single-token passes,
+    SDPA for multi-token passes (prefill, verify), which decode kernels don't do.
+
+    static_shapes: attend over all ``max_len`` slots (masked) instead of only the live
+    prefix, so every pass with the same ``S`` has the same tensor shapes (CUDA graphs).
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int, *,
+                 dtype: torch.dtype = torch.float32, device=None, impl: str = "sdpa",
+                 static_shapes: bool = False):
+        for name, value in (("num_layers", num_layers), ("batch_size", batch_size),
+                            ("num_kv_heads", num_kv_heads), ("head_dim", head_dim), ("max_len", max_len)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if impl not in TORCH_IMPLS:
+            from labkit.attention import IMPLEMENTATIONS
+
+            if impl not in IMPLEMENTATIONS:
+                raise ValueError(f"impl={impl!r} is not an implementation; expected one of "
+                                 f"{sorted(set(TORCH_IMPLS) | set(IMPLEMENTATIONS))}")
+        self.num_layers, self.batch_size = num_layers, batch_size
+        self.num_kv_heads, self.head_dim, self.max_len = num_kv_heads, head_dim, max_len
+        self.dtype, self.device = dtype, torch.device(device) if device is not None else torch.device("cpu")
+        self.impl, self.static_shapes = impl, static_shapes
+        self._kernel = impl not in TORCH_IMPLS and _accepts_lengths(impl)
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=self.device)
+        self._host = [0] * batch_size
+        self._rows = torch.arange(batch_size, device=self.device)
+        self._slots = torch.arange(max_len, device=self.device)
+        self._pending = 0  # S of the pass begun and not yet committed
+
+    def begin(self, num_new: int) -> torch.Tensor:
+        if num_new < 1:
+            raise ValueError(f"num_new must be at least 1, got {num_new}")
+        longest = max(self._host)
+        if longest + num_new > self.max_len:
+            raise ValueError(f"the cache holds at most max_len={self.max_len} tokens per row; a row at "
+                             f"{longest} tokens can't take {num_new} more")
+        self._pending = num_new
+        return self.lengths.long()[:, None] + self._slots[None, :num_new]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        S = self._pending
+        want = (self.batch_size, self.num_kv_heads, S, self.head_dim)
+        if tuple(k.shape) != want or tuple(v.shape) != want:
+            raise ValueError(f"k and v must have shape {list(want)} [B, Hkv, S, D], got "
+                             f"{list(k.shape)} and {list(v.shape)}")
+        if k.dtype != self.dtype or v.dtype != self.dtype:
+            raise TypeError(f"k and v must have the cache's dtype {self.dtype}, got {k.dtype} and {v.dtype}")
+        pos = self.lengths.long()[:, None] + self._slots[None, :S]  # [B, S]
+        rows = self._rows[:, None].expand(-1, S)
+        # Advanced indices on dims 0 and 2 around a slice put their [B, S] dims first.
+        self.k[layer][rows, :, pos] = k.transpose(1, 2)
+        self.v[layer][rows, :, pos] = v.transpose(1, 2)
+
+    def attend(self, layer: int, q: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+        B, Hq, S, D = q.shape
+        if (B, S, D) != (self.batch_size, self._pending, self.head_dim) or Hq % self.num_kv_heads:
+            raise ValueError(f"q must have shape [{self.batch_size}, Hq, {self._pending}, {self.head_dim}] "
+                             f"with Hq a multiple of {self.num_kv_heads}, got {list(q.shape)}")
+        if self._kernel and S == 1:
+            from labkit.attention import decode_attention
+
+            out = decode_attention(q[:, :, 0].contiguous(), self.k[layer], self.v[layer], impl=self.impl,
+                                   scale=scale, lengths=self.lengths + 1)
+            return out.unsqueeze(2)
+        T = self.max_len if self.static_shapes else min(self.max_len, max(self._host) + S)
+        k, v = self.k[layer][:, :, :T], self.v[layer][:, :, :T]
+        query_pos = self.lengths.long()[:, None] + self._slots[None, :S]  # [B, S]
+        mask = self._slots[None, None, :T] <= query_pos[:, :, None]  # [B, S, T]
+        if Hq != self.num_kv_heads:
+            k = k.repeat_interleave(Hq // self.num_kv_heads, dim=1)
+            v = v.repeat_interleave(Hq // self.num_kv_heads, dim=1)
+        scale = 1.0 / math.sqrt(D) if scale is None else scale
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)
+
+    def commit(self) -> None:
+        if not self._pending:
+            raise RuntimeError("commit() without begin(): no pass is in progress")
+        self.lengths += self._pending
+        self._host = [n + self._pending for n in self._host]
+        self._pending = 0
+
+    def truncate(self, lengths) -> None:
+        new = as_length_list(lengths, self.batch_size)
+        for b, (n, old) in enumerate(zip(new, self._host)):
+            if not 0 <= n <= old:
+                raise ValueError(f"row {b} holds {old} tokens; can't truncate it to {n}")
+        self._host = new
+        self.lengths.copy_(torch.tensor(new, dtype=torch.int32), non_blocking=True)
+        self._pending = 0
+
+    def host_lengths(self) -> list[int]:
+        return list(self._host)
+
+    def memory_bytes(self) -> int:
+        """Bytes reserved for keys and values (all of ``max_len``, used or not)."""
+        return 2 * self.k.numel() * self.k.element_size()

@@ -1,0 +1,203 @@
+"""Rotate the new tokens' keys by RoPE and write keys and values into the KV cache: one launch.
+
+Production engines keep *rotated* keys in the cache: a key is rotated once, when it is
+written, at its own position, and never again. Done as separate PyTorch ops that is a
+gather of the cos/sin rows, about ten elementwise kernels for the rotation and two scatters
+into the cache; here it is one Triton kernel that reads each new key and value once and
+writes them straight to their cache slots.
+
+The cache is addressed through its strides as ``cache[row, head, slot, :]``, so one kernel
+serves every layout:
+
+* a contiguous cache ``[B, Hkv, T, D]``: row = sequence, slot = the token's position;
+* a paged pool ``[num_blocks, Hkv, block_size, D]``: row = block, slot = offset in the block.
+
+Each token n carries its own row, slot and position, so a batch of sequences at different
+lengths is written in the same launch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import labkit  # noqa: F401  (decides the mode before triton is imported)
+import triton
+import triton.language as tl
+
+from labkit.attention.validate import check_tensor, supported_dtypes
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+@triton.jit
+def write_kv_rope_kernel(
+    k_new_ptr, v_new_ptr,  # [N, H, D]: the new tokens' keys and values (head dim contiguous)
+    k_cache_ptr, v_cache_ptr,  # caches: element [row, head, slot, d] at row*s_r + head*s_h + slot*s_s + d
+    rows_ptr, slots_ptr,  # [N]: the cache row (sequence or block) and slot in it of token n
+    pos_ptr,  # [N]: token n's position, the row of the cos/sin tables to rotate by (ROPE only)
+    cos_ptr, sin_ptr,  # [max_len, D/2]: the RoPE tables (ROPE only)
+    H, D, HALF,  # heads; head dim; first-half width ceil(D/2) (= D/2 whenever ROPE)
+    num_rows, num_slots, max_pos,  # bounds: a token outside them is skipped, never written out of bounds
+    s_kn, s_kh, s_vn, s_vh,  # strides of k_new and v_new: token, head
+    s_kr, s_kch, s_ks,  # strides of k_cache: row, head, slot
+    s_vr, s_vch, s_vs,  # strides of v_cache: row, head, slot
+    s_tab,  # row stride of the cos/sin tables
+    ROPE: tl.constexpr,  # rotate the keys (True) or copy them as they are (False)
+    BLOCK_H: tl.constexpr,  # heads per program (a power of two)
+    BLOCK_HALF: tl.constexpr,  # power of two >= HALF: one tile holds a whole half of every head
+):
+    # One program writes token n's key and value for BLOCK_H heads. The head vector is
+    # handled as its two halves, [0, HALF) and [HALF, D): rotate-half pairs column i with
+    # column i + HALF, so each half is one [BLOCK_H, BLOCK_HALF] tile.
+    n = tl.program_id(0)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_HALF)
+
+    # Step 1: where the token goes. 64-bit offsets: a paged pool can exceed 2^31 elements.
+    row = tl.load(rows_ptr + n).to(tl.int64)
+    slot = tl.load(slots_ptr + n).to(tl.int64)
+    inside = (row >= 0) & (row < num_rows) & (slot >= 0) & (slot < num_slots)
+    head_ok = heads[:, None] < H
+    mask1 = head_ok & (cols[None, :] < HALF) & inside
+    mask2 = head_ok & (cols[None, :] < D - HALF) & inside
+
+    # Step 2: load both halves of the key, in float32.
+    k_src = k_new_ptr + n * s_kn + heads[:, None] * s_kh + cols[None, :]
+    k1 = tl.load(k_src, mask=mask1, other=0.0).to(tl.float32)
+    k2 = tl.load(k_src + HALF, mask=mask2, other=0.0).to(tl.float32)
+
+    # Step 3: rotate each pair (k1[i], k2[i]) by the angle of this token's position.
+    if ROPE:
+        pos = tl.load(pos_ptr + n).to(tl.int64)
+        tab_ok = (cols < HALF) & (pos >= 0) & (pos < max_pos)
+        c = tl.load(cos_ptr + pos * s_tab + cols, mask=tab_ok, other=0.0).to(tl.float32)[None, :]
+        s = tl.load(sin_ptr + pos * s_tab + cols, mask=tab_ok, other=0.0).to(tl.float32)[None, :]
+        k1, k2 = k1 * c - k2 * s, k2 * c + k1 * s
+        mask1 = mask1 & (pos >= 0) & (pos < max_pos)
+        mask2 = mask2 & (pos >= 0) & (pos < max_pos)
+
+    # Step 4: store the key at cache[row, head, slot, :].
+    k_dst = k_cache_ptr + row * s_kr + heads[:, None] * s_kch + slot * s_ks + cols[None, :]
+    tl.store(k_dst, k1.to(k_cache_ptr.dtype.element_ty), mask=mask1)
+    tl.store(k_dst + HALF, k2.to(k_cache_ptr.dtype.element_ty), mask=mask2)
+
+    # Step 5: the value is copied unchanged (RoPE rotates only queries and keys).
+    v_src = v_new_ptr + n * s_vn + heads[:, None] * s_vh + cols[None, :]
+    v_dst = v_cache_ptr + row * s_vr + heads[:, None] * s_vch + slot * s_vs + cols[None, :]
+    tl.store(v_dst, tl.load(v_src, mask=mask1, other=0.0), mask=mask1)
+    tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=mask2, other=0.0), mask=mask2)
+
+
+def _check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name} must have a contiguous last (head) dimension; got strides {t.stride()}")
+
+
+def validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope=None, *, check_indices: bool = True) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the argument unless the inputs of :func:`write_kv_rope` fit.
+
+    With ``check_indices`` the index values are checked too (rows, slots and positions in
+    range), which reads them back to the host: one device sync.
+    """
+    dtypes = supported_dtypes()
+    for name, t, ndim in (("k_new", k_new, 3), ("v_new", v_new, 3), ("k_cache", k_cache, 4), ("v_cache", v_cache, 4)):
+        check_tensor(name, t, ndim=ndim, dtypes=dtypes, contiguous=False)
+        _check_last_dim_contiguous(name, t)
+    device = k_new.device
+    N, H, D = k_new.shape
+    if v_new.shape != k_new.shape:
+        raise ValueError(f"v_new must have k_new's shape {tuple(k_new.shape)} [N, H, D], got {tuple(v_new.shape)}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+    if k_cache.shape[1] != H or k_cache.shape[3] != D:
+        raise ValueError(f"k_cache has shape {tuple(k_cache.shape)} [rows, heads, slots, D]; expected heads {H} "
+                         f"and head dim {D} to match k_new {tuple(k_new.shape)}")
+    for name, t in (("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dtype != k_new.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}; expected k_new's dtype {k_new.dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device}; expected k_new's device {device}")
+    for name, t in (("rows", rows), ("slots", slots)):
+        check_tensor(name, t, ndim=1, dtypes=INDEX_DTYPES, device=device)
+        if t.shape[0] != N:
+            raise ValueError(f"{name} must have shape [{N}] (one per new token), got {tuple(t.shape)}")
+    bounds = [("rows", rows, k_cache.shape[0]), ("slots", slots, k_cache.shape[2])]
+    if rope is not None:
+        if not isinstance(rope, (tuple, list)) or len(rope) != 3:
+            raise TypeError("rope must be a tuple (cos, sin, positions) or None")
+        cos, sin, positions = rope
+        if D % 2:
+            raise ValueError(f"k_new has head dim {D}; RoPE needs an even head dim (pairs of columns rotate)")
+        for name, t in (("cos", cos), ("sin", sin)):
+            check_tensor(name, t, ndim=2, dtypes=(torch.float32,) + dtypes, device=device, contiguous=False)
+            if tuple(t.shape[1:]) != (D // 2,) or t.stride(1) != 1:
+                raise ValueError(f"{name} must have shape [max_len, {D // 2}] (head_dim // 2) with contiguous "
+                                 f"rows, got shape {tuple(t.shape)}, strides {t.stride()}")
+        if cos.shape != sin.shape or cos.stride() != sin.stride():
+            raise ValueError(f"cos and sin must have the same shape and strides, got {tuple(cos.shape)} "
+                             f"and {tuple(sin.shape)}")
+        check_tensor("positions", positions, ndim=1, dtypes=INDEX_DTYPES, device=device)
+        if positions.shape[0] != N:
+            raise ValueError(f"positions must have shape [{N}] (one per new token), got {tuple(positions.shape)}")
+        bounds.append(("positions", positions, cos.shape[0]))
+    if check_indices and N:
+        for name, t, bound in bounds:
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= bound:
+                raise ValueError(f"{name} must lie in [0, {bound}), got values {lo} … {hi}")
+
+
+def write_kv_rope(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  rows: torch.Tensor, slots: torch.Tensor, rope=None, *, check_indices: bool = True,
+                  block_h: int | None = None) -> None:
+    """Write N new tokens' keys (rotated by RoPE) and values into a cache, in place, in one launch.
+
+    k_new, v_new: [N, H, D] fp16/fp32 (bf16 where the GPU has it), head dim contiguous.
+    k_cache, v_cache: [R, H, S, D] in the same dtype, addressed as ``cache[rows[n], :, slots[n], :]``
+    through their strides (any view whose last dim is contiguous: a layer of a bigger cache works).
+    rows, slots: [N] int32/int64. rope: ``(cos, sin, positions)`` with cos, sin [max_len, D/2]
+    (float32) and positions [N] int, the position token n is rotated to; ``None`` writes the
+    keys unrotated. ``check_indices`` validates index values (one device sync; turn it off in
+    timed loops — the kernel still never writes outside the cache).
+    """
+    validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope, check_indices=check_indices)
+    N, H, D = k_new.shape
+    if N == 0:
+        return
+    half = (D + 1) // 2
+    block_half = triton.next_power_of_2(half)
+    # Enough heads per program for ~4K elements a tile: few programs, each moving a few KB.
+    block_h = block_h or min(triton.next_power_of_2(H), max(1, 4096 // block_half))
+    if rope is None:
+        cos = sin = positions = rows  # never read: ROPE=False compiles the loads away
+        max_pos, s_tab = 0, 0
+    else:
+        cos, sin, positions = rope
+        max_pos, s_tab = cos.shape[0], cos.stride(0)
+    grid = (N, triton.cdiv(H, block_h))
+    write_kv_rope_kernel[grid](
+        k_new, v_new, k_cache, v_cache, rows, slots, positions, cos, sin,
+        H, D, half, k_cache.shape[0], k_cache.shape[2], max_pos,
+        k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        s_tab,
+        ROPE=rope is not None, BLOCK_H=block_h, BLOCK_HALF=block_half,
+        num_warps=4 if block_h * block_half >= 2048 else 2,
+    )
+
+
+def write_decode_kv(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    positions: torch.Tensor, rope_tables=None, *, check_indices: bool = True) -> None:
+    """A decode step's write into a contiguous cache: token of sequence b goes to slot positions[b].
+
+    k_new, v_new: [B, Hkv, D]; k_cache, v_cache: [B, Hkv, T, D]; positions: [B] int, each < T.
+    rope_tables: ``(cos, sin)`` to rotate the keys at ``positions``, or ``None``.
+    """
+    check_tensor("positions", positions, ndim=1, dtypes=INDEX_DTYPES, device=k_new.device)
+    rows = torch.arange(positions.shape[0], device=positions.device, dtype=positions.dtype)
+    rope = None if rope_tables is None else (rope_tables[0], rope_tables[1], positions)
+    write_kv_rope(k_new, v_new, k_cache, v_cache, rows, positions, rope, check_indices=check_indices)
+
+
+__all__ = ["validate_write", "write_decode_kv", "write_kv_rope", "write_kv_rope_kernel"]
