@@ -38,7 +38,7 @@ def unfused_decode_step(q, k_new, v_new, k_cache, v_cache, positions, cos, sin, 
     """RoPE as PyTorch ops, cache write by indexing, attention on the rotated query.
 
     q: [B, Hq, D]; k_new, v_new: [B, Hkv, D]; k_cache, v_cache: [B, Hkv, T, D] (written in
-    place at slot ``positions[b]`` of row b); positions: [B] int64, the new token's position;
+    place at slot ``positions[b]`` of row b); positions: [B] int32, the new token's position;
     cos, sin: [max_len, D/2]. rows (``arange(B)``) and lengths (``positions + 1``) may be
     passed precomputed. Returns the attention output [B, Hq, D] in q's dtype.
     """
@@ -142,7 +142,7 @@ def decode_step_costs(B: int, Hq: int, Hkv: int, T: int, D: int, dtype: torch.dt
     kv_new = torch.empty(B, Hkv, D, dtype=dtype, **meta)
     cache = torch.empty(B, Hkv, T, D, dtype=dtype, **meta)
     cos = torch.empty(max_len, D // 2, dtype=torch.float32, **meta)
-    pos = torch.empty(B, dtype=torch.int64, **meta)
+    pos = torch.empty(B, dtype=torch.int32, **meta)
     rows = torch.empty(B, dtype=torch.int64, **meta)
     attn = decode_bytes(B, Hq, Hkv, T, D, s)
     table_rows = 2 * B * (D // 2) * 4  # the cos and sin rows of each sequence's position
@@ -156,8 +156,8 @@ def decode_step_costs(B: int, Hq: int, Hkv: int, T: int, D: int, dtype: torch.dt
         StepCost("unfused", "RoPE on k (PyTorch ops)", *count_torch_ops(rope_ops, kv_new, pos[:, None], cos, cos)),
         StepCost("unfused", "write k, v into the cache", *count_torch_ops(write, kv_new, kv_new)),
         StepCost("unfused", "attention", 1, attn),
-        StepCost("fused", "write_kv_rope (rotate k, write k, v)", 1, 4 * B * Hkv * D * s + table_rows + 2 * B * 8),
-        StepCost("fused", "attention, q rotated as loaded", 1, attn + table_rows + B * 8),
+        StepCost("fused", "write_kv_rope (rotate k, write k, v)", 1, 4 * B * Hkv * D * s + table_rows + B * (8 + 4)),
+        StepCost("fused", "attention, q rotated as loaded", 1, attn + table_rows + B * 4),
     ]
     return costs
 

@@ -68,6 +68,7 @@ def _check_simulator_switches(mode: str) -> None:
                 f"{int(bool(config.ENABLE_CUDASIM))}, but labkit runs in {mode} mode. Restart "
                 f"the kernel (or the process) and `import labkit` before numba."
             )
+    want = "0" if _ptx_only() else want
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") != want:
         # Triton reads TRITON_INTERPRET when a kernel is decorated; kernels already defined
         # keep the setting they were defined with.
@@ -75,13 +76,14 @@ def _check_simulator_switches(mode: str) -> None:
 
 
 def _ptx_only() -> bool:
-    # Used by labkit.testing.t4: real numba.cuda (to emit PTX) on a machine with no GPU.
+    # Used by labkit.testing.t4: real numba.cuda (to emit PTX) and Triton's real compiler (not
+    # its interpreter) on a machine with no GPU.
     return os.environ.get("LABKIT_PTX_ONLY") == "1"
 
 
 def _set_switches(mode: str) -> None:
     if mode == "sim":
-        os.environ["TRITON_INTERPRET"] = "1"
+        os.environ["TRITON_INTERPRET"] = "0" if _ptx_only() else "1"
         os.environ["NUMBA_ENABLE_CUDASIM"] = "0" if _ptx_only() else "1"
     else:
         os.environ["TRITON_INTERPRET"] = "0"
@@ -94,6 +96,26 @@ def _restore_numpy_aliases() -> None:
 
     if not hasattr(np, "row_stack"):
         np.row_stack = np.vstack
+
+
+def _fix_triton_interpreter() -> None:
+    # Triton 3.6's interpreter turns a scalar into a Python int with int(array_of_one), which
+    # numpy >= 2.4 refuses, so `for t in range(start, end, BLOCK)` with computed bounds fails in
+    # sim mode. Convert through .item() instead (a no-op change on older numpy).
+    try:
+        from triton.runtime import interpreter
+    except ImportError:  # pragma: no cover - triton is a hard dependency
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_labkit", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0].item()))
+
+    patched._labkit = True
+    interpreter._patch_lang_tensor = patched
 
 
 @dataclass(frozen=True)
@@ -132,6 +154,8 @@ MODE, MODE_REASON = _decide()
 _check_simulator_switches(MODE)
 _set_switches(MODE)
 _restore_numpy_aliases()
+if MODE == "sim" and not _ptx_only():
+    _fix_triton_interpreter()
 IS_COLAB = _in_colab()
 SIZES = GPU_SIZES if MODE == "gpu" else SIM_SIZES
 

@@ -212,3 +212,16 @@ def test_plots_and_explorer_render_records():
     assert "3.00×" in format_table(recs, baselines=("naive",))
     box = explorer(recs, baselines=("naive",))
     assert len(box.children) == 3
+
+
+# --- packaging ------------------------------------------------------------------------------------
+def test_environment_yml_matches_pyproject():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
+    lines = (ROOT / "environment.yml").read_text().split("- pip:")[1].splitlines()
+    listed = {ln.strip()[2:] for ln in lines if ln.strip().startswith("- ") and ln.strip() != "- -e ."}
+    assert listed == wanted
+    for pkg in ("torch", "triton", "ipywidgets"):
+        assert pkg in project["dependencies"], f"{pkg} must stay unpinned (Colab ships its own)"

@@ -149,7 +149,7 @@ def validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope=None, *, ch
 
 def write_kv_rope(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   rows: torch.Tensor, slots: torch.Tensor, rope=None, *, check_indices: bool = True,
-                  block_h: int | None = None) -> None:
+                  block_h: int | None = None, kernel=None) -> None:
     """Write N new tokens' keys (rotated by RoPE) and values into a cache, in place, in one launch.
 
     k_new, v_new: [N, H, D] fp16/fp32 (bf16 where the GPU has it), head dim contiguous.
@@ -158,7 +158,9 @@ def write_kv_rope(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tenso
     rows, slots: [N] int32/int64. rope: ``(cos, sin, positions)`` with cos, sin [max_len, D/2]
     (float32) and positions [N] int, the position token n is rotated to; ``None`` writes the
     keys unrotated. ``check_indices`` validates index values (one device sync; turn it off in
-    timed loops — the kernel still never writes outside the cache).
+    timed loops — the kernel still never writes outside the cache). ``block_h``: heads per
+    program (default: as many as fill a ~4K-element tile). ``kernel`` (default
+    :func:`write_kv_rope_kernel`) may be any kernel with the same signature.
     """
     validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope, check_indices=check_indices)
     N, H, D = k_new.shape
@@ -175,7 +177,7 @@ def write_kv_rope(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tenso
         cos, sin, positions = rope
         max_pos, s_tab = cos.shape[0], cos.stride(0)
     grid = (N, triton.cdiv(H, block_h))
-    write_kv_rope_kernel[grid](
+    (kernel or write_kv_rope_kernel)[grid](
         k_new, v_new, k_cache, v_cache, rows, slots, positions, cos, sin,
         H, D, half, k_cache.shape[0], k_cache.shape[2], max_pos,
         k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),

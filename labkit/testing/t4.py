@@ -2,6 +2,7 @@
 
 * Triton: ``triton.compile`` for ``GPUTarget("cuda", 75, 32)`` runs Triton's whole pipeline
   down to an sm_75 cubin on the CPU; we then assert the kernel's shared memory fits 64 KB.
+  In sim mode this happens in a child process, away from Triton's interpreter.
 * Numba: ``numba.cuda.compile_ptx(..., cc=(7, 5))`` needs the real ``numba.cuda`` (not the
   simulator) and the CUDA 12 NVVM from ``numba-cuda[cu12]``. A process in sim mode has the
   simulator loaded, so the PTX is produced in a child process started with
@@ -36,8 +37,30 @@ def compile_triton_for_t4(kernel, signature: dict, constexprs: dict | None = Non
 
     ``signature`` maps each runtime argument to a Triton type string (``"*fp16"``, ``"i32"``,
     ``"fp32"``); ``constexprs`` maps each ``tl.constexpr`` argument to its value.
-    Works under ``TRITON_INTERPRET=1`` too (the interpreter's wrapper is unwrapped).
+    Under ``TRITON_INTERPRET=1`` (sim mode) Triton's own library functions (``tl.sum``,
+    ``tl.max``, ``tl.cdiv``) are interpreter objects the compiler can't use, so the kernel is
+    compiled in a child process with the real compiler: it must be defined at module level.
     """
+    return compile_triton_many_for_t4([(kernel, signature, constexprs, num_warps)], num_stages=num_stages)[0]
+
+
+def compile_triton_many_for_t4(requests, *, num_stages: int = 2) -> list[TritonBuild]:
+    """Compile several kernels for sm_75 (one child process in sim mode); see :func:`compile_triton_for_t4`.
+
+    ``requests``: a list of ``(kernel, signature, constexprs, num_warps)``.
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        builds = _compile_triton_in_child(requests, num_stages)
+    else:
+        builds = [_compile_triton(k, sig, c, w, num_stages) for k, sig, c, w in requests]
+    for build in builds:
+        assert build.shared_bytes <= T4_SHARED_BYTES, (
+            f"{build.name} needs {build.shared_bytes} bytes of shared memory; a T4 block has {T4_SHARED_BYTES}"
+        )
+    return builds
+
+
+def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps: int, num_stages: int) -> TritonBuild:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -48,12 +71,46 @@ def compile_triton_for_t4(kernel, signature: dict, constexprs: dict | None = Non
     compiled = triton.compile(src, target=GPUTarget("cuda", T4_CC[0] * 10 + T4_CC[1], 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     md = compiled.metadata
-    build = TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), getattr(compiled, "n_regs", None),
-                        len(compiled.asm["cubin"]))
-    assert build.shared_bytes <= T4_SHARED_BYTES, (
-        f"{build.name} needs {build.shared_bytes} bytes of shared memory; a T4 block has {T4_SHARED_BYTES}"
-    )
-    return build
+    return TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), getattr(compiled, "n_regs", None),
+                       len(compiled.asm["cubin"]))
+
+
+_TRITON_CHILD = r"""
+import importlib, importlib.util, json, sys
+from dataclasses import asdict
+import labkit  # sim mode with LABKIT_PTX_ONLY=1: Triton's real compiler, not its interpreter
+from labkit.testing.t4 import _compile_triton
+req, num_stages = json.loads(sys.argv[1])
+modules, out = {}, []
+for module, path, attr, signature, constexprs, num_warps in req:
+    if (module, path) not in modules:
+        try:
+            if module == "__main__":
+                raise ImportError(module)
+            modules[module, path] = importlib.import_module(module)
+        except ImportError:
+            spec = importlib.util.spec_from_file_location("labkit_t4_child_module", path)
+            modules[module, path] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[module, path])
+    kernel = getattr(modules[module, path], attr)
+    out.append(asdict(_compile_triton(kernel, signature, constexprs, num_warps, num_stages)))
+print(json.dumps(out))
+"""
+
+
+def _compile_triton_in_child(requests, num_stages: int) -> list[TritonBuild]:
+    import inspect
+
+    req = []
+    for kernel, signature, constexprs, num_warps in requests:
+        fn = getattr(kernel, "fn", kernel)
+        req.append((fn.__module__, inspect.getsourcefile(fn), fn.__name__, signature, dict(constexprs or {}), num_warps))
+    env = dict(os.environ, LABKIT_MODE="sim", LABKIT_PTX_ONLY="1", TRITON_INTERPRET="0", NUMBA_ENABLE_CUDASIM="0")
+    proc = subprocess.run([sys.executable, "-c", _TRITON_CHILD, json.dumps([req, num_stages])], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Triton compilation for sm_75 failed:\n{proc.stderr[-4000:]}")
+    return [TritonBuild(**b) for b in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
 _CHILD = r"""

@@ -1,0 +1,300 @@
+"""Fused decode attention in Numba CUDA: one pass over K and V with an online softmax, split-K.
+
+Design (what :func:`numba_decode` launches)
+-------------------------------------------
+Decode reads the whole KV cache to produce one output row per query head, so the kernel's
+job is to stream K and V from memory once, at full bandwidth, and keep every intermediate
+(scores, probabilities, running statistics) on chip.
+
+* **Split-K.** Batch 1 with 32 heads is only 32 (sequence, head) pairs: 32 blocks would
+  leave most of an H100's 132 SMs idle. The grid is ``(B * Hkv * head_chunks, splits)``:
+  each block walks one chunk of the sequence and writes a tiny partial result
+  ``(m, l, acc)`` -- running max, running sum of ``exp(score - m)``, unnormalised
+  ``Σ exp(score - m)·v`` -- and :data:`merge_kernel` combines the splits exactly
+  (``out = Σ e^(m_s - M) acc_s / Σ e^(m_s - M) l_s``). With one split the first kernel
+  writes the output itself and no merge is launched. :func:`plan` picks the splits from
+  the SM count so the grid holds several blocks per SM.
+* **Coalesced tiles.** A block processes ``TILE`` tokens at a time. Consecutive threads
+  load consecutive elements of the ``[TILE, D]`` K and V tiles (every element of a
+  token row is contiguous), first into registers -- so each thread has many loads in
+  flight -- then K into shared memory (rows padded by one float so that threads reading
+  different rows hit different banks). V stays in registers until K is used up, then
+  takes K's place.
+* **Scores.** ``threads / TILE`` lanes split each dot product over D; the lane partials
+  are summed through shared memory (the kernel must also run in Numba's simulator, which
+  has no warp shuffles).
+* **Online softmax.** Per tile: new max ``m' = max(m, max_t s_t)``, probabilities
+  ``p_t = exp(s_t - m')``, and every thread that owns output elements rescales its
+  accumulator by ``exp(m - m')`` before adding ``Σ_t p_t v_t``. Each thread keeps its
+  own copy of the statistics it needs, so nothing is shared but the tile.
+* **GQA.** One block serves up to ``max_group`` query heads that share a KV head, so K
+  and V are read once for all of them.
+
+Everything is fp32 on chip; K and V may be fp16 or fp32 and the output has q's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numba import cuda, float32
+
+from labkit import runtime
+from labkit.attention.validate import FP16_FP32, validate_decode
+from labkit.numba_bridge import launch, sm_count
+
+HEAD_DIMS = (64, 128)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Compile-time shape of the split kernel."""
+
+    tile: int  # tokens per tile staged in shared memory
+    threads: int  # threads per block; a multiple of tile
+    max_group: int  # query heads one block serves from one read of K and V
+    blocks_per_sm: int  # how many blocks per SM the split heuristic aims for
+    min_tiles: int  # fewest tiles a split walks (fewer: partials and merge cost more than they save)
+
+
+GPU_CONFIG = KernelConfig(tile=32, threads=128, max_group=8, blocks_per_sm=8, min_tiles=2)
+# The simulator runs one Python thread per CUDA thread: small blocks keep it quick.
+SIM_CONFIG = KernelConfig(tile=8, threads=16, max_group=4, blocks_per_sm=2, min_tiles=1)
+
+
+def make_split_kernel(D: int, cfg: KernelConfig):
+    """Build the split-K kernel for head dim ``D`` (64 or 128) and config ``cfg``."""
+    TILE, TPB, GMAX = cfg.tile, cfg.threads, cfg.max_group
+    LANES = TPB // TILE  # threads per token in the dot products
+    DL = D // LANES  # head-dim elements per lane
+    ITEMS = TILE * D // TPB  # tile elements each thread loads
+    PAIRS = (GMAX * TILE + TPB - 1) // TPB  # (head, token) scores per thread, at most
+    OWNS = (GMAX * D + TPB - 1) // TPB  # (head, dim) outputs per thread, at most
+    ROW = D + 1  # padded shared row: no bank conflicts between rows
+    assert TPB % TILE == 0 and D % LANES == 0 and (TILE * D) % TPB == 0, (D, cfg)
+
+    @cuda.jit
+    def split_kernel(q, k, v, scale, group, g, chunk, out, part_ml, part_acc):
+        # q: [B, Hq, D] queries; k, v: [B, Hkv, T, D] the cache (fp16 or fp32)
+        # scale: softmax scale; group: Hq // Hkv; g: query heads this block serves (divides group)
+        # chunk: tokens per split; out: [B, Hq, D], written here when there is one split
+        # part_ml: [B, Hq, S, 2] fp32 (m, l) per split; part_acc: [B, Hq, S, D] fp32 acc per split
+        Hkv, T = k.shape[1], k.shape[2]
+        tid = cuda.threadIdx.x
+        per_kv = group // g
+        b = cuda.blockIdx.x // (Hkv * per_kv)
+        hk = (cuda.blockIdx.x // per_kv) % Hkv
+        h0 = hk * group + (cuda.blockIdx.x % per_kv) * g  # first query head of this block
+        split = cuda.blockIdx.y
+        start = split * chunk
+        end = min(start + chunk, T)
+
+        q_sh = cuda.shared.array((GMAX, D), float32)  # scaled queries, loaded once
+        kv_sh = cuda.shared.array((TILE, ROW), float32)  # the K tile, then the V tile
+        part_sh = cuda.shared.array((GMAX, LANES, TILE), float32)  # per-lane partial dot products
+        s_sh = cuda.shared.array((GMAX, TILE), float32)  # scores of the tile
+        p_sh = cuda.shared.array((GMAX, TILE), float32)  # probabilities of the tile
+        kr = cuda.local.array(ITEMS, float32)  # this thread's slice of the K tile, in flight
+        vr = cuda.local.array(ITEMS, float32)  # and of the V tile
+        m_p = cuda.local.array(PAIRS, float32)  # running max for each score this thread computes
+        m_o = cuda.local.array(OWNS, float32)  # running max, sum and accumulator
+        l_o = cuda.local.array(OWNS, float32)  # for each output element this thread owns
+        acc = cuda.local.array(OWNS, float32)
+
+        for i in range(tid, g * D, TPB):
+            q_sh[i // D, i % D] = float32(q[b, h0 + i // D, i % D]) * scale
+        for j in range(PAIRS):
+            m_p[j] = -math.inf
+        for j in range(OWNS):
+            m_o[j] = -math.inf
+            l_o[j] = 0.0
+            acc[j] = 0.0
+        cuda.syncthreads()
+
+        for t0 in range(start, end, TILE):
+            # 1. Load the K and V tiles into registers (coalesced; past `end` reads as 0), K to shared.
+            for i in range(ITEMS):
+                e = tid + i * TPB
+                t = e // D
+                if t0 + t < end:
+                    kr[i] = float32(k[b, hk, t0 + t, e % D])
+                    vr[i] = float32(v[b, hk, t0 + t, e % D])
+                else:
+                    kr[i] = 0.0
+                    vr[i] = 0.0
+            for i in range(ITEMS):
+                e = tid + i * TPB
+                kv_sh[e // D, e % D] = kr[i]
+            cuda.syncthreads()
+
+            # 2. Partial dot products: thread (lane, t) covers dims [lane*DL, (lane+1)*DL) of token t.
+            lane = tid // TILE
+            t = tid % TILE
+            for gg in range(g):
+                s = float32(0.0)
+                for d in range(lane * DL, (lane + 1) * DL):
+                    s += q_sh[gg, d] * kv_sh[t, d]
+                part_sh[gg, lane, t] = s
+            cuda.syncthreads()
+
+            # 3. K is used up: V takes its place. Sum the lanes into scores; masked tokens get -inf.
+            for i in range(ITEMS):
+                e = tid + i * TPB
+                kv_sh[e // D, e % D] = vr[i]
+            for j in range(PAIRS):
+                idx = tid + j * TPB
+                if idx < g * TILE:
+                    gg = idx // TILE
+                    t = idx % TILE
+                    s = float32(0.0)
+                    for lane_ in range(LANES):
+                        s += part_sh[gg, lane_, t]
+                    s_sh[gg, t] = s if t0 + t < end else -math.inf
+            cuda.syncthreads()
+
+            # 4. Probabilities against the new running max of each head.
+            for j in range(PAIRS):
+                idx = tid + j * TPB
+                if idx < g * TILE:
+                    gg = idx // TILE
+                    m_new = m_p[j]
+                    for u in range(TILE):
+                        m_new = max(m_new, s_sh[gg, u])
+                    p_sh[gg, idx % TILE] = math.exp(s_sh[gg, idx % TILE] - m_new)
+                    m_p[j] = m_new
+            cuda.syncthreads()
+
+            # 5. Rescale the accumulators by exp(m - m') and add this tile's p·V.
+            for j in range(OWNS):
+                idx = tid + j * TPB
+                if idx < g * D:
+                    gg = idx // D
+                    d = idx % D
+                    m_new = m_o[j]
+                    for u in range(TILE):
+                        m_new = max(m_new, s_sh[gg, u])
+                    alpha = math.exp(m_o[j] - m_new)
+                    a = float32(0.0)
+                    ls = float32(0.0)
+                    for u in range(TILE):
+                        p = p_sh[gg, u]
+                        a += p * kv_sh[u, d]
+                        ls += p
+                    acc[j] = acc[j] * alpha + a
+                    l_o[j] = l_o[j] * alpha + ls
+                    m_o[j] = m_new
+            cuda.syncthreads()  # the next tile overwrites kv_sh, s_sh and p_sh
+
+        # One split: this block has the whole answer. Several: leave (m, l, acc) for the merge.
+        for j in range(OWNS):
+            idx = tid + j * TPB
+            if idx < g * D:
+                gg = idx // D
+                d = idx % D
+                if cuda.gridDim.y == 1:
+                    out[b, h0 + gg, d] = acc[j] / l_o[j]
+                else:
+                    part_acc[b, h0 + gg, split, d] = acc[j]
+                    if d == 0:
+                        part_ml[b, h0 + gg, split, 0] = m_o[j]
+                        part_ml[b, h0 + gg, split, 1] = l_o[j]
+
+    return split_kernel
+
+
+@cuda.jit
+def merge_kernel(part_ml, part_acc, out):
+    # part_ml: [B, Hq, S, 2] (m, l) per split; part_acc: [B, Hq, S, D]; out: [B, Hq, D]
+    # Grid (B * Hq,), block (D,): thread d combines element d of every split.
+    Hq, S = part_ml.shape[1], part_ml.shape[2]
+    b = cuda.blockIdx.x // Hq
+    h = cuda.blockIdx.x % Hq
+    d = cuda.threadIdx.x
+    m_all = float32(-math.inf)
+    for s in range(S):
+        m_all = max(m_all, part_ml[b, h, s, 0])
+    num = float32(0.0)
+    den = float32(0.0)
+    for s in range(S):
+        w = math.exp(part_ml[b, h, s, 0] - m_all)  # rescale split s to the global max
+        num += w * part_acc[b, h, s, d]
+        den += w * part_ml[b, h, s, 1]
+    out[b, h, d] = num / den
+
+
+# The GPU kernels, built at import (Numba compiles them on first launch); the T4 PTX tests use these.
+split_kernel_d64 = make_split_kernel(64, GPU_CONFIG)
+split_kernel_d128 = make_split_kernel(128, GPU_CONFIG)
+_KERNELS = {(64, GPU_CONFIG): split_kernel_d64, (128, GPU_CONFIG): split_kernel_d128}
+
+
+def _kernel(D: int, cfg: KernelConfig):
+    if (D, cfg) not in _KERNELS:
+        _KERNELS[(D, cfg)] = make_split_kernel(D, cfg)
+    return _KERNELS[(D, cfg)]
+
+
+def default_config() -> KernelConfig:
+    return SIM_CONFIG if runtime.is_sim() else GPU_CONFIG
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How :func:`numba_decode` launches one shape."""
+
+    heads_per_block: int  # query heads sharing one read of K/V in a block
+    splits: int  # blocks along the sequence
+    chunk: int  # tokens per split (a multiple of the tile)
+    grid: tuple[int, int]
+    threads: int
+
+
+def plan(B: int, Hq: int, Hkv: int, T: int, *, splits: int | None = None, cfg: KernelConfig | None = None,
+         sms: int | None = None) -> Plan:
+    """The launch for one shape: heads per block, then splits from the SM count (or ``splits``).
+
+    Splits are chosen so the grid holds about ``cfg.blocks_per_sm`` blocks per SM, with
+    every split walking at least ``cfg.min_tiles`` tiles; the chunk is rounded up to whole
+    tiles and the split count recomputed, so no split is empty.
+    """
+    cfg = cfg or default_config()
+    group = Hq // Hkv
+    g = max(d for d in range(1, min(group, cfg.max_group) + 1) if group % d == 0)
+    blocks = B * Hkv * (group // g)
+    if splits is None:
+        want = math.ceil(cfg.blocks_per_sm * (sms or sm_count()) / blocks)
+        splits = max(1, min(want, T // (cfg.min_tiles * cfg.tile)))
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
+    chunk = math.ceil(math.ceil(T / splits) / cfg.tile) * cfg.tile
+    splits = math.ceil(T / chunk)
+    return Plan(g, splits, chunk, (blocks, splits), cfg.threads)
+
+
+def numba_decode(q, k, v, *, scale: float | None = None, splits: int | None = None,
+                 config: KernelConfig | None = None) -> torch.Tensor:
+    """Fused split-K decode attention (see the module docstring).
+
+    q: [B, Hq, D]; k, v: [B, Hkv, T, D]; fp16 or fp32, D 64 or 128, Hq a multiple of Hkv,
+    contiguous, on labkit's device. Returns [B, Hq, D] in q's dtype. ``splits`` overrides
+    the split count; ``config`` the kernel's compile-time shape.
+    """
+    B, Hq, Hkv, T, D = validate_decode(q, k, v, dtypes=FP16_FP32, head_dims=HEAD_DIMS, device=runtime.device())
+    cfg = config or default_config()
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    p = plan(B, Hq, Hkv, T, splits=splits, cfg=cfg)
+    out = torch.empty_like(q)
+    part_ml = torch.empty((B, Hq, p.splits, 2), dtype=torch.float32, device=q.device)
+    part_acc = torch.empty((B, Hq, p.splits, D), dtype=torch.float32, device=q.device)
+    launch(_kernel(D, cfg), p.grid, p.threads, q, k, v, np.float32(scale), Hq // Hkv, p.heads_per_block, p.chunk,
+           out, part_ml, part_acc)
+    if p.splits > 1:
+        launch(merge_kernel, B * Hq, D, part_ml, part_acc, out)
+    return out
+
+
+__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "make_split_kernel", "merge_kernel",
+           "numba_decode", "plan"]

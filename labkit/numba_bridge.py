@@ -1,0 +1,83 @@
+"""Torch tensors into Numba CUDA kernels: no copies, torch's stream, the same code in both modes.
+
+* gpu mode: a CUDA tensor becomes a Numba ``DeviceNDArray`` through the CUDA array interface
+  (``numba.cuda.as_cuda_array`` semantics). Passing the tensor itself to a kernel also works
+  but costs tens of microseconds a launch, because Numba then re-derives the array's type
+  and pointer from ``__cuda_array_interface__`` on every call. Kernels are launched on torch's
+  current stream: the array interface carries no stream, so without this torch's work and
+  Numba's would not be ordered.
+* sim mode: the simulator has no ``as_cuda_array`` and no external streams; a CPU tensor's
+  ``.numpy()`` view is what it takes (the simulator copies arguments in and writes them back
+  after the launch, so results land in the tensor).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from labkit import runtime
+
+_VIEWS: OrderedDict = OrderedDict()  # (device, ptr, shape, strides, dtype) -> DeviceNDArray
+_MAX_VIEWS = 256
+SIM_SMS = 2  # a pretend SM count in sim mode: enough to exercise split-K, small enough to be quick
+
+
+def as_numba(t: torch.Tensor):
+    """A zero-copy view of tensor ``t`` that a Numba CUDA kernel accepts.
+
+    gpu mode: a ``DeviceNDArray`` over the tensor's memory. The views are cached by address,
+    shape, strides and dtype and hold no reference to the tensor, so wrapping the same
+    buffer again (the common case: torch's caching allocator hands the same blocks back)
+    costs a dictionary lookup; a view describes memory, so it stays right for any live tensor
+    with that exact layout. sim mode: ``t.numpy()`` (``t`` must be on the CPU).
+    """
+    if runtime.is_sim():
+        return t.detach().numpy()
+    from numba import cuda
+
+    key = (t.device.index, t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    view = _VIEWS.get(key)
+    if view is None:
+        # owner=None: the view must not keep the tensor alive (the cache would leak memory).
+        view = cuda.from_cuda_array_interface(t.detach().__cuda_array_interface__, owner=None, sync=False)
+        _VIEWS[key] = view
+        if len(_VIEWS) > _MAX_VIEWS:
+            _VIEWS.popitem(last=False)
+    return view
+
+
+_STREAMS: dict = {}
+
+
+def torch_stream():
+    """Numba's handle on torch's current CUDA stream (gpu mode); ``0`` in sim mode."""
+    if runtime.is_sim():
+        return 0
+    from numba import cuda
+
+    handle = torch.cuda.current_stream().cuda_stream
+    stream = _STREAMS.get(handle)
+    if stream is None:
+        stream = _STREAMS[handle] = cuda.external_stream(handle)
+    return stream
+
+
+def sm_count() -> int:
+    """Streaming multiprocessors on the current GPU (132 on an H100, 40 on a T4); ``SIM_SMS`` in sim mode."""
+    if runtime.is_sim():
+        return SIM_SMS
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+
+def launch(kernel, grid, block, *args) -> None:
+    """Launch ``kernel[grid, block]`` on torch's current stream with ``args`` (tensors or scalars).
+
+    Tensors are passed through :func:`as_numba`; everything else as it is.
+    """
+    converted = [as_numba(a) if isinstance(a, torch.Tensor) else a for a in args]
+    kernel[grid, block, torch_stream()](*converted)
+
+
+__all__ = ["SIM_SMS", "as_numba", "launch", "sm_count", "torch_stream"]

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Everything the course claims about a GPU, in one script: environment and doctor, correctness
+# sweeps, benchmarks, nbval of the notebooks in gpu mode, compute-sanitizer on the Numba kernel.
+#
+#   scripts/gpu_run.sh [STAGE ...]      (default: all stages)
+#   stages: env bench nbval numba sanitize triton rope paged train speculative serving
+#   NBVAL_NOTEBOOKS="solutions/00_setup.ipynb ..." limits the nbval stage to some notebooks.
+#
+# Results (JSON) go to data/results/ and are packed with the logs into $OUT (default ./out):
+# results.tgz (data/results with a .logs/ folder of one log per stage, and data/models). On a machine with no package
+# registry, first fetch the Jupyter/nbval wheels here with scripts/fetch_device_wheels.sh and
+# bring .whl/ along.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+LOGS=$(mktemp -d)  # one log per stage, packed into results.tgz ($OUT returns only a few files)
+mkdir -p "$OUT"
+if [ -d .whl ] && ! python3 -c "import nbval" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1 LABKIT_MODE=gpu
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(env bench numba sanitize triton rope paged speculative serving nbval)
+status=0
+
+run() {  # run NAME CMD...: log to $OUT/NAME.log, remember failures
+  local name=$1; shift
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  "$@" > >(tee "$LOGS/$name.log") 2>&1
+  local rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - t0)) s"
+  [ $rc -eq 0 ] || status=1
+}
+
+for stage in "${STAGES[@]}"; do
+  case $stage in
+    env)
+      run env bash -c 'nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv;
+        python3 -m labkit doctor' ;;
+    bench) run bench python3 -m labkit bench ;;
+    nbval)
+      run nbval python3 -m pytest -p no:cacheprovider ${NBVAL_NOTEBOOKS:-solutions} --nbval-lax --nbval-current-env \
+        --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -q -o addopts="" ;;
+    sanitize)
+      if [ -f scripts/gpu/sanitize_numba.py ]; then
+        run sanitize_memcheck compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
+        run sanitize_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
+      fi ;;
+    train) [ -f scripts/gpu/train_models.sh ] && run train bash scripts/gpu/train_models.sh data/models ;;
+    numba)       [ -f scripts/gpu/numba_attention.py ] && run numba python3 scripts/gpu/numba_attention.py --out data/results ;;
+    triton)      [ -f scripts/gpu/triton_attention.py ] && run triton python3 scripts/gpu/triton_attention.py --out data/results ;;
+    rope)        [ -f scripts/gpu/rope.py ] && run rope python3 scripts/gpu/rope.py --out data/results ;;
+    paged)       [ -f scripts/gpu/paged.py ] && run paged python3 scripts/gpu/paged.py --out data/results ;;
+    speculative) [ -f scripts/gpu/speculative.py ] && run speculative python3 scripts/gpu/speculative.py --out data/results ;;
+    serving)     [ -f scripts/gpu/serving.py ] && run serving python3 scripts/gpu/serving.py --out data/results ;;
+    *) echo "unknown stage $stage"; status=1 ;;
+  esac
+done
+cp -r "$LOGS" data/results/.logs
+tar czf "$OUT/results.tgz" data/results $( [ -d data/models ] && echo data/models ) 2>/dev/null
+rm -rf data/results/.logs
+exit $status
