@@ -43,7 +43,7 @@ import torch
 from numba import cuda, float32
 
 from labkit import runtime
-from labkit.attention.validate import FP16_FP32, validate_decode
+from labkit.attention.validate import FP16_FP32, check_tensor, validate_decode
 from labkit.numba_bridge import launch, sm_count
 
 HEAD_DIMS = (64, 128)
@@ -60,7 +60,7 @@ class KernelConfig:
     min_tiles: int  # fewest tiles a split walks (fewer: partials and merge cost more than they save)
 
 
-GPU_CONFIG = KernelConfig(tile=32, threads=128, max_group=8, blocks_per_sm=8, min_tiles=2)
+GPU_CONFIG = KernelConfig(tile=32, threads=128, max_group=4, blocks_per_sm=8, min_tiles=2)
 # The simulator runs one Python thread per CUDA thread: small blocks keep it quick.
 SIM_CONFIG = KernelConfig(tile=8, threads=16, max_group=4, blocks_per_sm=2, min_tiles=1)
 
@@ -275,18 +275,24 @@ def plan(B: int, Hq: int, Hkv: int, T: int, *, splits: int | None = None, cfg: K
 
 
 def numba_decode(q, k, v, *, scale: float | None = None, splits: int | None = None,
-                 config: KernelConfig | None = None) -> torch.Tensor:
+                 config: KernelConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Fused split-K decode attention (see the module docstring).
 
     q: [B, Hq, D]; k, v: [B, Hkv, T, D]; fp16 or fp32, D 64 or 128, Hq a multiple of Hkv,
-    contiguous, on labkit's device. Returns [B, Hq, D] in q's dtype. ``splits`` overrides
-    the split count; ``config`` the kernel's compile-time shape.
+    contiguous, on labkit's device. Returns [B, Hq, D] in q's dtype, written into ``out``
+    when given (same shape, dtype and device as q). ``splits`` overrides the split count;
+    ``config`` the kernel's compile-time shape.
     """
     B, Hq, Hkv, T, D = validate_decode(q, k, v, dtypes=FP16_FP32, head_dims=HEAD_DIMS, device=runtime.device())
     cfg = config or default_config()
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     p = plan(B, Hq, Hkv, T, splits=splits, cfg=cfg)
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    else:
+        check_tensor("out", out, ndim=3, dtypes=(q.dtype,), device=runtime.device())
+        if out.shape != q.shape:
+            raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
     part_ml = torch.empty((B, Hq, p.splits, 2), dtype=torch.float32, device=q.device)
     part_acc = torch.empty((B, Hq, p.splits, D), dtype=torch.float32, device=q.device)
     launch(_kernel(D, cfg), p.grid, p.threads, q, k, v, np.float32(scale), Hq // Hkv, p.heads_per_block, p.chunk,
@@ -296,5 +302,22 @@ def numba_decode(q, k, v, *, scale: float | None = None, splits: int | None = No
     return out
 
 
-__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "make_split_kernel", "merge_kernel",
-           "numba_decode", "plan"]
+def launch_one_pass(kernel, q, k, v, *, scale: float | None = None, threads: int, max_head_dim: int = 128):
+    """Launch notebook 02's exercise kernel: one block per (sequence, query head), no split.
+
+    ``kernel(q, k, v, out, scale)`` with q: [B, Hq, D]; k, v: [B, Hkv, T, D] (fp16 or fp32,
+    D <= ``max_head_dim``); grid ``(B * Hq,)``, block ``(threads,)``, on torch's stream. The
+    output [B, Hq, D] (q's dtype) starts full of NaN, so any element the kernel never
+    writes shows up in a check.
+    """
+    B, Hq, Hkv, T, D = validate_decode(q, k, v, dtypes=FP16_FP32, device=runtime.device())
+    if D > max_head_dim:
+        raise ValueError(f"head dim {D} is larger than the kernel's shared query buffer ({max_head_dim})")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    out = torch.full_like(q, float("nan"))
+    launch(kernel, B * Hq, threads, q, k, v, out, np.float32(scale))
+    return out
+
+
+__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "launch_one_pass", "make_split_kernel",
+           "merge_kernel", "numba_decode", "plan"]

@@ -31,7 +31,6 @@ has run once outside the capture.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -39,10 +38,11 @@ import triton
 import triton.language as tl
 
 from labkit import runtime
+from labkit.attention.splits import MAX_SPLITS, flash_attn_num_splits, num_splits_heuristic, sm_count
 from labkit.attention.validate import check_tensor, validate_decode
 
 HEAD_DIMS = (16, 32, 64, 128, 256)  # powers of two: BLOCK_D = D, so every row is one contiguous load
-MAX_SPLITS = 64  # bounds the workspace and the merge kernel's tile
+MAX_HEADS = 4  # query heads per program: more would spill registers (a larger group takes several programs)
 LOG2E = 1.4426950408889634
 
 
@@ -60,17 +60,20 @@ def _attend_kernel(
     num_splits,  # programs per (sequence, KV head) along T
     HKV: tl.constexpr,  # KV heads
     GROUP: tl.constexpr,  # query heads per KV head (Hq // Hkv)
-    GROUP_P: tl.constexpr,  # GROUP rounded up to a power of two (tile rows)
+    HEADS: tl.constexpr,  # query heads per program: a power of two, the q tile's rows
+    HEAD_CHUNKS: tl.constexpr,  # programs sharing one KV head, ceil(GROUP / HEADS)
     HEAD_DIM: tl.constexpr,  # D, a power of two
     BLOCK_T: tl.constexpr,  # KV tokens per tile
     HAS_LENGTHS: tl.constexpr,
     HAS_ROPE: tl.constexpr,
     SPLIT: tl.constexpr,  # write partials to the workspace (flash-decoding) or the final output
 ):
-    pid_bh = tl.program_id(0)  # which (sequence, KV head)
+    pid = tl.program_id(0)  # which (sequence, KV head, chunk of its query heads)
     split = tl.program_id(1)  # which chunk of the sequence's KV range
+    pid_bh = pid // HEAD_CHUNKS  # (sequence, KV head)
     b = pid_bh // HKV
     hk = pid_bh % HKV
+    head0 = hk * GROUP + (pid % HEAD_CHUNKS) * HEADS  # first query head of this program
 
     # 1. This program's KV range: the sequence's valid length cut into num_splits chunks of
     #    whole tiles, so every tile the loop visits holds at least one valid token.
@@ -82,15 +85,16 @@ def _attend_kernel(
     t_begin = split * tiles_per_split * BLOCK_T
     t_end = tl.minimum(t_begin + tiles_per_split * BLOCK_T, length)
 
-    # 2. The group's query heads as one [GROUP_P, HEAD_DIM] tile in fp32, rotated if asked,
-    #    pre-scaled so that q·k is already the log2-domain score.
-    offs_g = tl.arange(0, GROUP_P)
-    offs_d = tl.arange(0, HEAD_DIM)
-    mask_g = offs_g < GROUP
-    heads = hk * GROUP + offs_g  # query heads served by this KV head
-    q_rows = (b * (HKV * GROUP) + heads).to(tl.int64) * HEAD_DIM
-    q_ptrs = Q + q_rows[:, None] + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=mask_g[:, None], other=0.0).to(tl.float32)
+    # 2. The program's query heads as one [HEADS, 1, HEAD_DIM] tile in fp32, rotated if asked,
+    #    pre-scaled so that q·k is already the log2-domain score. Every tile below is 3-D,
+    #    [heads, tokens, dims], and reductions keep their dimension: all of them then share one
+    #    register layout and nothing is shuffled through shared memory inside the loop.
+    offs_g = tl.arange(0, HEADS)[:, None, None]  # query heads of the program
+    offs_t = tl.arange(0, BLOCK_T)[None, :, None]  # tokens of a tile
+    offs_d = tl.arange(0, HEAD_DIM)[None, None, :]  # head dims, contiguous: 16-byte loads
+    mask_g = head0 + offs_g < (hk + 1) * GROUP  # the last chunk of a group may be partial
+    q_rows = (b * (HKV * GROUP) + head0 + offs_g).to(tl.int64) * HEAD_DIM
+    q = tl.load(Q + q_rows + offs_d, mask=mask_g, other=0.0).to(tl.float32)
     if HAS_ROPE:
         # rotate-half: x'[i] = x[i]·cos − x[i + D/2]·sin, x'[i + D/2] = x[i + D/2]·cos + x[i]·sin
         HALF: tl.constexpr = HEAD_DIM // 2
@@ -99,40 +103,39 @@ def _attend_kernel(
         pos = tl.load(Positions + b).to(tl.int64)
         cos = tl.load(Cos + pos * HALF + offs_d % HALF)
         sin = tl.load(Sin + pos * HALF + offs_d % HALF)
-        q_partner = tl.load(Q + q_rows[:, None] + partner[None, :], mask=mask_g[:, None], other=0.0).to(tl.float32)
-        q = q * cos[None, :] + sign[None, :] * q_partner * sin[None, :]
+        q_partner = tl.load(Q + q_rows + partner, mask=mask_g, other=0.0).to(tl.float32)
+        q = q * cos + sign * q_partner * sin
     q = q * qk_scale
 
     # 3. Stream K and V tile by tile with an online softmax per query head.
-    kv_base = pid_bh.to(tl.int64) * T * HEAD_DIM
-    offs_t = tl.arange(0, BLOCK_T)
-    m = tl.full([GROUP_P], float("-inf"), dtype=tl.float32)  # running max of scores
-    l = tl.zeros([GROUP_P], dtype=tl.float32)  # running sum of 2^(score − m)
-    acc = tl.zeros([GROUP_P, HEAD_DIM], dtype=tl.float32)  # running Σ 2^(score − m)·v
+    k_ptrs = K + pid_bh.to(tl.int64) * T * HEAD_DIM  # this (sequence, KV head)'s [T, D] slab
+    v_ptrs = V + pid_bh.to(tl.int64) * T * HEAD_DIM
+    m = tl.full([HEADS, 1, 1], float("-inf"), dtype=tl.float32)  # running max of scores
+    l = tl.zeros([HEADS, 1, 1], dtype=tl.float32)  # running sum of 2^(score − m)
+    acc = tl.zeros([HEADS, 1, HEAD_DIM], dtype=tl.float32)  # running Σ 2^(score − m)·v
     for start in range(t_begin, t_end, BLOCK_T):
         t = start + offs_t
         mask_t = t < t_end
-        kv_offs = kv_base + t[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
-        k = tl.load(K + kv_offs, mask=mask_t[:, None], other=0.0).to(tl.float32)  # [BLOCK_T, D]
-        v = tl.load(V + kv_offs, mask=mask_t[:, None], other=0.0).to(tl.float32)
-        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [GROUP_P, BLOCK_T]
-        s = tl.where(mask_t[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
+        k = tl.load(k_ptrs + t * HEAD_DIM + offs_d, mask=mask_t, other=0.0).to(tl.float32)  # [1, BLOCK_T, D]
+        v = tl.load(v_ptrs + t * HEAD_DIM + offs_d, mask=mask_t, other=0.0).to(tl.float32)
+        s = tl.sum(q * k, axis=2, keep_dims=True)  # scores [HEADS, BLOCK_T, 1]
+        s = tl.where(mask_t, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1, keep_dims=True))
         alpha = tl.exp2(m - m_new)  # rescales what was accumulated under the old max
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        p = tl.exp2(s - m_new)
+        l = l * alpha + tl.sum(p, axis=1, keep_dims=True)
+        acc = acc * alpha + tl.sum(p * v, axis=1, keep_dims=True)
         m = m_new
 
     # 4. Write the normalised output, or this chunk's partial for the merge.
     if SPLIT:
-        part = (b * (HKV * GROUP) + heads).to(tl.int64) * num_splits + split  # [GROUP_P] rows
+        part = (b * (HKV * GROUP) + head0 + offs_g).to(tl.int64) * num_splits + split  # [HEADS, 1, 1]
         tl.store(Mws + part, m, mask=mask_g)
         tl.store(Lws + part, l, mask=mask_g)
-        tl.store(Accws + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=mask_g[:, None])
+        tl.store(Accws + part * HEAD_DIM + offs_d, acc, mask=mask_g)
     else:
-        out = acc / l[:, None]
-        tl.store(Out + q_rows[:, None] + offs_d[None, :], out.to(Out.dtype.element_ty), mask=mask_g[:, None])
+        out = acc / l
+        tl.store(Out + q_rows + offs_d, out.to(Out.dtype.element_ty), mask=mask_g)
 
 
 @triton.jit
@@ -164,66 +167,24 @@ def _merge_kernel(
 
 
 def launch_config(head_dim: int, group: int) -> tuple[int, int]:
-    """``(BLOCK_T, num_warps)`` for a head dim and GQA group size.
+    """``(BLOCK_T, num_warps)`` for a head dim and a program serving ``group`` query heads.
 
-    The score product is a ``[GROUP_P, BLOCK_T, D]`` fp32 tile in registers; BLOCK_T keeps it
-    near 8192 elements (64 per thread at 4 warps) so nothing spills, and never below 16 rows
-    so each K/V load stays a large, coalesced request.
+    A program holds its q and accumulator rows (``heads × D``, replicated across the threads
+    that share a row) and one ``[BLOCK_T, D]`` tile each of K and V in registers. 64 tokens of
+    D = 128 (16 KB of fp16 per K tile) keeps about 100 registers a thread for one head and
+    about 200 for four, with no spills, and puts 32 KB of loads in flight per program.
+    Compiled for sm_75 and sm_90 without spills (see tests/test_triton_decode.py).
     """
-    group_p = triton.next_power_of_2(group)
-    block_t = max(16, min(128, 8192 // (group_p * head_dim)))
-    num_warps = 4 if group_p * block_t * head_dim <= 8192 else 8
-    return block_t, num_warps
+    heads = min(triton.next_power_of_2(group), MAX_HEADS)
+    block_t = max(16, min(128, 8192 // head_dim))
+    if heads * head_dim > 512:
+        block_t = max(16, block_t // 2)
+    return block_t, 4
 
 
-@functools.lru_cache(maxsize=None)
-def sm_count(device_index: int | None = None) -> int:
-    """Streaming multiprocessors of the GPU (40 on a T4, 132 on an H100); 40 in sim mode (the T4 is the target)."""
-    if runtime.is_sim() or not torch.cuda.is_available():
-        return 40
-    return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
-
-
-def num_splits_heuristic(batch: int, kv_heads: int, T: int, sm_count: int, *, block_t: int = 64,
-                         programs_per_sm: int = 4, min_tiles_per_split: int = 2,
-                         max_splits: int = MAX_SPLITS) -> int:
-    """How many chunks to split each sequence's KV range into.
-
-    Decode attention is pure streaming, so the GPU is fast only when every SM has several
-    programs resident, each with loads in flight. One program per (sequence, KV head) gives
-    ``batch × kv_heads`` programs: 12 for GPT-2 at batch 1, which leaves 28 of a T4's 40 SMs
-    (120 of an H100's 132) idle. We aim for ``programs_per_sm × sm_count`` programs, but never
-    cut a chunk below ``min_tiles_per_split`` tiles (each split costs a partial write and a
-    merge read) and never make more splits than there are tiles. The count is then rounded to
-    the number of equal whole-tile chunks it produces, so no split is left empty.
-
-    flash-attn's ``num_splits_heuristic`` (see :func:`flash_attn_num_splits`) instead fills
-    about one wave of 2 × SMs thread blocks, picking the first split count whose wave
-    efficiency is within 85% of the best: its blocks are big (128-256 keys each, tensor-core
-    tiles), ours are small and many, so we ask for more programs per SM.
-    """
-    tiles = max(1, math.ceil(T / block_t))
-    base = max(1, batch * kv_heads)
-    want = math.ceil(programs_per_sm * sm_count / base)
-    splits = max(1, min(want, tiles // min_tiles_per_split, max_splits))
-    return math.ceil(tiles / math.ceil(tiles / splits))  # equal chunks of whole tiles
-
-
-def flash_attn_num_splits(batch_heads: int, sm_count: int, n_blocks: int, max_splits: int = 128) -> int:
-    """flash-attn's ``num_splits_heuristic`` (csrc/flash_attn/flash_api.cpp), for comparison.
-
-    ``batch_heads``: batch × heads (× query blocks, 1 for decode); ``sm_count``: it passes
-    2 × SMs; ``n_blocks``: key blocks of 128 (d ≤ 128). B=1, H=32, d=128, T=4096 gives 5 on
-    a T4 (``sm_count=80``) and 7 on an H100 (``264``).
-    """
-    if batch_heads >= 0.8 * sm_count:
-        return 1
-    max_splits = min(max_splits, sm_count, n_blocks)
-    eligible = [s for s in range(1, max_splits + 1)
-                if s == 1 or math.ceil(n_blocks / s) != math.ceil(n_blocks / (s - 1))]
-    eff = {s: (batch_heads * s / sm_count) / math.ceil(batch_heads * s / sm_count) for s in eligible}
-    best = max(eff.values())
-    return next(s for s in eligible if eff[s] >= 0.85 * best)
+def heads_per_program(group: int) -> int:
+    """Query heads one program serves from its read of K and V: the group, up to :data:`MAX_HEADS`."""
+    return min(triton.next_power_of_2(group), MAX_HEADS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,16 +253,18 @@ def _prepare(q, k, v, scale, lengths, rope, out):
 def _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, block_t, num_warps):
     B, Hq, Hkv, T, D = dims
     group = Hq // Hkv
+    heads = heads_per_program(group)
+    head_chunks = triton.cdiv(group, heads)
     cos, sin, positions = rope
     m_ws, l_ws, acc_ws = ws if ws is not None else (out, out, out)  # unused when not SPLIT
-    _attend_kernel[(B * Hkv, num_splits)](
+    _attend_kernel[(B * Hkv * head_chunks, num_splits)](
         q, k, v,
         lengths if lengths is not None else q,
         cos if cos is not None else q, sin if sin is not None else q,
         positions if positions is not None else q,
         out, m_ws, l_ws, acc_ws,
         scale * LOG2E, T, num_splits,
-        HKV=Hkv, GROUP=group, GROUP_P=triton.next_power_of_2(group), HEAD_DIM=D, BLOCK_T=block_t,
+        HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=head_chunks, HEAD_DIM=D, BLOCK_T=block_t,
         HAS_LENGTHS=lengths is not None, HAS_ROPE=cos is not None, SPLIT=ws is not None,
         num_warps=num_warps,
     )
@@ -309,13 +272,15 @@ def _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, blo
 
 def triton_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None, out=None,
                   block_t: int | None = None, num_warps: int | None = None) -> torch.Tensor:
-    """One-pass decode attention: one program per (sequence, KV head), all its query heads at once.
+    """One-pass decode attention: one program per (sequence, KV head), its query heads at once.
 
     q: [B, Hq, D]; k, v: [B, Hkv, T, D]; fp16, fp32 or bf16 (where the GPU has it), contiguous,
     D a power of two from 16 to 256, Hq a multiple of Hkv. ``lengths``: optional [B] int32,
     1 ≤ lengths[b] ≤ T. ``rope``: optional ``(cos, sin, positions)`` — fp32 tables
     [max_len, D/2] and int32 positions [B] — rotating q as it is loaded. ``out``: optional
-    [B, Hq, D] of q's dtype to write into. Returns [B, Hq, D] in q's dtype.
+    [B, Hq, D] of q's dtype to write into. Returns [B, Hq, D] in q's dtype. A group of more
+    than :data:`MAX_HEADS` query heads takes several programs per KV head.
+    ``block_t`` and ``num_warps`` override :func:`launch_config` (tuning).
     """
     dims, scale, lengths, rope, out = _prepare(q, k, v, scale, lengths, rope, out)
     default_t, default_w = launch_config(dims[4], dims[1] // dims[2])
@@ -323,26 +288,35 @@ def triton_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=Non
     return out
 
 
+def plan_splits(B: int, Hq: int, Hkv: int, T: int, D: int, *, block_t: int | None = None,
+                num_splits: int | None = None, device_index: int | None = None) -> int:
+    """The split count :func:`flash_decode` uses: ``num_splits`` or the heuristic, capped at the
+    KV tiles and :data:`MAX_SPLITS`."""
+    group = Hq // Hkv
+    block_t = block_t or launch_config(D, group)[0]
+    tiles = triton.cdiv(T, block_t)
+    if num_splits is None:
+        programs = B * Hkv * triton.cdiv(group, heads_per_program(group))
+        num_splits = num_splits_heuristic(1, programs, T, sm_count(device_index), block_t=block_t)
+    elif not isinstance(num_splits, int) or num_splits < 1:
+        raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
+    return min(num_splits, tiles, MAX_SPLITS)
+
+
 def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None, num_splits: int | None = None,
                  out=None, block_t: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """Flash-decoding: split each sequence's KV range across programs, then merge by log-sum-exp.
 
     Same arguments and result as :func:`triton_decode`, plus ``num_splits`` (default:
-    :func:`num_splits_heuristic` for this GPU, capped at the number of KV tiles and
-    :data:`MAX_SPLITS`). One split runs the one-pass kernel alone; more run the split kernel
-    (partials into a cached fp32 workspace) and the merge kernel: two launches, no host sync.
-    ``block_t`` and ``num_warps`` override the split kernel's launch configuration (tuning).
+    :func:`num_splits_heuristic` for this GPU; see :func:`plan_splits`). One split runs the
+    one-pass kernel alone; more run the split kernel (partials into a cached fp32 workspace)
+    and the merge kernel: two launches, no host sync, no allocation when ``out`` is given.
     """
     dims, scale, lengths, rope, out = _prepare(q, k, v, scale, lengths, rope, out)
     B, Hq, Hkv, T, D = dims
     default_t, default_w = launch_config(D, Hq // Hkv)
     block_t, num_warps = block_t or default_t, num_warps or default_w
-    tiles = triton.cdiv(T, block_t)
-    if num_splits is None:
-        num_splits = num_splits_heuristic(B, Hkv, T, sm_count(q.device.index), block_t=block_t)
-    elif not isinstance(num_splits, int) or num_splits < 1:
-        raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
-    num_splits = min(num_splits, tiles, MAX_SPLITS)
+    num_splits = plan_splits(B, Hq, Hkv, T, D, block_t=block_t, num_splits=num_splits, device_index=q.device.index)
     if num_splits == 1:
         _launch_attend(q, k, v, dims, scale, lengths, rope, out, 1, None, block_t, num_warps)
         return out
@@ -353,5 +327,5 @@ def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None
     return out
 
 
-__all__ = ["HEAD_DIMS", "MAX_SPLITS", "flash_attn_num_splits", "flash_decode", "launch_config",
-           "num_splits_heuristic", "sm_count", "triton_decode", "workspace"]
+__all__ = ["HEAD_DIMS", "MAX_HEADS", "MAX_SPLITS", "flash_attn_num_splits", "flash_decode", "heads_per_program",
+           "launch_config", "num_splits_heuristic", "plan_splits", "sm_count", "triton_decode", "workspace"]

@@ -25,7 +25,7 @@ def gpu_timing_mistakes(nbytes: int = 64 << 20) -> list[dict]:
     n_sets = max(2, 4 * l2_bytes() // nbytes + 1)
     bufs = [torch.randn(nbytes // 2, dtype=torch.float16, device="cuda") for _ in range(n_sets)]
     out = torch.empty((), dtype=torch.float32, device="cuda")
-    fn = lambda x: torch.sum(x, dtype=torch.float32, out=out)  # noqa: E731
+    fn = lambda x: torch.sum(x, dim=0, dtype=torch.float32, out=out)  # noqa: E731
     small = bufs[0][: l2_bytes() // 8]
     rows = []
     torch.cuda.synchronize()

@@ -60,8 +60,8 @@ def bench_rope(*, batches=None, contexts=None, Hq: int | None = None, Hkv: int |
                warmup: int = 25, rep: int = 100) -> list[Record]:
     """Check, then time, the RoPE variants at each (batch, context) for one head shape.
 
-    Kernels: ``sdpa`` and ``flash_decode`` (attention on an already rotated q),
-    ``flash_decode+rope`` (q rotated inside the kernel), ``unfused step`` and ``fused step``
+    Kernels: ``sdpa`` and ``flash`` (``flash_decode`` on an already rotated q),
+    ``flash+rope`` (``flash_decode`` rotating q inside the kernel), ``unfused step`` and ``fused step``
     (:mod:`labkit.rope_fusion`: rotate q and k, write k and v, attend). Defaults: batches 1
     and 8, contexts 512 … 4096, the Llama shape (32 heads, D = 128) on a GPU; the sim sizes of
     :data:`labkit.runtime.SIZES` in sim mode. Bytes are what each must move: decode attention's
@@ -140,7 +140,7 @@ def bench_rope(*, batches=None, contexts=None, Hq: int | None = None, Hkv: int |
 
 
 def fusion_summary(records: list[Record]) -> list[dict]:
-    """Per (B, T): ``rope_overhead`` = time(flash_decode+rope) / time(flash_decode) and
+    """Per (B, T): ``rope_overhead`` = time(flash+rope) / time(flash) and
     ``step_speedup`` = time(unfused step) / time(fused step); ``None`` where untimed."""
     by = {}
     for r in records:
@@ -168,4 +168,18 @@ def format_fusion_summary(records: list[Record], *, max_overhead: float = 1.05, 
     return "\n".join(lines)
 
 
-__all__ = ["KERNELS", "bench_rope", "count_launches", "format_fusion_summary", "fusion_summary"]
+def rope_results(records: list[Record], roofline_gbps: float | None = None) -> tuple[list[Record], str, float | None]:
+    """``(records, source, roofline)``: this run's if timed (a GPU), else the newest recorded
+    ``rope_*.json`` in ``data/results`` with its GPU, date and roofline (``([], why, None)`` if none)."""
+    from labkit.bench.records import label
+    from labkit.viz.plots import recorded
+
+    if any(r.time_ms is not None for r in records):
+        return records, "this run", roofline_gbps
+    rec, meta = recorded("rope_*.json")
+    if meta is None:
+        return [], "no timings: sim mode, and no recorded GPU results (rope_*.json) in data/results", None
+    return rec, "recorded on " + label(meta), meta.get("roofline_gbps")
+
+
+__all__ = ["KERNELS", "bench_rope", "count_launches", "format_fusion_summary", "fusion_summary", "rope_results"]

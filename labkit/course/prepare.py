@@ -63,6 +63,12 @@ class Masters:
         notebooks = {p.stem: nbformat.read(p, as_version=4) for p in master_paths(folder)}
         if not notebooks:
             raise GradeError(f"no master notebooks (*.ipynb) in {folder}")
+        for name, nb in notebooks.items():
+            for meta in map(cell_meta, nb.cells):
+                points = meta.get("points", 1)
+                if "check" in meta and (not isinstance(points, (int, float)) or points < 0):
+                    raise GradeError(f"master {name}: check {meta['check']!r} has points={points!r}; "
+                                     "expected a number >= 0")
         return cls(notebooks)
 
     def checks(self, name: str) -> list[Check]:
@@ -142,15 +148,16 @@ def restore_checks(student: nbformat.NotebookNode, master: nbformat.NotebookNode
         check = copy.deepcopy(mcell)
         cells.insert(at, check)
         restored.add(id(check))
-    nb = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(student.get("metadata", {})))
     seen: set[str] = set()
-    for cell in nb.cells:
+    for cell in cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
         cell.get("metadata", {}).pop("execution", None)
         if not cell.get("id") or cell.id in seen:
             cell.id = uuid.uuid4().hex[:12]
         seen.add(cell.id)
+    nb = nbformat.v4.new_notebook(metadata=copy.deepcopy(student.get("metadata", {})))
+    nb.cells = cells
     nbformat.validate(nb)
     return nb
 

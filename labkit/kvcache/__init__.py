@@ -1,6 +1,9 @@
 """KV caches behind one protocol (:class:`KVCache`, see :mod:`labkit.kvcache.base`)."""
 
+from labkit.kvcache.allocator import BlockAllocator, DoubleFree, OutOfBlocks
 from labkit.kvcache.base import KVCache
 from labkit.kvcache.contiguous import ContiguousKVCache
+from labkit.kvcache.paged import PagedBatch, PagedKVCache, UnknownSequence
 
-__all__ = ["KVCache", "ContiguousKVCache"]
+__all__ = ["KVCache", "ContiguousKVCache", "BlockAllocator", "DoubleFree", "OutOfBlocks", "PagedBatch",
+           "PagedKVCache", "UnknownSequence"]

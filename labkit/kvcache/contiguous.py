@@ -67,6 +67,7 @@ class ContiguousKVCache(KVCache):
         self._rows = torch.arange(batch_size, device=self.device)
         self._slots = torch.arange(max_len, device=self.device)
         self._pending = 0  # S of the pass begun and not yet committed
+        self._pass = None  # (positions [B, S], causal mask [B, 1, S, T]) of this pass, made by its first layer
 
     def begin(self, num_new: int) -> torch.Tensor:
         if num_new < 1:
@@ -75,8 +76,18 @@ class ContiguousKVCache(KVCache):
         if longest + num_new > self.max_len:
             raise ValueError(f"the cache holds at most max_len={self.max_len} tokens per row; a row at "
                              f"{longest} tokens can't take {num_new} more")
-        self._pending = num_new
+        self._pending, self._pass = num_new, None
         return self.lengths.long()[:, None] + self._slots[None, :num_new]
+
+    def _this_pass(self):
+        # Computed from the device lengths inside the pass (not in begin), so that a pass
+        # replayed from a CUDA graph recomputes them; shared by every layer.
+        if self._pass is None:
+            S = self._pending
+            T = self.max_len if self.static_shapes else min(self.max_len, max(self._host) + S)
+            pos = self.lengths.long()[:, None] + self._slots[None, :S]  # [B, S]
+            self._pass = (pos, (self._slots[None, None, :T] <= pos[:, :, None])[:, None])
+        return self._pass
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         S = self._pending
@@ -86,7 +97,7 @@ class ContiguousKVCache(KVCache):
                              f"{list(k.shape)} and {list(v.shape)}")
         if k.dtype != self.dtype or v.dtype != self.dtype:
             raise TypeError(f"k and v must have the cache's dtype {self.dtype}, got {k.dtype} and {v.dtype}")
-        pos = self.lengths.long()[:, None] + self._slots[None, :S]  # [B, S]
+        pos = self._this_pass()[0]
         rows = self._rows[:, None].expand(-1, S)
         # Advanced indices on dims 0 and 2 around a slice put their [B, S] dims first.
         self.k[layer][rows, :, pos] = k.transpose(1, 2)
@@ -102,16 +113,15 @@ class ContiguousKVCache(KVCache):
 
             out = decode_attention(q[:, :, 0].contiguous(), self.k[layer], self.v[layer], impl=self.impl,
                                    scale=scale, lengths=self.lengths + 1)
-            return out.unsqueeze(2)
-        T = self.max_len if self.static_shapes else min(self.max_len, max(self._host) + S)
+            return out.to(q.dtype).unsqueeze(2)
+        mask = self._this_pass()[1]  # [B, 1, S, T]: query i of row b sees keys 0 .. lengths[b] + i
+        T = mask.shape[-1]
         k, v = self.k[layer][:, :, :T], self.v[layer][:, :, :T]
-        query_pos = self.lengths.long()[:, None] + self._slots[None, :S]  # [B, S]
-        mask = self._slots[None, None, :T] <= query_pos[:, :, None]  # [B, S, T]
         if Hq != self.num_kv_heads:
             k = k.repeat_interleave(Hq // self.num_kv_heads, dim=1)
             v = v.repeat_interleave(Hq // self.num_kv_heads, dim=1)
         scale = 1.0 / math.sqrt(D) if scale is None else scale
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
     def commit(self) -> None:
         if not self._pending:

@@ -185,17 +185,23 @@ class PagedKVCache:
             raise ValueError(f"positions must be in [0, {self._lengths[seq]}) for sequence {seq}")
         return (table[pos // self.block_size] * self.block_size + pos % self.block_size).to(self.device)
 
-    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store keys and values k, v: [n, Hkv, D] of layer ``layer`` at ``slots`` (int64 [n])."""
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, rope=None) -> None:
+        """Store keys and values k, v: [n, Hkv, D] of layer ``layer`` at ``slots`` (int64 [n]).
+
+        One launch of :func:`labkit.kvcache.rope_write.write_kv_rope`, which addresses the pool as
+        ``[block, head, row, :]``; ``rope=(cos, sin, positions)`` rotates the keys on the way in.
+        """
+        from labkit.kvcache.rope_write import write_kv_rope
+
         want = (slots.shape[0], self.num_kv_heads, self.head_dim)
         if tuple(k.shape) != want or tuple(v.shape) != want:
             raise ValueError(f"k and v must have shape {list(want)} [n, Hkv, D], got {list(k.shape)} and {list(v.shape)}")
         if k.dtype != self.dtype or v.dtype != self.dtype:
             raise TypeError(f"k and v must have the cache's dtype {self.dtype}, got {k.dtype} and {v.dtype}")
-        block, row = slots // self.block_size, slots % self.block_size
-        # Advanced indices on dims 0 and 2 around a slice put their [n] dim first: [n, Hkv, D].
-        self.k[layer][block, :, row] = k
-        self.v[layer][block, :, row] = v
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        write_kv_rope(k, v, self.k[layer], self.v[layer], slots // self.block_size, slots % self.block_size,
+                      rope, check_indices=False)
 
     def gather(self, layer: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``seq``'s keys and values of ``layer`` as contiguous [Hkv, T, D] copies (for checks)."""

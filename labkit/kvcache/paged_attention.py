@@ -30,6 +30,8 @@ import triton.language as tl
 
 from labkit import runtime
 from labkit.attention.reference import reference_decode
+from labkit.attention.triton_decode import launch_config as tile_config
+from labkit.attention.triton_decode import num_splits_heuristic, sm_count
 from labkit.attention.validate import check_tensor, supported_dtypes
 
 LOG2E = 1.4426950408889634  # scores are kept in base 2 so the kernel can use exp2
@@ -46,7 +48,6 @@ def _paged_split_kernel(
     part_o_ptr,  # [B, Hq, S, D] fp32 workspace: each split's normalised output
     part_lse_ptr,  # [B, Hq, S] fp32 workspace: each split's log2-sum-exp2 of its scores
     qk_scale,  # softmax scale * log2(e)
-    split_len,  # tokens per split, a multiple of BLOCK_N
     stride_qb, stride_qh,  # q strides (batch, head); D is contiguous
     stride_kn, stride_kh, stride_kt,  # pool strides (block, head, token); D is contiguous
     stride_btb,  # block-table stride (batch)
@@ -63,12 +64,14 @@ def _paged_split_kernel(
     split = tl.program_id(2)
     num_splits = tl.num_programs(2)
 
-    # This program's tokens: [start, end) of sequence b, clipped to its length.
+    # This program's tokens [start, end): sequence b's length cut into num_splits chunks of
+    # whole BLOCK_N tiles (so a short sequence's splits stay busy; trailing ones may be empty).
     length = tl.load(len_ptr + b)
-    start = split * split_len
-    end = tl.minimum(start + split_len, length)
+    tiles_per_split = tl.cdiv(tl.cdiv(length, BLOCK_N), num_splits)
+    start = split * tiles_per_split * BLOCK_N
+    end = tl.minimum(start + tiles_per_split * BLOCK_N, length)
 
-    # The GROUP query heads reading this KV head, pre-scaled into base 2.
+    # The GROUP query heads reading this KV head, pre-scaled into base 2: [GROUP_P2, 1, D_P2].
     offs_g = tl.arange(0, GROUP_P2)
     offs_d = tl.arange(0, D_P2)
     g_mask = offs_g < GROUP
@@ -76,24 +79,32 @@ def _paged_split_kernel(
     heads = kv_head * GROUP + offs_g
     q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
-    q = q * qk_scale
+    q = (q * qk_scale)[:, None, :]
 
     m_i = tl.full([GROUP_P2], float("-inf"), dtype=tl.float32)  # running max score per head
     l_i = tl.zeros([GROUP_P2], dtype=tl.float32)  # running sum of exp2(score - m_i)
     acc = tl.zeros([GROUP_P2, D_P2], dtype=tl.float32)  # running sum of p * v
 
     kv_base = kv_head.to(tl.int64) * stride_kh
-    for n0 in range(start, end, BLOCK_N):
-        # 1. Translate token positions to pool rows through the block table.
-        offs_t = n0 + tl.arange(0, BLOCK_N)
+    bt_row = bt_ptr + b * stride_btb
+    offs_t = start + tl.arange(0, BLOCK_N)
+    block = tl.load(bt_row + offs_t // BS, mask=offs_t < end, other=0)
+    for _ in range(start, end, BLOCK_N):
+        # 1. Translate token positions to pool rows through the block table. K and V tiles are
+        #    loaded as [1, BLOCK_N, D_P2], the shape the products below broadcast to, so they stay
+        #    in the layout they are loaded in (no shuffle through shared memory).
         t_mask = offs_t < end
-        block = tl.load(bt_ptr + b * stride_btb + offs_t // BS, mask=t_mask, other=0)
         rows = kv_base + block.to(tl.int64) * stride_kn + (offs_t % BS) * stride_kt
-        kv_mask = t_mask[:, None] & d_mask[None, :]
+        ptrs = rows[None, :, None] + offs_d[None, None, :]
+        kv_mask = t_mask[None, :, None] & d_mask[None, None, :]
+        k = tl.load(k_ptr + ptrs, mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + ptrs, mask=kv_mask, other=0.0).to(tl.float32)
+        # Fetch the next tile's block ids now, so their latency hides behind this tile's loads.
+        offs_t += BLOCK_N
+        block = tl.load(bt_row + offs_t // BS, mask=offs_t < end, other=0)
 
         # 2. Scores of every head against these keys: [GROUP_P2, BLOCK_N].
-        k = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)
+        s = tl.sum(q * k, axis=2)
         s = tl.where(t_mask[None, :], s, float("-inf"))
 
         # 3. Online softmax: rescale what we have to the new running max, add this step.
@@ -101,8 +112,7 @@ def _paged_split_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, axis=1)
         m_i = m_new
 
     # 4. This split's normalised output and log-sum-exp; an empty split (past the sequence's
@@ -160,24 +170,16 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
     return buf
 
 
-def _sm_count(device: torch.device) -> int:
-    # The simulator has no SMs; 4 makes small sim problems still take the split-K path.
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def launch_config(B: int, Hq: int, Hkv: int, D: int, capacity: int, device: torch.device) -> dict:
-    """Tile, split and warp counts for one call (``capacity``: the most tokens a sequence can hold).
+    """Tile, warp and split counts for one call (``capacity``: the most tokens a sequence can hold).
 
-    BLOCK_N keeps the [GROUP, BLOCK_N, D] product tile near 8K fp32 values (about 64
-    registers a thread at 4 warps); the context is split until there are about two programs
-    per SM, as flash-attn's heuristic does.
+    The same choices as the contiguous kernel (:mod:`labkit.attention.triton_decode`), so that
+    the two differ only in how they address K and V: a [GROUP, BLOCK_N, D] product tile of about
+    8K fp32 values, and enough splits of the context for several programs per SM.
     """
-    group_p2 = triton.next_power_of_2(Hq // Hkv)
-    d_p2 = triton.next_power_of_2(D)
-    block_n = max(16, min(128, 8192 // (group_p2 * d_p2)))
-    chunks = triton.cdiv(capacity, block_n)
-    num_splits = max(1, min(triton.cdiv(2 * _sm_count(device), B * Hkv), chunks, MAX_SPLITS))
-    return {"block_n": block_n, "num_splits": num_splits, "num_warps": 4}
+    block_n, num_warps = tile_config(triton.next_power_of_2(D), Hq // Hkv)
+    splits = num_splits_heuristic(B, Hkv, capacity, sm_count(device.index), block_t=block_n)
+    return {"block_n": block_n, "num_warps": num_warps, "num_splits": splits}
 
 
 def validate_paged(q, k_pool, v_pool, block_tables, lengths, *, check_values: bool = True) -> tuple[int, ...]:
@@ -242,12 +244,11 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
                                                       check_values=check_values)
     cfg = launch_config(B, Hq, Hkv, D, max_blocks * BS, q.device)
     block_n = block_n or cfg["block_n"]
-    splits = num_splits or cfg["num_splits"]
-    # Splits start on BLOCK_N boundaries; recount them so that none is entirely past the capacity.
-    split_len = triton.cdiv(triton.cdiv(max_blocks * BS, splits), block_n) * block_n
-    splits = triton.cdiv(max_blocks * BS, split_len)
-    if splits > MAX_SPLITS:
-        raise ValueError(f"num_splits={num_splits} gives {splits} splits; at most {MAX_SPLITS} are supported")
+    if block_n < 1 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two, got {block_n}")
+    if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
+        raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
+    splits = min(num_splits or cfg["num_splits"], triton.cdiv(max_blocks * BS, block_n), MAX_SPLITS)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if out is None:
         out = torch.empty_like(q)
@@ -262,7 +263,7 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
     group = Hq // Hkv
     _paged_split_kernel[(B, Hkv, splits)](
         q, k_pool, v_pool, block_tables, lengths, part_o, part_lse,
-        scale * LOG2E, split_len,
+        scale * LOG2E,
         q.stride(0), q.stride(1),
         k_pool.stride(0), k_pool.stride(1), k_pool.stride(2),
         block_tables.stride(0),

@@ -88,6 +88,10 @@ def write_kv_rope_kernel(
     tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=mask2, other=0.0), mask=mask2)
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 def _check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
     if t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(f"{name} must have a contiguous last (head) dimension; got strides {t.stride()}")
@@ -114,7 +118,7 @@ def validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope=None, *, ch
                          f"and head dim {D} to match k_new {tuple(k_new.shape)}")
     for name, t in (("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dtype != k_new.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype}; expected k_new's dtype {k_new.dtype}")
+            raise TypeError(f"{name} has dtype {_name(t.dtype)}; expected k_new's dtype {_name(k_new.dtype)}")
         if t.device != device:
             raise ValueError(f"{name} is on {t.device}; expected k_new's device {device}")
     for name, t in (("rows", rows), ("slots", slots)):

@@ -77,8 +77,8 @@ class ModelConfig:
 # So the draft is one layer (about 1/10 of the target's cost per token) and the target's
 # verify pass over gamma + 1 tokens costs about one decode step.
 SIZES = {
-    "target": dict(d_model=256, n_layers=12, n_heads=4, max_len=1024, dropout=0.2),
-    "draft": dict(d_model=256, n_layers=1, n_heads=4, max_len=1024, dropout=0.0),
+    "target": dict(d_model=256, n_layers=12, n_heads=4, d_ff=768, max_len=1024, dropout=0.2),
+    "draft": dict(d_model=256, n_layers=1, n_heads=4, d_ff=768, max_len=1024, dropout=0.0),
 }
 
 

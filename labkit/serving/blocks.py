@@ -31,10 +31,11 @@ class BlockLedger:
 
     Requests are keyed by ``request.request_id``. ``allocator`` defaults to a fresh
     :class:`BlockAllocator` of ``num_blocks``; pass the paged cache's own to share its pool.
+    ``on_free(blocks)`` is called with a request's blocks just before they go back.
     """
 
     def __init__(self, num_blocks: int | None = None, block_size: int = 16, *,
-                 allocator: BlockAllocator | None = None):
+                 allocator: BlockAllocator | None = None, on_free=None):
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}")
         if allocator is None:
@@ -42,6 +43,7 @@ class BlockLedger:
                 raise ValueError("give num_blocks or an allocator")
             allocator = BlockAllocator(num_blocks)
         self.allocator, self.block_size = allocator, block_size
+        self.on_free = on_free  # called with a request's block ids just before they are freed
         self.tables: dict[object, list[int]] = {}
 
     @property
@@ -74,6 +76,8 @@ class BlockLedger:
     def free(self, request) -> int:
         """Give back every block ``request`` holds; return how many."""
         table = self.tables.pop(request.request_id, [])
+        if table and self.on_free is not None:
+            self.on_free(table)
         for b in table:
             self.allocator.free(b)
         return len(table)

@@ -106,6 +106,15 @@ class Request:
         """prompt + output: every token whose keys and values the request needs cached."""
         return self.prompt + self.output
 
+    def token_slice(self, start: int, stop: int) -> list:
+        """``tokens[start:stop]`` without building the whole list (a decode step needs one token)."""
+        n = len(self.prompt)
+        if stop <= n:
+            return self.prompt[start:stop]
+        if start >= n:
+            return self.output[start - n:stop - n]
+        return self.prompt[start:] + self.output[:stop - n]
+
     @property
     def num_tokens(self) -> int:
         return len(self.prompt) + len(self.output)

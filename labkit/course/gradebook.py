@@ -1,0 +1,197 @@
+"""Scores from nbval's per-cell results, and the files ``labkit grade`` writes.
+
+Each check of a master becomes one row of the gradebook with a status:
+
+* ``passed``: the restored check cell ran without raising; full points.
+* ``failed``: it raised (a :class:`~labkit.checks.core.CheckFailure`, or e.g. a ``NameError``
+  when the exercise cell never defined the function), or the kernel died; no points.
+* ``timeout``: the check cell ran past ``--cell-timeout``, or never ran because an earlier cell
+  hung the kernel or the notebook ran past ``--timeout``; no points.
+* ``error``: the submission could not be graded at all (not a notebook, no matching master,
+  the kernel would not start); no points.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from labkit.course.prepare import Check
+from labkit.course.release import cell_meta
+
+STATUSES = ("passed", "failed", "timeout", "error")
+
+
+@dataclass
+class CheckResult:
+    exercise: str
+    points: float  # earned
+    possible: float
+    status: str  # one of STATUSES
+    message: str = ""  # why it did not pass: the CheckFailure text, the error, the timeout
+    output: str = ""  # what the check cell printed (its pass/fail lines)
+
+
+@dataclass
+class NotebookResult:
+    student: str
+    notebook: str  # the master's name (the file's name when it matches no master)
+    submission: str  # the submitted file
+    checks: list[CheckResult] = field(default_factory=list)
+    problem: str = ""  # why the notebook could not be graded at all
+    started: float | None = None  # the nbval process's start and end (seconds since the epoch)
+    finished: float | None = None
+    cells_started: float | None = None  # first cell's start and last cell's end in the kernel
+    cells_finished: float | None = None
+    cell_errors: list[dict] = field(default_factory=list)  # the student's own cells that raised
+
+    @property
+    def score(self) -> float:
+        return sum(c.points for c in self.checks)
+
+    @property
+    def possible(self) -> float:
+        return sum(c.possible for c in self.checks)
+
+
+def read_log(path: Path) -> tuple[dict[int, dict], list[int]]:
+    """The per-cell records (by code-cell number) and kernel pids that nbval_hooks wrote."""
+    cells, pids = {}, []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short when the run was killed
+                continue
+            if "kernel_pid" in rec and rec["kernel_pid"]:
+                pids.append(int(rec["kernel_pid"]))
+            elif "cell" in rec:
+                cells.setdefault(int(rec["cell"]), rec)
+    return cells, pids
+
+
+def _first_line(source: str) -> str:
+    lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return (lines[0].strip() if lines else "")[:80]
+
+
+def score(result: NotebookResult, prepared, checks: list[Check], log: Path, *, killed: bool,
+          cell_timeout: float, timeout: float) -> None:
+    """Fill ``result`` from the log of an nbval run over the ``prepared`` notebook."""
+    records, _ = read_log(log)
+    code = [c for c in prepared.cells if c.cell_type == "code"]
+    if records:
+        result.cells_started = min(r["start"] for r in records.values())
+        result.cells_finished = max(r["stop"] for r in records.values())
+    hung = None  # the first cell that ran past the cell timeout
+    for number, cell in enumerate(code):
+        rec = records.get(number)
+        meta = cell_meta(cell)
+        if "check" not in meta:
+            if rec and rec["outcome"] != "passed" and rec.get("when") == "call":
+                timed = rec.get("message", "").startswith("Timeout")
+                hung = hung or (_first_line(cell.source) if timed else None)
+                result.cell_errors.append({"cell": number, "line": _first_line(cell.source),
+                                           "error": "ran past the cell timeout" if timed else
+                                           f"{rec.get('ename') or rec.get('error')}: "
+                                           f"{rec.get('evalue') or rec.get('message', '')}".strip()})
+            continue
+        # a check cell in the prepared notebook is the master's, with the master's metadata
+        exercise, points = str(meta["check"]), float(meta.get("points", 1))
+        status, message = _status(rec, killed=killed, hung=hung, cell_timeout=cell_timeout, timeout=timeout)
+        if rec and rec.get("message", "").startswith("Timeout"):
+            hung = hung or f"the check for {exercise}"
+        result.checks.append(CheckResult(exercise, points if status == "passed" else 0.0, points, status,
+                                         message, (rec or {}).get("stdout", "")))
+    order = [c.exercise for c in checks]  # rows in the master's order, whatever order the student's cells are in
+    result.checks.sort(key=lambda c: order.index(c.exercise) if c.exercise in order else len(order))
+
+
+def _status(rec: dict | None, *, killed: bool, hung: str | None, cell_timeout: float,
+            timeout: float) -> tuple[str, str]:
+    if rec is None:
+        if killed:
+            return "timeout", f"not run: the notebook ran past the time limit of {timeout:g} s"
+        return "error", "not run: nbval stopped before this cell (see the grader's log)"
+    if rec["outcome"] == "passed":
+        return "passed", ""
+    message = rec.get("message", "")
+    if rec.get("when") == "setup":
+        return "error", f"not run: the kernel could not start ({rec.get('error')}: {message})"
+    if message.startswith("Timeout"):
+        return "timeout", f"ran past the cell time limit of {cell_timeout:g} s"
+    if rec.get("error") == "KernelDied":
+        return "failed", message
+    if message.startswith("Kernel dead"):
+        if rec.get("timed_out"):
+            return "timeout", f"not run: the kernel was stopped after `{hung}` ran past the cell time limit"
+        return "failed", "not run: the kernel had died in an earlier cell"
+    why = f"{rec['ename']}: {rec.get('evalue', '')}" if rec.get("ename") else message
+    if hung:
+        why += f"\n(an earlier cell, `{hung}`, ran past the cell time limit and was interrupted)"
+    return "failed", why
+
+
+def error_result(student: str, notebook: str, submission: str, checks: list[Check], problem: str) -> NotebookResult:
+    """A submission that could not be graded: one error row per check (one row if no master)."""
+    rows = [CheckResult(c.exercise, 0.0, c.points, "error", problem) for c in checks] or \
+        [CheckResult("", 0.0, 0.0, "error", problem)]
+    return NotebookResult(student, notebook, submission, rows, problem=problem)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a student's or notebook's name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unnamed"
+
+
+def write_outputs(results: list[NotebookResult], out: Path) -> dict[str, Path]:
+    """Write gradebook.csv, totals.csv, results.json and feedback/<student>/<notebook>.md under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"gradebook": out / "gradebook.csv", "totals": out / "totals.csv", "results": out / "results.json"}
+    with open(paths["gradebook"], "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["student", "notebook", "exercise", "points", "possible", "status", "submission"])
+        for r in results:
+            for c in r.checks:
+                w.writerow([r.student, r.notebook, c.exercise, _num(c.points), _num(c.possible), c.status, r.submission])
+    with open(paths["totals"], "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["student", "notebook", "points", "possible", "passed", "failed", "timeout", "error"])
+        for r in results:
+            counts = [sum(c.status == s for c in r.checks) for s in STATUSES]
+            w.writerow([r.student, r.notebook, _num(r.score), _num(r.possible), *counts])
+    paths["results"].write_text(json.dumps([asdict(r) for r in results], indent=1), encoding="utf-8")
+    for r in results:
+        target = out / "feedback" / safe_name(r.student) / f"{safe_name(r.notebook)}.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(feedback(r), encoding="utf-8")
+    return paths
+
+
+def feedback(r: NotebookResult) -> str:
+    """The student's feedback for one notebook (markdown): the score, then why each check did not pass."""
+    lines = [f"# {r.notebook}: feedback for {r.student}", "",
+             f"Submitted file: `{r.submission}`", "", f"**Score: {_num(r.score)} of {_num(r.possible)} points.**", ""]
+    if r.problem:
+        lines += [f"This submission could not be graded: {r.problem}", ""]
+    lines += ["| exercise | points | status |", "| --- | --- | --- |"]
+    lines += [f"| {c.exercise or '-'} | {_num(c.points)} / {_num(c.possible)} | {c.status} |" for c in r.checks]
+    for c in r.checks:
+        if c.status == "passed" or not c.exercise:
+            continue
+        lines += ["", f"## {c.exercise}: {c.status}", ""]
+        if c.output.strip():
+            lines += ["What the check printed:", "", "```", c.output.rstrip(), "```", ""]
+        lines += ["Why it did not pass:", "", "```", c.message.rstrip() or "(no message)", "```"]
+    if r.cell_errors:
+        lines += ["", "## Your cells that did not run cleanly", ""]
+        lines += [f"- code cell {e['cell']} (`{e['line']}`): {e['error'].splitlines()[0] if e['error'] else ''}"
+                  for e in r.cell_errors]
+    return "\n".join(lines) + "\n"

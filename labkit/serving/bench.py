@@ -1,0 +1,141 @@
+"""Static batching against continuous batching: same model, same KV memory, same maximum batch.
+
+:func:`compare` serves one workload with both schedulers; :func:`sweep_rates` does it at
+several Poisson arrival rates and returns :class:`~labkit.bench.records.Record` s (one per
+policy and rate) with the serving metrics in ``extra``. On a GPU the engine's clock is the
+wall clock, synchronised at every step; in sim mode it is the logical clock (steps), and the
+notebook shows the recorded GPU results (``data/results/serving_*.json``) instead.
+
+"Same KV memory" means the paged pool holds exactly what a static server preallocates:
+``max_batch`` sequences of ``max_context`` tokens (:func:`pool_blocks`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from labkit import runtime
+from labkit.bench.records import Record
+from labkit.serving.blocks import blocks_for
+from labkit.serving.clock import default_clock
+from labkit.serving.engine import Engine
+from labkit.serving.metrics import Metrics, summarize
+from labkit.serving.static import StaticScheduler
+
+POLICIES = ("static", "continuous")
+RESULTS_PATTERN = "serving_*.json"
+METRICS = {  # what the plots and the explorer can show: key -> (label, unit kind)
+    "throughput": ("throughput (output tokens / time)", "rate"),
+    "ttft_p50": ("time to first token, p50", "time"),
+    "ttft_p99": ("time to first token, p99", "time"),
+    "tpot_p50": ("time per output token, p50", "time"),
+    "tpot_p99": ("time per output token, p99", "time"),
+    "occupancy": ("batch occupancy (mean)", "fraction"),
+}
+
+
+def pool_blocks(max_batch: int, max_context: int, block_size: int) -> int:
+    """Blocks holding ``max_batch`` sequences of ``max_context`` tokens: static batching's KV memory."""
+    return max_batch * blocks_for(max_context, block_size)
+
+
+def load_runner(model="target", *, max_batch: int, block_size: int = 16, max_context: int | None = None,
+                num_blocks: int | None = None, dtype=None):
+    """A :class:`~labkit.serving.runner.PagedRunner` over a shipped model (or a model object) and its tokenizer.
+
+    The pool defaults to :func:`pool_blocks` (``max_batch`` x ``max_context`` tokens). Returns
+    ``(runner, tokenizer)`` (tokenizer None when ``model`` is a model object).
+    """
+    from labkit.serving.runner import PagedRunner
+
+    tokenizer = None
+    if isinstance(model, str):
+        from labkit.model import load_model
+
+        model, tokenizer = load_model(model, dtype=dtype)
+    max_context = min(model.config.max_len, max_context or model.config.max_len)
+    num_blocks = num_blocks or pool_blocks(max_batch, max_context, block_size)
+    return PagedRunner(model, num_blocks=num_blocks, block_size=block_size, max_context=max_context), tokenizer
+
+
+def serve(runner, requests, policy: str, *, max_batch: int, token_budget: int = 256, clock=None):
+    """Serve fresh copies of ``requests`` with ``policy`` ("static" or "continuous"); return (Metrics, Engine)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy={policy!r}; expected one of {POLICIES}")
+    scheduler = StaticScheduler(runner.blocks, max_batch=max_batch) if policy == "static" else None
+    engine = Engine(runner, max_batch=max_batch, token_budget=token_budget, scheduler=scheduler,
+                    clock=clock or default_clock())
+    done = engine.run([r.copy(on_token=None) for r in requests])
+    return summarize(done, engine.steps, max_batch=max_batch, unit=engine.clock.unit), engine
+
+
+def compare(runner, requests, *, max_batch: int, token_budget: int = 256) -> dict[str, Metrics]:
+    """``{policy: Metrics}`` for both policies on the same workload (each on a fresh clock)."""
+    return {p: serve(runner, requests, p, max_batch=max_batch, token_budget=token_budget)[0] for p in POLICIES}
+
+
+def to_record(policy: str, metrics: Metrics, *, rate, max_batch: int, token_budget: int, kv_bytes: int,
+              dtype: str, workload: str = "") -> Record:
+    """One policy at one arrival rate as a Record (time_ms: the whole run, on the wall clock only)."""
+    wall = metrics.unit == "s"
+    return Record(kernel=policy, shape={"rate": rate, "max_batch": max_batch, "requests": metrics.requests,
+                                        "token_budget": token_budget},
+                  dtype=dtype, bytes=kv_bytes, time_ms=metrics.duration * 1e3 if wall else None,
+                  extra={**metrics.as_dict(), "workload": workload})
+
+
+def sweep_rates(runner, make_workload, rates, *, max_batch: int, token_budget: int = 256,
+                progress=None) -> list[Record]:
+    """Both policies at each arrival rate. ``make_workload(rate)`` returns the requests (``rate``
+    in requests per clock unit; None: all at once). Returns one Record per (policy, rate)."""
+    from labkit.serving.workloads import describe
+
+    dtype = str(runner.cache.dtype).replace("torch.", "") if hasattr(runner, "cache") else "toy"
+    records = []
+    for rate in rates:
+        requests = make_workload(rate)
+        for policy in POLICIES:
+            m, _ = serve(runner, requests, policy, max_batch=max_batch, token_budget=token_budget)
+            records.append(to_record(policy, m, rate=rate, max_batch=max_batch, token_budget=token_budget,
+                                     kv_bytes=runner.memory_bytes(), dtype=dtype, workload=describe(requests)))
+            if progress:
+                progress(records[-1])
+    return records
+
+
+def recorded_sweep() -> tuple[list[Record], dict | None]:
+    """The newest recorded GPU sweep (``data/results/serving_*.json``): (records, meta)."""
+    from labkit.viz.plots import recorded
+
+    return recorded(RESULTS_PATTERN)
+
+
+def sweep_or_recorded(runner=None, make_workload=None, rates=(), **kwargs) -> tuple[list[Record], str]:
+    """On a GPU, run :func:`sweep_rates` now; in sim mode return the recorded GPU sweep. Returns (records, source)."""
+    if runtime.is_sim() or runner is None:
+        records, meta = recorded_sweep()
+        if meta is None:
+            return [], "sim mode, and no recorded GPU results match " + RESULTS_PATTERN
+        from labkit.bench.records import label
+
+        return records, "recorded on " + label(meta)
+    return sweep_rates(runner, make_workload, rates, **kwargs), "this run"
+
+
+def format_comparison(results: dict[str, Metrics]) -> str:
+    """A table of the policies' metrics, with continuous's ratio over static."""
+    unit = next(iter(results.values())).unit
+    rate_u, t_u, scale = ("tok/s", "ms", 1e3) if unit == "s" else ("tok/step", "steps", 1.0)
+    rows = [("throughput", f"{rate_u}", lambda m: m.throughput, 1.0),
+            ("TTFT p50", t_u, lambda m: m.ttft_p50, scale), ("TTFT p99", t_u, lambda m: m.ttft_p99, scale),
+            ("TPOT p50", t_u, lambda m: m.tpot_p50, scale), ("TPOT p99", t_u, lambda m: m.tpot_p99, scale),
+            ("occupancy", "%", lambda m: m.occupancy, 100.0), ("steps", "", lambda m: m.steps, 1.0),
+            ("preemptions", "", lambda m: m.preemptions, 1.0)]
+    names = list(results)
+    head = f"{'metric':<14}{'unit':<10}" + "".join(f"{n:>13}" for n in names) + f"{'ratio':>9}"
+    lines = [head, "-" * len(head)]
+    for name, u, get, k in rows:
+        vals = [get(results[n]) * k for n in names]
+        ratio = vals[-1] / vals[0] if len(vals) == 2 and vals[0] and not math.isnan(vals[0]) else float("nan")
+        lines.append(f"{name:<14}{u:<10}" + "".join(f"{v:13.1f}" for v in vals) + f"{ratio:8.2f}x")
+    return "\n".join(lines)

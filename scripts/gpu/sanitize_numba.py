@@ -1,0 +1,62 @@
+"""Run the Numba decode kernels a few times at small, odd shapes: a target for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck  --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
+    compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
+
+Covers both kernels of ``numba_decode`` (split and merge; fp16 and fp32; D 64 and 128; one
+split and several; GQA with a group larger than one block serves; T = 1, under one tile, not a
+multiple of the tile) and notebook 02's exercise kernel. Every output starts as NaN and is
+compared with the float64 reference; exits 1 on a wrong answer (the sanitizer's own exit code
+reports memory errors and races).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import labkit  # noqa: F401  (decides the mode before numba is imported)
+import torch
+
+from labkit import runtime
+from labkit.attention import reference_decode
+from labkit.attention.numba_fused import launch_one_pass, numba_decode
+from labkit.bench.attention import make_decode_inputs
+from labkit.checks import nb02
+from labkit.checks.core import rel_error
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+# (B, Hq, Hkv, T, D, dtype, splits)
+CASES = [
+    (1, 3, 3, 1, 64, torch.float32, None),
+    (2, 4, 2, 5, 128, torch.float16, None),
+    (1, 2, 2, 33, 64, torch.float16, 1),
+    (3, 2, 1, 77, 128, torch.float32, 3),
+    (1, 16, 2, 100, 128, torch.float16, 2),  # group 8 > max_group: two blocks per KV head
+    (1, 5, 5, 301, 64, torch.float32, None),
+]
+
+
+def main() -> int:
+    print(runtime.summary())
+    fused_decode, tile = nb02.load_solution()
+    bad = 0
+    for B, Hq, Hkv, T, D, dtype, splits in CASES:
+        q, k, v = make_decode_inputs(B, Hq, Hkv, T, D, dtype)
+        expected = reference_decode(q, k, v)
+        for name, run in (("numba_decode", lambda: numba_decode(q, k, v, splits=splits,
+                                                                  out=torch.full_like(q, float("nan")))),
+                          ("exercise", lambda: fused_decode(q, k, v))):
+            for _ in range(2):
+                err = rel_error(run(), expected)
+                if runtime.MODE == "gpu":
+                    torch.cuda.synchronize()
+                ok = err <= TOL[dtype]
+                bad += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {name} B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} "
+                  f"{str(dtype)[6:]} splits={splits}: rel err {err:.2e}")
+    print(f"{bad} wrong result(s); exercise tile {tile}; launch_one_pass from {launch_one_pass.__module__}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

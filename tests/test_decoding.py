@@ -1,0 +1,234 @@
+"""Sampling, generation and speculative decoding (sim mode, CPU).
+
+The statistical tests use seeded generators (deterministic) and Pearson's chi-square test;
+each also shows it has the power to fail by rejecting a deliberately wrong rule.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import labkit  # noqa: F401  (mode first)
+from labkit.decoding import (accept_draft, chi_square, counts_of, expected_tokens_per_pass, generate, probs,
+                             sample, speculative_generate, speculative_round)
+from labkit.model import ModelConfig, Transformer, heldout_prompts, load_model
+
+ACCEPT_P = 1e-3  # a correct sampler passes at this p-value ...
+REJECT_P = 1e-8  # ... a wrong one must fall far below it
+
+
+def model_pair(vocab=13, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, d_model=32, n_layers=3, n_heads=4, max_len=128)
+    target = Transformer(cfg).eval()
+    torch.manual_seed(seed + 100)
+    draft = Transformer(cfg.with_(n_layers=1)).eval()
+    with torch.no_grad():  # a draft that agrees often, but not always, with the target
+        draft.embed.weight.copy_(target.embed.weight + 0.01 * torch.randn_like(target.embed.weight))
+        for p in target.parameters():
+            p.mul_(3.0)
+        for p in draft.parameters():
+            p.mul_(3.0)
+    return target, draft
+
+
+# ---------------------------------------------------------------- sampling
+
+def test_probs_greedy_temperature_top_k_top_p():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0]])
+    onehot = probs(logits, 0.0)
+    assert onehot.tolist() == [[0, 0, 0, 0, 1.0]]
+    torch.testing.assert_close(probs(logits, 2.0), torch.softmax(logits / 2, -1))
+    k2 = probs(logits, 1.0, top_k=2)
+    assert (k2[0, [1, 2, 3]] == 0).all()
+    torch.testing.assert_close(k2[0, [0, 4]], torch.softmax(logits[0, [0, 4]], -1))
+    full = torch.softmax(logits, -1)[0]  # sorted: 4 (.61), 0 (.22), 1 (.08), 2 (.05), 3 (.01)
+    p6 = probs(logits, 1.0, top_p=0.7)  # 0.61 < 0.7: needs token 0 as well
+    assert set(p6.nonzero()[:, 1].tolist()) == {0, 4}
+    torch.testing.assert_close(p6[0, [0, 4]], full[[0, 4]] / full[[0, 4]].sum())
+    assert probs(logits, 1.0, top_p=0.5).nonzero()[:, 1].tolist() == [4]  # at least the top token
+    with pytest.raises(ValueError, match="temperature"):
+        probs(logits, -1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        probs(logits, 1.0, top_p=0.0)
+
+
+def test_sample_draws_from_the_weights():
+    g = torch.Generator().manual_seed(0)
+    w = torch.tensor([0.5, 0.0, 2.0, 1.0, 0.25, 0.0])  # unnormalised, with zeros
+    draws = sample(w.expand(40000, 6), g)
+    assert chi_square(counts_of(draws, 6), w)[2] > ACCEPT_P
+    assert chi_square(counts_of(draws, 6), torch.ones(6))[2] < REJECT_P  # the test can fail
+
+
+# ---------------------------------------------------------------- the acceptance rule
+
+def always_accept(p, q, d, g=None):
+    n = torch.full(d.shape[:-1], d.shape[-1], dtype=torch.long)
+    return n, sample(p[..., -1, :], g)
+
+
+def ratio_upside_down(p, q, d, g=None):
+    """min(1, q/p): the wrong way round."""
+    return accept_draft(q_like_p(p, q), p[..., :-1, :].clone(), d, g)
+
+
+def q_like_p(p, q):
+    return torch.cat([q, p[..., -1:, :]], dim=-2)
+
+
+def resample_from_p(p, q, d, g=None):
+    """Right acceptance test, but a rejection resamples from p instead of max(0, p - q)."""
+    n, _ = accept_draft(p, q, d, g)
+    idx = n[..., None, None].expand(*n.shape, 1, p.shape[-1])
+    return n, sample(p.gather(-2, idx).squeeze(-2), g)
+
+
+def emitted(rule, p, q, trials, g):
+    """Run ``rule`` on ``trials`` independent rounds; return (first tokens, second tokens where emitted)."""
+    gamma, V = q.shape
+    d = sample(q.expand(trials, gamma, V), g)
+    n, nxt = rule(p.expand(trials, gamma + 1, V), q.expand(trials, gamma, V), d, g)
+    first = torch.where(n > 0, d[:, 0], nxt)
+    two = n > 0
+    second = torch.where(n[two] > 1, d[two][:, min(1, gamma - 1)], nxt[two])  # γ = 1: always the bonus
+    return first, second
+
+
+def random_pair(V, gamma, g, sparse=False):
+    p = torch.softmax(2 * torch.randn(gamma + 1, V, generator=g), -1)
+    q = torch.softmax(2 * torch.randn(gamma, V, generator=g), -1)
+    if sparse:  # top-k-like supports that only partly overlap
+        p[:, : V // 3] = 0
+        q[:, -(V // 3):] = 0
+        p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    return p, q
+
+
+@pytest.mark.parametrize("V, gamma, sparse", [(2, 1, False), (5, 3, False), (9, 4, True)])
+def test_speculative_sampling_draws_from_the_target(V, gamma, sparse):
+    g = torch.Generator().manual_seed(V * 10 + gamma)
+    p, q = random_pair(V, gamma, g, sparse)
+    first, second = emitted(accept_draft, p, q, 30000, g)
+    assert chi_square(counts_of(first, V), p[0])[2] > ACCEPT_P
+    assert chi_square(counts_of(second, V), p[1])[2] > ACCEPT_P
+
+
+@pytest.mark.parametrize("wrong", [always_accept, ratio_upside_down, resample_from_p])
+def test_the_same_test_rejects_a_wrong_rule(wrong):
+    g = torch.Generator().manual_seed(7)
+    p, q = random_pair(5, 3, g)
+    first, _ = emitted(wrong, p, q, 30000, g)
+    assert chi_square(counts_of(first, 5), p[0])[2] < REJECT_P
+
+
+def test_rule_exact_properties():
+    g = torch.Generator().manual_seed(1)
+    p, _ = random_pair(7, 3, g)
+    d = sample(p[:3].expand(500, 3, 7), g)
+    n, _ = accept_draft(p.expand(500, 4, 7), p[:3].expand(500, 3, 7), d, g)
+    assert (n == 3).all()  # q == p: every draft token is accepted
+    p0 = p.clone()
+    p0[0, 2] = 0
+    p0[0] /= p0[0].sum()
+    n, nxt = accept_draft(p0.expand(500, 4, 7), p[:3].expand(500, 3, 7), torch.full((500, 3), 2), g)
+    assert (n == 0).all() and (nxt != 2).all()  # p(d) = 0: always rejected, never resampled
+    onehot_p, onehot_q = probs(torch.randn(4, 7), 0.0), probs(torch.randn(3, 7), 0.0)
+    d = onehot_q.argmax(-1)
+    n, nxt = accept_draft(onehot_p, onehot_q, d, g)  # greedy: the matching prefix, then the argmax
+    agree = (onehot_p[:3].argmax(-1) == d).long().cumprod(0).sum()
+    assert int(n) == int(agree) and int(nxt) == int(onehot_p[int(agree)].argmax())
+
+
+def test_expected_tokens_per_pass():
+    assert expected_tokens_per_pass(0.0, 4) == 1
+    assert expected_tokens_per_pass(1.0, 4) == 5
+    assert expected_tokens_per_pass(0.8, 4) == pytest.approx(sum(0.8 ** i for i in range(5)))
+
+
+# ---------------------------------------------------------------- generation with the models
+
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+def test_greedy_speculative_equals_greedy_target(gamma):
+    target, draft = model_pair()
+    prompt = torch.randint(0, 13, (1, 6), generator=torch.Generator().manual_seed(gamma))
+    plain = generate(target, prompt, 40)
+    spec = speculative_generate(target, draft, prompt, 40, gamma=gamma)
+    assert spec.tokens == plain.tokens
+    assert 0 < spec.alpha < 1  # both acceptances and rejections happened
+    assert spec.target_passes < 40 and 1 <= spec.tokens_per_pass <= gamma + 1
+
+
+def test_speculative_round_keeps_caches_at_the_accepted_length():
+    target, draft = model_pair(seed=1)
+    prompt = torch.randint(0, 13, (1, 5), generator=torch.Generator().manual_seed(0))
+    plain = generate(target, prompt, 30)
+    tcache, dcache = target.new_cache(1, 64), draft.new_cache(1, 64)
+    with torch.no_grad():
+        target(prompt[:, :-1], tcache)
+        draft(prompt[:, :-1], dcache)
+    tokens, last, counts = [], prompt[:, -1:], set()
+    while len(tokens) < 30:
+        new, n = speculative_round(target, draft, tcache, dcache, last, 3)
+        assert len(new) == n + 1 and 0 <= n <= 3
+        counts.add(n)
+        tokens += new
+        last = torch.tensor([new[-1:]])
+        assert tcache.host_lengths() == dcache.host_lengths() == [5 + len(tokens) - 1]
+    assert tokens[:30] == plain.tokens and len(counts) > 1
+
+
+def test_identical_draft_is_always_accepted_when_sampling():
+    target, _ = model_pair(seed=2)
+    g = torch.Generator().manual_seed(0)
+    spec = speculative_generate(target, target, [1, 2, 3], 24, gamma=3, temperature=1.0, generator=g)
+    assert spec.alpha == 1.0 and spec.tokens_per_pass == 4.0 and len(spec.tokens) == 24
+
+
+def test_model_level_sampling_follows_the_target():
+    """Whole rounds with the models and caches: the round's first token follows the target's p."""
+    target, draft = model_pair(vocab=5, seed=3)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.tensor([[1, 4, 2, 0]])
+    tcache, dcache = target.new_cache(1, 16), draft.new_cache(1, 16)
+    with torch.no_grad():
+        target(prompt[:, :-1], tcache)
+        draft(prompt[:, :-1], dcache)
+        p = probs(target(prompt)[0, -1], 0.8)
+        q = probs(draft(prompt)[0, -1], 0.8)
+    firsts = []
+    for _ in range(600):
+        new, _ = speculative_round(target, draft, tcache, dcache, prompt[:, -1:], 2, temperature=0.8, generator=g)
+        firsts.append(new[0])
+        tcache.truncate(3)
+        dcache.truncate(3)
+    assert chi_square(counts_of(firsts, 5), p)[2] > ACCEPT_P
+    assert chi_square(counts_of(firsts, 5), q)[2] < ACCEPT_P  # what the draft alone would give
+
+
+def test_top_k_sampling_stays_in_the_top_k():
+    target, draft = model_pair(seed=4)
+    g = torch.Generator().manual_seed(0)
+    out = speculative_generate(target, draft, [3, 1], 20, gamma=2, temperature=1.0, top_k=1, generator=g)
+    assert out.tokens == generate(target, [3, 1], 20).tokens  # top-1 sampling is greedy
+
+
+def test_real_models_first_token_distribution():
+    """The shipped models' next-token distributions on held-out prompts: right rule accepted, wrong rejected."""
+    target, tok = load_model("target", dtype=torch.float32, device="cpu")
+    draft, _ = load_model("draft", dtype=torch.float32, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    with torch.no_grad():
+        for text in heldout_prompts(12, 48, seed=11):
+            x = tok.encode_tensor(text)
+            pairs.append((probs(target(x)[0, -1], 1.0), probs(draft(x)[0, -1], 1.0)))
+    p, q = max(pairs, key=lambda pq: (pq[0] - pq[1]).abs().sum())  # the prompt where they differ most
+    V = p.numel()
+    p2 = torch.stack([p, torch.full_like(p, 1 / V)])
+    first, _ = emitted(accept_draft, p2, q[None], 40000, g)
+    assert chi_square(counts_of(first, V), p)[2] > ACCEPT_P
+    assert (p - q).abs().sum() > 0.1  # the models differ enough for 40000 draws to see it
+    wrong, _ = emitted(always_accept, p2, q[None], 40000, g)
+    assert chi_square(counts_of(wrong, V), p)[2] < REJECT_P

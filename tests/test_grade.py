@@ -1,0 +1,336 @@
+"""``labkit grade`` on tiny synthetic masters: restoring checks, scoring, timeouts, errors, parallel runs.
+
+The masters are generated here (three and two exercises, checks built on
+``labkit.checks.core.run_check`` and ``assert_close`` with fresh random inputs), so a whole batch
+of eight notebooks grades in a few seconds per notebook. One batch is graded once (through the
+CLI) and shared by the tests that read its gradebook.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import time
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from labkit import cli
+from labkit.course.gradebook import read_log
+from labkit.course.prepare import GradeError, Masters, find_submissions, restore_checks
+from labkit.course.release import cell_meta, student_notebook
+
+# ---------------------------------------------------------------- the synthetic masters
+
+SOLUTIONS = {  # exercise -> (function source with its solution region, points, expected(x))
+    "01.add": ("def add(x, y):\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION", 2,
+               "add(_x, 1.5)", "_x + 1.5"),
+    "01.scale": ("def scale(x, a):\n    ### BEGIN SOLUTION\n    return a * x\n    ### END SOLUTION", 3,
+                 "scale(_x, -2.0)", "-2.0 * _x"),
+    "01.norm": ("def norm(x):\n    ### BEGIN SOLUTION\n    return np.sqrt((x * x).sum())\n    ### END SOLUTION", 1,
+                "norm(_x)", "np.linalg.norm(_x)"),
+    "02.neg": ("def neg(x):\n    ### BEGIN SOLUTION\n    return -x\n    ### END SOLUTION", 1, "neg(_x)", "-_x"),
+    "02.square": ("def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION", 2,
+                  "square(_x)", "_x ** 2"),
+}
+
+
+def check_source(exercise: str) -> str:
+    _, _, yours, expected = SOLUTIONS[exercise]
+    return (
+        "# NBVAL_CHECK_OUTPUT\n"
+        "import numpy as np\n"
+        "from labkit.checks.core import assert_close, fresh_seed, run_check\n"
+        "_x = np.random.default_rng(fresh_seed()).standard_normal(7)\n"
+        f'run_check("{exercise}", [\n'
+        f'    ("matches numpy", lambda: assert_close({yours}, {expected}, rtol=1e-12)),\n'
+        f'    ("one element", lambda: assert_close({yours.replace("_x", "_x[:1]")}, '
+        f'{expected.replace("_x", "_x[:1]")}, rtol=1e-12)),\n'
+        "])"
+    )
+
+
+def make_master(number: str, exercises: list[str]) -> nbformat.NotebookNode:
+    cells = [new_markdown_cell(f"# Tiny notebook {number}"), new_code_cell("import numpy as np")]
+    for ex in exercises:
+        source, points = SOLUTIONS[ex][:2]
+        cells.append(new_markdown_cell(f"Exercise {ex}"))
+        cells.append(new_code_cell(source, metadata={"labkit": {"exercise": ex}}))
+        cells.append(new_code_cell(check_source(ex), metadata={"labkit": {"check": ex, "points": points}}))
+    cells.append(new_markdown_cell("## Results"))
+    return new_notebook(cells=cells)
+
+
+MASTERS = {"01_tiny": make_master("01", ["01.add", "01.scale", "01.norm"]),
+           "02_pair": make_master("02", ["02.neg", "02.square"])}
+
+
+def solve(nb, exercise: str, body: str | None = None) -> None:
+    """Fill in the student's exercise cell: the master's solution, or ``body`` as the function body."""
+    for cell in nb.cells:
+        if cell_meta(cell).get("exercise") == exercise:
+            head = SOLUTIONS[exercise][0].splitlines()[0]
+            cell.source = SOLUTIONS[exercise][0] if body is None else f"{head}\n{body}"
+            return
+    raise KeyError(exercise)
+
+
+def index_of(nb, key: str, value: str) -> int:
+    return next(i for i, c in enumerate(nb.cells) if cell_meta(c).get(key) == value)
+
+
+@pytest.fixture(scope="module")
+def masters_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("masters")
+    for name, nb in MASTERS.items():
+        nbformat.write(nb, d / f"{name}.ipynb")
+    return d
+
+
+def released(name: str) -> nbformat.NotebookNode:
+    return student_notebook(MASTERS[name], name)
+
+
+# ---------------------------------------------------------------- preparing submissions (no kernels)
+
+
+def test_restore_puts_every_check_back_after_its_exercise():
+    nb = released("01_tiny")
+    edited = nb.cells[index_of(nb, "check", "01.add")]
+    edited.source = 'print("Checking 01.add\\n  ✓ matches numpy")'  # edited to "pass"
+    del nb.cells[index_of(nb, "check", "01.scale")]  # deleted
+    moved = nb.cells.pop(index_of(nb, "check", "01.norm"))
+    nb.cells.insert(1, moved)  # moved above its exercise
+    nb.cells.append(new_code_cell("print('my scratch cell')"))
+    prepared = restore_checks(nb, MASTERS["01_tiny"])
+    checks = [(i, cell_meta(c)["check"]) for i, c in enumerate(prepared.cells) if "check" in cell_meta(c)]
+    assert [c for _, c in checks] == ["01.add", "01.scale", "01.norm"]
+    for i, ex in checks:
+        assert cell_meta(prepared.cells[i - 1]).get("exercise") == ex
+        assert prepared.cells[i].source == check_source(ex)
+    assert prepared.cells[-1].source == "print('my scratch cell')"  # the student's own cells stay
+    assert all(c.outputs == [] and c.execution_count is None for c in prepared.cells if c.cell_type == "code")
+    assert len({c.id for c in prepared.cells}) == len(prepared.cells)
+
+
+def test_restore_without_the_exercise_cell_uses_the_master_position():
+    nb = released("02_pair")
+    del nb.cells[index_of(nb, "exercise", "02.neg") + 1]  # the check
+    nb.cells[index_of(nb, "exercise", "02.neg")].metadata = {}  # metadata lost (copied cell)
+    prepared = restore_checks(nb, MASTERS["02_pair"])
+    at = index_of(prepared, "check", "02.neg")
+    assert at == index_of(MASTERS["02_pair"], "check", "02.neg")
+    assert "def neg" in prepared.cells[at - 1].source
+
+
+def test_submissions_are_matched_by_folder_name_or_exercise_ids(tmp_path, masters_dir):
+    book = Masters.load(masters_dir)
+    (tmp_path / "alice").mkdir()
+    nbformat.write(released("01_tiny"), tmp_path / "alice" / "01_tiny.ipynb")
+    nbformat.write(released("02_pair"), tmp_path / "bob_02_pair.ipynb")
+    nbformat.write(released("02_pair"), tmp_path / "carol_homework.ipynb")  # renamed: matched by ids
+    (tmp_path / "dave_01_tiny.ipynb").write_text("{ not json")
+    nbformat.write(new_notebook(cells=[new_code_cell("1")]), tmp_path / "erin.ipynb")
+    (tmp_path / "alice" / ".ipynb_checkpoints").mkdir()
+    nbformat.write(released("01_tiny"), tmp_path / "alice" / ".ipynb_checkpoints" / "01_tiny-checkpoint.ipynb")
+    found = {(s.student, s.master, bool(s.problem)) for s in find_submissions([tmp_path], book)}
+    assert found == {("alice", "01_tiny", False), ("bob", "02_pair", False), ("carol_homework", "02_pair", False),
+                     ("dave", "01_tiny", True), ("erin", None, True)}
+    with pytest.raises(GradeError, match="does not exist"):
+        find_submissions([tmp_path / "nobody"], book)
+    bad = copy.deepcopy(MASTERS["02_pair"])
+    bad.cells[index_of(bad, "check", "02.neg")].metadata["labkit"]["points"] = "two"
+    (tmp_path / "bad").mkdir()
+    nbformat.write(bad, tmp_path / "bad" / "02_pair.ipynb")
+    with pytest.raises(GradeError, match="check '02.neg' has points='two'"):
+        Masters.load(tmp_path / "bad")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GradeError, match="no master"):
+        Masters.load(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- one graded batch (8 notebooks, 2 jobs)
+
+CELL_TIMEOUT = 6
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, masters_dir):
+    subs, out = tmp_path_factory.mktemp("subs"), tmp_path_factory.mktemp("out")
+    files = {}
+    files["alice/01_tiny"] = MASTERS["01_tiny"]  # full solutions
+    files["alice/02_pair"] = MASTERS["02_pair"]
+    files["bob_01_tiny"] = released("01_tiny")  # nothing started
+    files["bob_02_pair"] = released("02_pair")
+    carol = files["carol/01_tiny"] = released("01_tiny")  # one exercise solved
+    solve(carol, "01.scale")
+    dave = files["dave/01_tiny"] = released("01_tiny")  # check cell edited to pass, exercise unsolved
+    dave.cells[index_of(dave, "check", "01.add")].source = 'print("Checking 01.add")\nprint("  ✓ matches numpy")'
+    solve(dave, "01.norm")
+    del dave.cells[index_of(dave, "check", "01.norm")]  # ... a check deleted
+    dave.cells.insert(2, dave.cells.pop(index_of(dave, "exercise", "01.norm")))  # ... an exercise moved up
+    frank = files["frank/01_tiny"] = released("01_tiny")  # an infinite loop in one exercise
+    solve(frank, "01.add")
+    solve(frank, "01.scale", "    while True:\n        pass")
+    solve(frank, "01.norm")
+    erin = copy.deepcopy(MASTERS["01_tiny"])  # an nbformat 4.4 file without cell ids, renamed
+    erin.nbformat_minor = 4
+    for cell in erin.cells:
+        cell.pop("id", None)
+    files["erin/Copy of 01_tiny"] = erin
+    for name, nb in files.items():
+        (subs / name).parent.mkdir(parents=True, exist_ok=True)
+        (subs / f"{name}.ipynb").write_text(nbformat.writes(nb, version=4))
+    (subs / "mallory_01_tiny.ipynb").write_text('{"cells": [ oops')  # malformed
+    (subs / "zed").mkdir()
+    nbformat.write(new_notebook(cells=[new_code_cell("print(1)")]), subs / "zed" / "homework.ipynb")
+    start = time.monotonic()
+    status = cli.main(["grade", str(subs), "--out", str(out), "--masters", str(masters_dir), "--jobs", "2",
+                       "--cell-timeout", str(CELL_TIMEOUT), "--timeout", "120"])
+    with open(out / "gradebook.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {"status": status, "out": out, "rows": rows, "seconds": time.monotonic() - start,
+            "results": json.loads((out / "results.json").read_text())}
+
+
+def grades(batch, student, notebook):
+    return {r["exercise"]: (float(r["points"]), float(r["possible"]), r["status"])
+            for r in batch["rows"] if r["student"] == student and r["notebook"] == notebook}
+
+
+def test_masters_score_full_points(batch):
+    assert grades(batch, "alice", "01_tiny") == {"01.add": (2, 2, "passed"), "01.scale": (3, 3, "passed"),
+                                                 "01.norm": (1, 1, "passed")}
+    assert grades(batch, "alice", "02_pair") == {"02.neg": (1, 1, "passed"), "02.square": (2, 2, "passed")}
+    assert grades(batch, "erin", "01_tiny") == grades(batch, "alice", "01_tiny")
+
+
+def test_released_notebooks_score_zero_and_every_exercise_fails(batch):
+    for nb, exercises in (("01_tiny", ["01.add", "01.scale", "01.norm"]), ("02_pair", ["02.neg", "02.square"])):
+        got = grades(batch, "bob", nb)
+        assert sorted(got) == sorted(exercises)
+        assert all(points == 0 and status == "failed" for points, _, status in got.values())
+    feedback = (batch["out"] / "feedback" / "bob" / "01_tiny.md").read_text()
+    assert "Score: 0 of 6 points" in feedback
+    assert "not started: Exercise 01.add: your code here" in feedback
+
+
+def test_one_solved_exercise_scores_exactly_that_exercise(batch):
+    assert grades(batch, "carol", "01_tiny") == {"01.add": (0, 2, "failed"), "01.scale": (3, 3, "passed"),
+                                                 "01.norm": (0, 1, "failed")}
+
+
+def test_an_edited_or_deleted_check_is_graded_by_the_original(batch):
+    assert grades(batch, "dave", "01_tiny") == {"01.add": (0, 2, "failed"), "01.scale": (0, 3, "failed"),
+                                                "01.norm": (1, 1, "passed")}
+    feedback = (batch["out"] / "feedback" / "dave" / "01_tiny.md").read_text()
+    # the original check ran: its CheckFailure text (not the student's print) is in the feedback
+    assert "01.add: 2 of 2 properties failed" in feedback
+    assert "not started: Exercise 01.add: your code here" in feedback
+
+
+def test_an_infinite_loop_times_out_on_its_cell_and_later_cells_still_run(batch):
+    assert grades(batch, "frank", "01_tiny") == {"01.add": (2, 2, "passed"), "01.scale": (0, 3, "timeout"),
+                                                 "01.norm": (1, 1, "passed")}
+    feedback = (batch["out"] / "feedback" / "frank" / "01_tiny.md").read_text()
+    assert f"ran past the cell time limit of {CELL_TIMEOUT} s" in feedback
+
+
+def test_malformed_and_unmatched_files_are_error_rows(batch):
+    assert batch["status"] == 1  # graded, with error rows
+    assert grades(batch, "mallory", "01_tiny") == {"01.add": (0, 2, "error"), "01.scale": (0, 3, "error"),
+                                                   "01.norm": (0, 1, "error")}
+    assert grades(batch, "zed", "homework") == {"": (0, 0, "error")}
+    assert "not a valid notebook" in (batch["out"] / "feedback" / "mallory" / "01_tiny.md").read_text()
+
+
+def test_failed_checks_show_the_checkfailure_text(batch):
+    feedback = (batch["out"] / "feedback" / "carol" / "01_tiny.md").read_text()
+    assert "## 01.add: failed" in feedback and "## 01.scale" not in feedback
+    assert "CheckFailure: 01.add: 2 of 2 properties failed" in feedback
+    assert "[matches numpy]" in feedback and "✗ one element" in feedback
+
+
+def most_at_once(spans) -> int:
+    """The largest number of the intervals ``spans`` that overlap at one moment."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])  # an end sorts before a start
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_two_notebooks_run_at_once_with_two_jobs(batch):
+    runs = [r for r in batch["results"] if not r["problem"]]
+    assert len(runs) == 8
+    for r in runs:
+        assert r["started"] <= r["cells_started"] <= r["cells_finished"] <= r["finished"]
+    # two nbval runs (each with its kernel) were executing at the same moment; never more than --jobs
+    assert most_at_once([(r["started"], r["finished"]) for r in runs]) == 2
+    assert most_at_once([(r["cells_started"], r["cells_finished"]) for r in runs]) <= 2
+
+
+def test_outputs_written(batch):
+    out = batch["out"]
+    assert {p.name for p in (out / "junit" / "alice").iterdir()} == {"01_tiny.xml", "02_pair.xml"}
+    assert "failures=" in (out / "junit" / "bob" / "01_tiny.xml").read_text()
+    with open(out / "totals.csv", newline="") as fh:
+        totals = {(r["student"], r["notebook"]): r for r in csv.DictReader(fh)}
+    assert (totals[("alice", "01_tiny")]["points"], totals[("alice", "01_tiny")]["possible"]) == ("6", "6")
+    assert totals[("frank", "01_tiny")]["timeout"] == "1"
+
+
+# ---------------------------------------------------------------- the notebook time limit
+
+
+def test_a_notebook_past_its_time_limit_is_killed_and_keeps_what_it_graded(tmp_path, masters_dir):
+    nb = copy.deepcopy(MASTERS["01_tiny"])
+    nb.cells.insert(index_of(nb, "check", "01.add") + 1, new_code_cell("import time\ntime.sleep(600)"))
+    (tmp_path / "subs").mkdir()
+    nbformat.write(nb, tmp_path / "subs" / "hank_01_tiny.ipynb")
+    out = tmp_path / "out"
+    status = cli.main(["grade", str(tmp_path / "subs"), "--out", str(out), "--masters", str(masters_dir),
+                       "--jobs", "1", "--cell-timeout", "300", "--timeout", "10"])
+    assert status == 0
+    with open(out / "gradebook.csv", newline="") as fh:
+        rows = {r["exercise"]: (r["points"], r["status"]) for r in csv.DictReader(fh)}
+    assert rows == {"01.add": ("2", "passed"), "01.scale": ("0", "timeout"), "01.norm": ("0", "timeout")}
+    _, pids = read_log(out / "logs" / "hank" / "01_tiny.jsonl")
+    assert pids
+    assert not any(map(alive, pids))  # the kernel was ended with the run
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped by init does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------- one real course notebook
+
+
+def test_a_real_master_scores_full_points_and_its_release_zero(tmp_path):
+    from labkit.course.grade import grade
+    from labkit.course.release import ROOT
+
+    master = ROOT / "solutions" / "00_setup.ipynb"
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "student").mkdir()
+    (tmp_path / "teacher" / master.name).write_bytes(master.read_bytes())
+    nbformat.write(student_notebook(nbformat.read(master, as_version=4), master.name), tmp_path / "student" / master.name)
+    results = {r.student: r for r in grade([tmp_path / "teacher", tmp_path / "student"], tmp_path / "out",
+                                           masters=ROOT / "solutions", jobs=2, cell_timeout=300, timeout=600,
+                                           progress=False)}
+    checks = Masters.load(ROOT / "solutions").checks("00_setup")
+    assert checks and results["teacher"].possible == sum(c.points for c in checks)
+    assert [c.status for c in results["teacher"].checks] == ["passed"] * len(checks)
+    assert results["teacher"].score == results["teacher"].possible
+    assert [c.status for c in results["student"].checks] == ["failed"] * len(checks)
+    assert results["student"].score == 0
+    assert all("not started" in c.message for c in results["student"].checks)
