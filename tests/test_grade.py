@@ -286,21 +286,31 @@ def test_outputs_written(batch):
 # ---------------------------------------------------------------- the notebook time limit
 
 
-def test_a_notebook_past_its_time_limit_is_killed_and_keeps_what_it_graded(tmp_path, masters_dir):
-    nb = copy.deepcopy(MASTERS["01_tiny"])
-    nb.cells.insert(index_of(nb, "check", "01.add") + 1, new_code_cell("import time\ntime.sleep(600)"))
-    (tmp_path / "subs").mkdir()
-    nbformat.write(nb, tmp_path / "subs" / "hank_01_tiny.ipynb")
+def test_a_notebook_past_its_time_limit_or_whose_kernel_dies_keeps_what_it_graded(tmp_path, masters_dir):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for student, cell in (("hank", "import time\ntime.sleep(600)"), ("ivan", "import os\nos._exit(1)")):
+        nb = copy.deepcopy(MASTERS["01_tiny"])
+        nb.cells.insert(index_of(nb, "check", "01.add") + 1, new_code_cell(cell))
+        nbformat.write(nb, subs / f"{student}_01_tiny.ipynb")
     out = tmp_path / "out"
-    status = cli.main(["grade", str(tmp_path / "subs"), "--out", str(out), "--masters", str(masters_dir),
-                       "--jobs", "1", "--cell-timeout", "300", "--timeout", "10"])
+    # the cell time limit is far beyond the notebook's: only the notebook's limit, or noticing that the
+    # kernel died, can end these runs in time
+    status = cli.main(["grade", str(subs), "--out", str(out), "--masters", str(masters_dir),
+                       "--jobs", "2", "--cell-timeout", "300", "--timeout", "20"])
     assert status == 0
     with open(out / "gradebook.csv", newline="") as fh:
-        rows = {r["exercise"]: (r["points"], r["status"]) for r in csv.DictReader(fh)}
-    assert rows == {"01.add": ("2", "passed"), "01.scale": ("0", "timeout"), "01.norm": ("0", "timeout")}
+        rows = {(r["student"], r["exercise"]): (r["points"], r["status"]) for r in csv.DictReader(fh)}
+    assert rows == {("hank", "01.add"): ("2", "passed"), ("hank", "01.scale"): ("0", "timeout"),
+                    ("hank", "01.norm"): ("0", "timeout"),
+                    ("ivan", "01.add"): ("2", "passed"), ("ivan", "01.scale"): ("0", "failed"),
+                    ("ivan", "01.norm"): ("0", "failed")}
+    assert "the notebook ran past the time limit of 20 s" in (out / "feedback" / "hank" / "01_tiny.md").read_text()
+    feedback = (out / "feedback" / "ivan" / "01_tiny.md").read_text()
+    assert "KernelDied: the kernel died while running this cell" in feedback
+    assert "not run: the kernel had died in an earlier cell" in feedback
     _, pids = read_log(out / "logs" / "hank" / "01_tiny.jsonl")
-    assert pids
-    assert not any(map(alive, pids))  # the kernel was ended with the run
+    assert pids and not any(map(alive, pids))  # hank's kernel was ended with its run
 
 
 def alive(pid: int) -> bool:
@@ -323,7 +333,8 @@ def test_a_real_master_scores_full_points_and_its_release_zero(tmp_path):
     (tmp_path / "teacher").mkdir()
     (tmp_path / "student").mkdir()
     (tmp_path / "teacher" / master.name).write_bytes(master.read_bytes())
-    nbformat.write(student_notebook(nbformat.read(master, as_version=4), master.name), tmp_path / "student" / master.name)
+    released_copy = student_notebook(nbformat.read(master, as_version=4), master.name)
+    nbformat.write(released_copy, tmp_path / "student" / master.name)
     results = {r.student: r for r in grade([tmp_path / "teacher", tmp_path / "student"], tmp_path / "out",
                                            masters=ROOT / "solutions", jobs=2, cell_timeout=300, timeout=600,
                                            progress=False)}

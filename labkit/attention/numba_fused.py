@@ -15,18 +15,19 @@ job is to stream K and V from memory once, at full bandwidth, and keep every int
   writes the output itself and no merge is launched. :func:`plan` picks the splits from
   the SM count so the grid holds several blocks per SM.
 * **Coalesced tiles.** A block processes ``TILE`` tokens at a time. Consecutive threads
-  load consecutive elements of the ``[TILE, D]`` K and V tiles (every element of a
-  token row is contiguous), first into registers -- so each thread has many loads in
-  flight -- then K into shared memory (rows padded by one float so that threads reading
-  different rows hit different banks). V stays in registers until K is used up, then
-  takes K's place.
+  load consecutive elements of the ``[TILE, D]`` K and V tiles (a token's row is
+  contiguous), all into registers first -- the loads have no branches (rows past the end
+  re-read the last row and are masked later), so every one of them is in flight at once
+  -- then K into shared memory, rows padded by one float so that threads reading different
+  rows hit different banks. V waits in registers until K is used up, then takes its place.
 * **Scores.** ``threads / TILE`` lanes split each dot product over D; the lane partials
   are summed through shared memory (the kernel must also run in Numba's simulator, which
-  has no warp shuffles).
-* **Online softmax.** Per tile: new max ``m' = max(m, max_t s_t)``, probabilities
-  ``p_t = exp(s_t - m')``, and every thread that owns output elements rescales its
-  accumulator by ``exp(m - m')`` before adding ``Σ_t p_t v_t``. Each thread keeps its
-  own copy of the statistics it needs, so nothing is shared but the tile.
+  has no warp shuffles or votes).
+* **Online softmax.** One thread per (head, token slot) finds the head's new max
+  ``m' = max(m, max_t s_t)``, writes ``p_t = exp(s_t - m')`` and keeps its slot's running
+  sum, rescaled by ``alpha = exp(m - m')``; the threads that own output elements rescale
+  their accumulators by the same ``alpha`` and add ``Σ_t p_t v_t``. At the end the slots'
+  sums add up to ``l``.
 * **GQA.** One block serves up to ``max_group`` query heads that share a KV head, so K
   and V are read once for all of them.
 
@@ -70,11 +71,14 @@ def make_split_kernel(D: int, cfg: KernelConfig):
     TILE, TPB, GMAX = cfg.tile, cfg.threads, cfg.max_group
     LANES = TPB // TILE  # threads per token in the dot products
     DL = D // LANES  # head-dim elements per lane
-    ITEMS = TILE * D // TPB  # tile elements each thread loads
+    COLS = min(TPB, D)  # loading a tile: consecutive threads take consecutive elements of a row,
+    ROWS = TPB // COLS  # the block covers ROWS rows at a time,
+    SEGS = D // COLS  # and SEGS passes along each row
+    ITEMS = TILE // ROWS * SEGS  # tile elements each thread loads
     PAIRS = (GMAX * TILE + TPB - 1) // TPB  # (head, token) scores per thread, at most
     OWNS = (GMAX * D + TPB - 1) // TPB  # (head, dim) outputs per thread, at most
-    ROW = D + 1  # padded shared row: no bank conflicts between rows
-    assert TPB % TILE == 0 and D % LANES == 0 and (TILE * D) % TPB == 0, (D, cfg)
+    PAD = D + 1  # padded shared row: threads reading different rows hit different banks
+    assert TPB % TILE == 0 and D % LANES == 0 and D % COLS == 0 and TILE % ROWS == 0, (D, cfg)
 
     @cuda.jit
     def split_kernel(q, k, v, scale, group, g, chunk, out, part_ml, part_acc):
@@ -91,43 +95,45 @@ def make_split_kernel(D: int, cfg: KernelConfig):
         split = cuda.blockIdx.y
         start = split * chunk
         end = min(start + chunk, T)
+        kb = k[b, hk]  # [T, D]: the keys and values of this block's KV head
+        vb = v[b, hk]
+        row = tid // COLS  # where this thread loads in a tile: rows row, row + ROWS, ...
+        col = tid % COLS  # and columns col, col + COLS, ...
 
         q_sh = cuda.shared.array((GMAX, D), float32)  # scaled queries, loaded once
-        kv_sh = cuda.shared.array((TILE, ROW), float32)  # the K tile, then the V tile
+        kv_sh = cuda.shared.array((TILE, PAD), float32)  # the K tile, then the V tile
         part_sh = cuda.shared.array((GMAX, LANES, TILE), float32)  # per-lane partial dot products
-        s_sh = cuda.shared.array((GMAX, TILE), float32)  # scores of the tile
+        s_sh = cuda.shared.array((GMAX, TILE), float32)  # scores of the tile (at the end: partial sums)
         p_sh = cuda.shared.array((GMAX, TILE), float32)  # probabilities of the tile
+        alpha_sh = cuda.shared.array(GMAX, float32)  # this tile's rescaling factor per head
+        m_sh = cuda.shared.array(GMAX, float32)  # the final running max per head
         kr = cuda.local.array(ITEMS, float32)  # this thread's slice of the K tile, in flight
         vr = cuda.local.array(ITEMS, float32)  # and of the V tile
-        m_p = cuda.local.array(PAIRS, float32)  # running max for each score this thread computes
-        m_o = cuda.local.array(OWNS, float32)  # running max, sum and accumulator
-        l_o = cuda.local.array(OWNS, float32)  # for each output element this thread owns
-        acc = cuda.local.array(OWNS, float32)
+        m_p = cuda.local.array(PAIRS, float32)  # running max and running sum of exp(s - m)
+        l_p = cuda.local.array(PAIRS, float32)  # for each token slot this thread scores
+        acc = cuda.local.array(OWNS, float32)  # running Σ exp(s - m)·v for each output element it owns
 
         for i in range(tid, g * D, TPB):
             q_sh[i // D, i % D] = float32(q[b, h0 + i // D, i % D]) * scale
         for j in range(PAIRS):
             m_p[j] = -math.inf
+            l_p[j] = 0.0
         for j in range(OWNS):
-            m_o[j] = -math.inf
-            l_o[j] = 0.0
             acc[j] = 0.0
         cuda.syncthreads()
 
         for t0 in range(start, end, TILE):
-            # 1. Load the K and V tiles into registers (coalesced; past `end` reads as 0), K to shared.
-            for i in range(ITEMS):
-                e = tid + i * TPB
-                t = e // D
-                if t0 + t < end:
-                    kr[i] = float32(k[b, hk, t0 + t, e % D])
-                    vr[i] = float32(v[b, hk, t0 + t, e % D])
-                else:
-                    kr[i] = 0.0
-                    vr[i] = 0.0
-            for i in range(ITEMS):
-                e = tid + i * TPB
-                kv_sh[e // D, e % D] = kr[i]
+            # 1. Load the K and V tiles into registers, coalesced, then K into shared memory. Rows
+            #    past `end` re-read the last valid row instead of branching (their scores are masked
+            #    in step 3): with no branches, every load of the tile is in flight at once.
+            for i in range(TILE // ROWS):
+                tok = min(t0 + row + i * ROWS, end - 1)
+                for s in range(SEGS):
+                    kr[i * SEGS + s] = float32(kb[tok, col + s * COLS])
+                    vr[i * SEGS + s] = float32(vb[tok, col + s * COLS])
+            for i in range(TILE // ROWS):
+                for s in range(SEGS):
+                    kv_sh[row + i * ROWS, col + s * COLS] = kr[i * SEGS + s]
             cuda.syncthreads()
 
             # 2. Partial dot products: thread (lane, t) covers dims [lane*DL, (lane+1)*DL) of token t.
@@ -141,9 +147,9 @@ def make_split_kernel(D: int, cfg: KernelConfig):
             cuda.syncthreads()
 
             # 3. K is used up: V takes its place. Sum the lanes into scores; masked tokens get -inf.
-            for i in range(ITEMS):
-                e = tid + i * TPB
-                kv_sh[e // D, e % D] = vr[i]
+            for i in range(TILE // ROWS):
+                for s in range(SEGS):
+                    kv_sh[row + i * ROWS, col + s * COLS] = vr[i * SEGS + s]
             for j in range(PAIRS):
                 idx = tid + j * TPB
                 if idx < g * TILE:
@@ -155,38 +161,45 @@ def make_split_kernel(D: int, cfg: KernelConfig):
                     s_sh[gg, t] = s if t0 + t < end else -math.inf
             cuda.syncthreads()
 
-            # 4. Probabilities against the new running max of each head.
+            # 4. Online softmax, one thread per (head, token slot): the head's new max m' (the same
+            #    in every slot), p = exp(s - m'), and the slot's running sum rescaled by exp(m - m').
             for j in range(PAIRS):
                 idx = tid + j * TPB
                 if idx < g * TILE:
                     gg = idx // TILE
+                    t = idx % TILE
                     m_new = m_p[j]
                     for u in range(TILE):
                         m_new = max(m_new, s_sh[gg, u])
-                    p_sh[gg, idx % TILE] = math.exp(s_sh[gg, idx % TILE] - m_new)
+                    alpha = math.exp(m_p[j] - m_new)
+                    p = math.exp(s_sh[gg, t] - m_new)
+                    p_sh[gg, t] = p
+                    l_p[j] = l_p[j] * alpha + p
                     m_p[j] = m_new
+                    if t == 0:
+                        alpha_sh[gg] = alpha
             cuda.syncthreads()
 
-            # 5. Rescale the accumulators by exp(m - m') and add this tile's p·V.
+            # 5. Each owned output element: rescale by exp(m - m') and add this tile's p·V.
             for j in range(OWNS):
                 idx = tid + j * TPB
                 if idx < g * D:
                     gg = idx // D
                     d = idx % D
-                    m_new = m_o[j]
-                    for u in range(TILE):
-                        m_new = max(m_new, s_sh[gg, u])
-                    alpha = math.exp(m_o[j] - m_new)
                     a = float32(0.0)
-                    ls = float32(0.0)
                     for u in range(TILE):
-                        p = p_sh[gg, u]
-                        a += p * kv_sh[u, d]
-                        ls += p
-                    acc[j] = acc[j] * alpha + a
-                    l_o[j] = l_o[j] * alpha + ls
-                    m_o[j] = m_new
-            cuda.syncthreads()  # the next tile overwrites kv_sh, s_sh and p_sh
+                        a += p_sh[gg, u] * kv_sh[u, d]
+                    acc[j] = acc[j] * alpha_sh[gg] + a
+            cuda.syncthreads()  # the next tile overwrites kv_sh, s_sh, p_sh and alpha_sh
+
+        # The sum l of each head is spread over its token slots: gather it through shared memory.
+        for j in range(PAIRS):
+            idx = tid + j * TPB
+            if idx < g * TILE:
+                s_sh[idx // TILE, idx % TILE] = l_p[j]
+                if idx % TILE == 0:
+                    m_sh[idx // TILE] = m_p[j]
+        cuda.syncthreads()
 
         # One split: this block has the whole answer. Several: leave (m, l, acc) for the merge.
         for j in range(OWNS):
@@ -194,13 +207,16 @@ def make_split_kernel(D: int, cfg: KernelConfig):
             if idx < g * D:
                 gg = idx // D
                 d = idx % D
+                l_sum = float32(0.0)
+                for u in range(TILE):
+                    l_sum += s_sh[gg, u]
                 if cuda.gridDim.y == 1:
-                    out[b, h0 + gg, d] = acc[j] / l_o[j]
+                    out[b, h0 + gg, d] = acc[j] / l_sum
                 else:
                     part_acc[b, h0 + gg, split, d] = acc[j]
                     if d == 0:
-                        part_ml[b, h0 + gg, split, 0] = m_o[j]
-                        part_ml[b, h0 + gg, split, 1] = l_o[j]
+                        part_ml[b, h0 + gg, split, 0] = m_sh[gg]
+                        part_ml[b, h0 + gg, split, 1] = l_sum
 
     return split_kernel
 

@@ -31,7 +31,9 @@ has run once outside the capture.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -64,6 +66,7 @@ def _attend_kernel(
     HEAD_CHUNKS: tl.constexpr,  # programs sharing one KV head, ceil(GROUP / HEADS)
     HEAD_DIM: tl.constexpr,  # D, a power of two
     BLOCK_T: tl.constexpr,  # KV tokens per tile
+    NUM_STAGES: tl.constexpr,  # K/V tiles in flight per program (sm_80+ prefetches them asynchronously)
     HAS_LENGTHS: tl.constexpr,
     HAS_ROPE: tl.constexpr,
     SPLIT: tl.constexpr,  # write partials to the workspace (flash-decoding) or the final output
@@ -113,7 +116,7 @@ def _attend_kernel(
     m = tl.full([HEADS, 1, 1], float("-inf"), dtype=tl.float32)  # running max of scores
     l = tl.zeros([HEADS, 1, 1], dtype=tl.float32)  # running sum of 2^(score − m)
     acc = tl.zeros([HEADS, 1, HEAD_DIM], dtype=tl.float32)  # running Σ 2^(score − m)·v
-    for start in range(t_begin, t_end, BLOCK_T):
+    for start in tl.range(t_begin, t_end, BLOCK_T, num_stages=NUM_STAGES):
         t = start + offs_t
         mask_t = t < t_end
         k = tl.load(k_ptrs + t * HEAD_DIM + offs_d, mask=mask_t, other=0.0).to(tl.float32)  # [1, BLOCK_T, D]
@@ -166,20 +169,49 @@ def _merge_kernel(
 # Launch configuration
 
 
-def launch_config(head_dim: int, group: int) -> tuple[int, int]:
-    """``(BLOCK_T, num_warps)`` for a head dim and a program serving ``group`` query heads.
+@dataclass(frozen=True)
+class Config:
+    """How the split kernel is launched (``labkit`` picks it per GPU; tuning overrides it)."""
 
-    A program holds its q and accumulator rows (``heads × D``, replicated across the threads
-    that share a row) and one ``[BLOCK_T, D]`` tile each of K and V in registers. 64 tokens of
-    D = 128 (16 KB of fp16 per K tile) keeps about 100 registers a thread for one head and
-    about 200 for four, with no spills, and puts 32 KB of loads in flight per program.
+    block_t: int  # KV tokens per tile
+    num_warps: int
+    num_stages: int  # K/V tiles in flight per program (1: plain loads; more: cp.async prefetch, sm_80+)
+
+
+@functools.lru_cache(maxsize=None)
+def capability(device_index: int | None = None) -> tuple[int, int]:
+    """The GPU's compute capability; (7, 5), the T4's, in sim mode (the course's target)."""
+    if runtime.is_sim() or not torch.cuda.is_available():
+        return (7, 5)
+    return torch.cuda.get_device_capability(device_index or 0)
+
+
+def kernel_config(head_dim: int, group: int, cc: tuple[int, int] | None = None) -> Config:
+    """The launch configuration for a head dim, a GQA group size and a compute capability.
+
+    A program holds its q and accumulator rows (``heads × D`` each) and ``[BLOCK_T, D]`` tiles
+    of K and V in registers. On a T4 (sm_75, no asynchronous copies) 64 tokens of D = 128
+    (16 KB of fp16 per K tile) keep about 100 registers a thread for one head, about 200 for
+    four, with no spills, and put 32 KB of loads in flight per program. On sm_80+ Triton
+    prefetches the next tiles into shared memory with cp.async (``num_stages`` = 3), so
+    smaller tiles of 32 tokens keep as many bytes in flight with fewer registers.
     Compiled for sm_75 and sm_90 without spills (see tests/test_triton_decode.py).
     """
-    heads = min(triton.next_power_of_2(group), MAX_HEADS)
-    block_t = max(16, min(128, 8192 // head_dim))
+    cc = cc or capability()
+    heads = heads_per_program(group)
+    if cc >= (8, 0):
+        block_t, stages = max(16, min(128, 4096 // head_dim)), 3
+    else:
+        block_t, stages = max(16, min(128, 8192 // head_dim)), 1
     if heads * head_dim > 512:
         block_t = max(16, block_t // 2)
-    return block_t, 4
+    return Config(block_t, 4, stages)
+
+
+def launch_config(head_dim: int, group: int) -> tuple[int, int]:
+    """``(BLOCK_T, num_warps)`` of :func:`kernel_config` on this GPU."""
+    cfg = kernel_config(head_dim, group)
+    return cfg.block_t, cfg.num_warps
 
 
 def heads_per_program(group: int) -> int:
@@ -250,7 +282,7 @@ def _prepare(q, k, v, scale, lengths, rope, out):
     return (B, Hq, Hkv, T, D), scale, lengths, (cos, sin, positions), out
 
 
-def _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, block_t, num_warps):
+def _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, cfg: Config):
     B, Hq, Hkv, T, D = dims
     group = Hq // Hkv
     heads = heads_per_program(group)
@@ -264,14 +296,22 @@ def _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, blo
         positions if positions is not None else q,
         out, m_ws, l_ws, acc_ws,
         scale * LOG2E, T, num_splits,
-        HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=head_chunks, HEAD_DIM=D, BLOCK_T=block_t,
-        HAS_LENGTHS=lengths is not None, HAS_ROPE=cos is not None, SPLIT=ws is not None,
-        num_warps=num_warps,
+        HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=head_chunks, HEAD_DIM=D, BLOCK_T=cfg.block_t,
+        NUM_STAGES=cfg.num_stages, HAS_LENGTHS=lengths is not None, HAS_ROPE=cos is not None,
+        SPLIT=ws is not None, num_warps=cfg.num_warps,
     )
 
 
+def _config(q, D: int, group: int, block_t, num_warps, num_stages) -> Config:
+    cfg = kernel_config(D, group, capability(q.device.index) if q.device.type == "cuda" else None)
+    overrides = {k: v for k, v in (("block_t", block_t), ("num_warps", num_warps), ("num_stages", num_stages))
+                 if v is not None}
+    return replace(cfg, **overrides)
+
+
 def triton_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None, out=None,
-                  block_t: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+                  block_t: int | None = None, num_warps: int | None = None,
+                  num_stages: int | None = None) -> torch.Tensor:
     """One-pass decode attention: one program per (sequence, KV head), its query heads at once.
 
     q: [B, Hq, D]; k, v: [B, Hkv, T, D]; fp16, fp32 or bf16 (where the GPU has it), contiguous,
@@ -280,11 +320,11 @@ def triton_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=Non
     [max_len, D/2] and int32 positions [B] — rotating q as it is loaded. ``out``: optional
     [B, Hq, D] of q's dtype to write into. Returns [B, Hq, D] in q's dtype. A group of more
     than :data:`MAX_HEADS` query heads takes several programs per KV head.
-    ``block_t`` and ``num_warps`` override :func:`launch_config` (tuning).
+    ``block_t``, ``num_warps`` and ``num_stages`` override :func:`kernel_config` (tuning).
     """
     dims, scale, lengths, rope, out = _prepare(q, k, v, scale, lengths, rope, out)
-    default_t, default_w = launch_config(dims[4], dims[1] // dims[2])
-    _launch_attend(q, k, v, dims, scale, lengths, rope, out, 1, None, block_t or default_t, num_warps or default_w)
+    cfg = _config(q, dims[4], dims[1] // dims[2], block_t, num_warps, num_stages)
+    _launch_attend(q, k, v, dims, scale, lengths, rope, out, 1, None, cfg)
     return out
 
 
@@ -293,7 +333,7 @@ def plan_splits(B: int, Hq: int, Hkv: int, T: int, D: int, *, block_t: int | Non
     """The split count :func:`flash_decode` uses: ``num_splits`` or the heuristic, capped at the
     KV tiles and :data:`MAX_SPLITS`."""
     group = Hq // Hkv
-    block_t = block_t or launch_config(D, group)[0]
+    block_t = block_t or kernel_config(D, group, capability(device_index)).block_t
     tiles = triton.cdiv(T, block_t)
     if num_splits is None:
         programs = B * Hkv * triton.cdiv(group, heads_per_program(group))
@@ -304,7 +344,8 @@ def plan_splits(B: int, Hq: int, Hkv: int, T: int, D: int, *, block_t: int | Non
 
 
 def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None, num_splits: int | None = None,
-                 out=None, block_t: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+                 out=None, block_t: int | None = None, num_warps: int | None = None,
+                 num_stages: int | None = None) -> torch.Tensor:
     """Flash-decoding: split each sequence's KV range across programs, then merge by log-sum-exp.
 
     Same arguments and result as :func:`triton_decode`, plus ``num_splits`` (default:
@@ -314,18 +355,19 @@ def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None
     """
     dims, scale, lengths, rope, out = _prepare(q, k, v, scale, lengths, rope, out)
     B, Hq, Hkv, T, D = dims
-    default_t, default_w = launch_config(D, Hq // Hkv)
-    block_t, num_warps = block_t or default_t, num_warps or default_w
-    num_splits = plan_splits(B, Hq, Hkv, T, D, block_t=block_t, num_splits=num_splits, device_index=q.device.index)
+    cfg = _config(q, D, Hq // Hkv, block_t, num_warps, num_stages)
+    num_splits = plan_splits(B, Hq, Hkv, T, D, block_t=cfg.block_t, num_splits=num_splits,
+                             device_index=q.device.index)
     if num_splits == 1:
-        _launch_attend(q, k, v, dims, scale, lengths, rope, out, 1, None, block_t, num_warps)
+        _launch_attend(q, k, v, dims, scale, lengths, rope, out, 1, None, cfg)
         return out
     ws = workspace(q.device, B, Hq, num_splits, D)
-    _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, block_t, num_warps)
+    _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, cfg)
     _merge_kernel[(B * Hq,)](*ws, out, num_splits, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(num_splits),
                              num_warps=4)
     return out
 
 
-__all__ = ["HEAD_DIMS", "MAX_HEADS", "MAX_SPLITS", "flash_attn_num_splits", "flash_decode", "heads_per_program",
-           "launch_config", "num_splits_heuristic", "plan_splits", "sm_count", "triton_decode", "workspace"]
+__all__ = ["HEAD_DIMS", "MAX_HEADS", "MAX_SPLITS", "Config", "capability", "flash_attn_num_splits", "flash_decode",
+           "heads_per_program", "kernel_config", "launch_config", "num_splits_heuristic", "plan_splits", "sm_count",
+           "triton_decode", "workspace"]

@@ -21,7 +21,8 @@ from labkit.bench.timing import gbps, rotating, rotation_count, time_ms
 from labkit.checks.core import rel_error
 
 # Ops that only relabel memory (views) launch nothing.
-_NO_KERNEL_OPS = {"aten._unsafe_view.default", "aten.empty.memory_format", "aten.empty_strided.default"}
+_NO_KERNEL_OPS = {"aten._unsafe_view.default", "aten.empty.memory_format", "aten.empty_strided.default",
+                  "aten.empty_like.default"}
 
 
 class _OpRecorder(TorchDispatchMode):

@@ -67,7 +67,8 @@ def run_report(args) -> int:
         print(f"labkit bench: unknown section(s) {unknown}; expected some of {list(available)}")
         return 2
     roof = roofline_section(out)
+    status = 0
     for name in wanted:
-        if available[name] is not None:
-            available[name](out, roof, args)
-    return 0
+        if available[name] is not None and available[name](out, roof, args):
+            status = 1  # a section reports failed kernels by returning non-zero
+    return status

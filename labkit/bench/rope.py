@@ -47,12 +47,13 @@ def count_launches(fn) -> int | None:
     fn()
     torch.cuda.synchronize()
     try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
+        count = sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
     except Exception:  # noqa: BLE001 - no CUPTI: fall back to the cost model's count
         return None
-    return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return count or None  # the profiler saw no device activity at all: don't report zero
 
 
 def bench_rope(*, batches=None, contexts=None, Hq: int | None = None, Hkv: int | None = None, D: int | None = None,
@@ -88,7 +89,7 @@ def bench_rope(*, batches=None, contexts=None, Hq: int | None = None, Hkv: int |
         "sdpa": lambda s: sdpa_decode(s["q_rot"], s["k_cache"], s["v_cache"]),
         "flash": lambda s: flash_decode(s["q_rot"], s["k_cache"], s["v_cache"], lengths=s["lengths"]),
         "flash+rope": lambda s: flash_decode(s["q"], s["k_cache"], s["v_cache"], lengths=s["lengths"],
-                                                    rope=(cos, sin, s["positions"])),
+                                             rope=(cos, sin, s["positions"])),
         "unfused step": lambda s: unfused_decode_step(s["q"], s["k_new"], s["v_new"], s["k_cache"], s["v_cache"],
                                                       s["positions"], cos, sin, rows=s["rows"], lengths=s["lengths"]),
         "fused step": lambda s: fused_decode_step(s["q"], s["k_new"], s["v_new"], s["k_cache"], s["v_cache"],
@@ -117,10 +118,12 @@ def bench_rope(*, batches=None, contexts=None, Hq: int | None = None, Hkv: int |
                 s0 = sets[0]
                 if name.endswith("step"):
                     expected, k_want, v_want = reference_decode_step(s0["q"], s0["k_new"], s0["v_new"], s0["k_cache"],
-                                                                s0["v_cache"], s0["positions"], cos, sin)
+                                                                     s0["v_cache"], s0["positions"], cos, sin)
                     k_saved, v_saved = s0["k_cache"].clone(), s0["v_cache"].clone()
-                    err = max(rel_error(fn(s0), expected), rel_error(s0["k_cache"], k_want),
-                              rel_error(s0["v_cache"], v_want))
+                    out = fn(s0)
+                    slot = (s0["rows"].cpu(), slice(None), s0["positions"].cpu().long())  # the written slots
+                    err = max(rel_error(out, expected), rel_error(s0["k_cache"].cpu()[slot], k_want[slot]),
+                              rel_error(s0["v_cache"].cpu()[slot], v_want[slot]))
                     s0["k_cache"].copy_(k_saved), s0["v_cache"].copy_(v_saved)
                     nbytes, extra = step_bytes, {"as_run_bytes": costs[name.split()[0]]["bytes"]}
                 else:

@@ -89,7 +89,8 @@ def check_fused_kernel(fn, *, block: int) -> None:
         ("fp16 inputs", lambda: _decode_case(fn, rng, block=block, T=ragged(), dtype=torch.float16)),
         ("GQA: 2 query heads per KV head", lambda: _decode_case(fn, rng, block=block, T=ragged(), Hq=4, Hkv=2)),
         ("the scale argument", lambda: _decode_case(fn, rng, block=block, T=block + 1, scale=rng.uniform(0.05, 0.5))),
-        ("large scores do not overflow", lambda: _decode_case(fn, rng, block=block, T=ragged(), q_gain=300.0, rtol=1e-3)),
+        ("large scores do not overflow",
+         lambda: _decode_case(fn, rng, block=block, T=ragged(), q_gain=300.0, rtol=1e-3)),
         ("every output element written", lambda: _decode_case(fn, rng, block=block, T=ragged(), B=3, Hq=3, Hkv=1)),
     ])
 

@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import nbformat
 
-from labkit.course.gradebook import NotebookResult, error_result, read_log, safe_name, score, write_outputs
+from labkit.course.gradebook import NotebookResult, error_rows, read_log, safe_name, score, write_outputs
 from labkit.course.nbval_hooks import LOG_ENV
 from labkit.course.prepare import Check, GradeError, Masters, find_submissions, restore_checks
 from labkit.course.release import ROOT
@@ -57,19 +58,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit status: 0 when every submission was graded, 1 when some are error rows, 2 when grading can't start."""
+    """Exit status: 0 when every check was graded, 1 when some are error rows, 2 when grading can't start."""
     try:
         results = grade(args.submissions, args.out, masters=args.masters, jobs=args.jobs,
                         cell_timeout=args.cell_timeout, timeout=args.timeout)
     except GradeError as exc:
         print(f"labkit grade: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("labkit grade: interrupted; every run was ended, no gradebook written", file=sys.stderr)
+        return 130
     width = max(len(f"{r.student}  {r.notebook}") for r in results)
-    for r in results:
+    for r in sorted(results, key=lambda r: (r.student.lower(), r.notebook)):
         note = f"  ERROR: {r.problem}" if r.problem else ""
         print(f"{r.student}  {r.notebook}".ljust(width), f"{r.score:g} / {r.possible:g}{note}")
     print(f"gradebook: {Path(args.out) / 'gradebook.csv'}; feedback: {Path(args.out) / 'feedback'}")
-    return 1 if any(r.problem for r in results) else 0
+    return 1 if any(c.status == "error" for r in results for c in r.checks) else 0
 
 
 @dataclass
@@ -83,6 +87,7 @@ class _Run:
     junit: Path
     output: Path
     killed: bool = False
+    proc: subprocess.Popen | None = None
 
 
 def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path = ROOT / "solutions",
@@ -94,7 +99,8 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
     """
     from tqdm.auto import tqdm
 
-    if jobs is not None and jobs < 1:
+    jobs = _cores() if jobs is None else jobs
+    if jobs < 1:
         raise GradeError(f"--jobs must be at least 1, got {jobs}")
     out = Path(out)
     book = Masters.load(masters)
@@ -103,7 +109,8 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
         checks = book.checks(sub.master) if sub.master else []
         name = sub.master or sub.path.stem
         if sub.problem:
-            results.append(error_result(sub.student, name, str(sub.path), checks, sub.problem))
+            results.append(NotebookResult(sub.student, name, str(sub.path), error_rows(checks, sub.problem),
+                                          problem=sub.problem))
             continue
         stem = f"{safe_name(sub.student)}/{safe_name(name)}"
         key, n = stem, 1
@@ -121,29 +128,40 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
                 path.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(prepared, run.prepared)
         except Exception as exc:  # noqa: BLE001 - a notebook we can't rebuild is an error row
-            results[-1] = error_result(sub.student, name, str(sub.path), checks,
-                                       f"not a valid notebook: {type(exc).__name__}: {str(exc)[:200]}")
+            result.problem = f"not a valid notebook: {type(exc).__name__}: {str(exc)[:200]}"
+            result.checks = error_rows(checks, result.problem)
             continue
         run.log.unlink(missing_ok=True)
         runs.append((run, prepared))
     if runs:
         (out / "prepared" / "pytest.ini").write_text("[pytest]\n")  # shields the runs from any outer config
-    env = _child_env(jobs or _cores())
-    with ThreadPoolExecutor(max_workers=jobs or _cores()) as pool, \
-            tqdm(total=len(runs), desc="grading", unit="notebook", disable=None if progress is None else not progress) as bar:
-        futures = {pool.submit(_execute, run, out / "prepared", env, cell_timeout, timeout): (run, nb)
+    env = _child_env(jobs)
+    hide = None if progress is None else not progress  # tqdm: None hides the bar when not on a terminal
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+            tqdm(total=len(runs), desc="grading", unit="notebook", disable=hide) as bar:
+        futures = {pool.submit(_execute, run, out / "prepared", env, cell_timeout, timeout, stop): (run, nb)
                    for run, nb in runs}
-        for future in as_completed(futures):
-            run, prepared = futures[future]
-            problem = future.result()
-            if problem:
-                run.result.checks[:] = error_result("", "", "", run.checks, problem).checks
-                run.result.problem = problem
-            else:
-                score(run.result, prepared, run.checks, run.log, killed=run.killed,
-                      cell_timeout=cell_timeout, timeout=timeout)
-            bar.set_postfix_str(f"{run.result.student}/{run.result.notebook} {run.result.score:g}/{run.result.possible:g}")
-            bar.update(1)
+        try:
+            for future in as_completed(futures):
+                run, prepared = futures[future]
+                problem = future.result()
+                if problem:
+                    run.result.checks, run.result.problem = error_rows(run.checks, problem), problem
+                else:
+                    score(run.result, prepared, run.checks, run.log, killed=run.killed,
+                          cell_timeout=cell_timeout, timeout=timeout)
+                r = run.result
+                bar.set_postfix_str(f"{r.student}/{r.notebook} {r.score:g}/{r.possible:g}")
+                bar.update(1)
+        except KeyboardInterrupt:  # Ctrl-C: end every run now (their kernels don't get the signal)
+            stop.set()
+            for future in futures:
+                future.cancel()
+            for run, _ in runs:
+                if run.proc is not None and run.proc.poll() is None:
+                    _kill(run.proc, run.log)
+            raise
     write_outputs(results, out)
     return results
 
@@ -161,19 +179,24 @@ def _child_env(jobs: int) -> dict[str, str]:
     return env
 
 
-def _execute(run: _Run, rootdir: Path, env: dict, cell_timeout: float, timeout: float) -> str:
+def _execute(run: _Run, rootdir: Path, env: dict, cell_timeout: float, timeout: float,
+             stop: threading.Event) -> str:
     """Run nbval over one prepared notebook; return why it could not run ("" when it did)."""
     cmd = [sys.executable, "-m", "pytest", str(run.prepared.resolve()),
            "-p", "nbval.plugin", "-p", "labkit.course.nbval_hooks", "-p", "no:cacheprovider",
            "-c", str((rootdir / "pytest.ini").resolve()), "--rootdir", str(rootdir.resolve()),
            "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout:g}",
            f"--junitxml={run.junit.resolve()}", "-q", "--color=no"]
+    if stop.is_set():
+        return "grading was interrupted"
     run.result.started = time.time()
     try:
         with open(run.output, "w", encoding="utf-8") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**env, LOG_ENV: str(run.log.resolve())}, start_new_session=True)
+            proc = run.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                               env={**env, LOG_ENV: str(run.log.resolve())}, start_new_session=True)
             try:
+                if stop.is_set():  # interrupted while this run was starting
+                    raise subprocess.TimeoutExpired(cmd, 0)
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 run.killed = True

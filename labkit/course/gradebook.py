@@ -91,7 +91,8 @@ def score(result: NotebookResult, prepared, checks: list[Check], log: Path, *, k
         rec = records.get(number)
         meta = cell_meta(cell)
         if "check" not in meta:
-            if rec and rec["outcome"] != "passed" and rec.get("when") == "call":
+            if (rec and rec["outcome"] != "passed" and rec.get("when") == "call"
+                    and not rec.get("message", "").startswith("Kernel dead")):
                 timed = rec.get("message", "").startswith("Timeout")
                 hung = hung or (_first_line(cell.source) if timed else None)
                 result.cell_errors.append({"cell": number, "line": _first_line(cell.source),
@@ -135,11 +136,10 @@ def _status(rec: dict | None, *, killed: bool, hung: str | None, cell_timeout: f
     return "failed", why
 
 
-def error_result(student: str, notebook: str, submission: str, checks: list[Check], problem: str) -> NotebookResult:
-    """A submission that could not be graded: one error row per check (one row if no master)."""
-    rows = [CheckResult(c.exercise, 0.0, c.points, "error", problem) for c in checks] or \
+def error_rows(checks: list[Check], problem: str) -> list[CheckResult]:
+    """One error row per check of a notebook that could not be graded (one row if it has no master)."""
+    return [CheckResult(c.exercise, 0.0, c.points, "error", problem) for c in checks] or \
         [CheckResult("", 0.0, 0.0, "error", problem)]
-    return NotebookResult(student, notebook, submission, rows, problem=problem)
 
 
 def _num(x: float) -> str:
@@ -154,13 +154,15 @@ def safe_name(name: str) -> str:
 def write_outputs(results: list[NotebookResult], out: Path) -> dict[str, Path]:
     """Write gradebook.csv, totals.csv, results.json and feedback/<student>/<notebook>.md under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    results = sorted(results, key=lambda r: (r.student.lower(), r.notebook))
     paths = {"gradebook": out / "gradebook.csv", "totals": out / "totals.csv", "results": out / "results.json"}
     with open(paths["gradebook"], "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["student", "notebook", "exercise", "points", "possible", "status", "submission"])
         for r in results:
             for c in r.checks:
-                w.writerow([r.student, r.notebook, c.exercise, _num(c.points), _num(c.possible), c.status, r.submission])
+                w.writerow([r.student, r.notebook, c.exercise, _num(c.points), _num(c.possible), c.status,
+                            r.submission])
     with open(paths["totals"], "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["student", "notebook", "points", "possible", "passed", "failed", "timeout", "error"])
@@ -184,14 +186,14 @@ def feedback(r: NotebookResult) -> str:
     lines += ["| exercise | points | status |", "| --- | --- | --- |"]
     lines += [f"| {c.exercise or '-'} | {_num(c.points)} / {_num(c.possible)} | {c.status} |" for c in r.checks]
     for c in r.checks:
-        if c.status == "passed" or not c.exercise:
+        if c.status == "passed" or r.problem:
             continue
         lines += ["", f"## {c.exercise}: {c.status}", ""]
         if c.output.strip():
             lines += ["What the check printed:", "", "```", c.output.rstrip(), "```", ""]
         lines += ["Why it did not pass:", "", "```", c.message.rstrip() or "(no message)", "```"]
     if r.cell_errors:
-        lines += ["", "## Your cells that did not run cleanly", ""]
+        lines += ["", "## Other cells that did not run cleanly", ""]
         lines += [f"- code cell {e['cell']} (`{e['line']}`): {e['error'].splitlines()[0] if e['error'] else ''}"
                   for e in r.cell_errors]
     return "\n".join(lines) + "\n"

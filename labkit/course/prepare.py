@@ -88,20 +88,20 @@ def find_submissions(paths: list[str | Path], masters: Masters) -> list[Submissi
     file name less the master's name (``alice_02_x.ipynb``). A file matches the master whose
     name it contains (the longest such), else the master whose exercise ids it shares.
     """
-    found: list[tuple[Path, str | None]] = []
+    found: dict[Path, tuple[Path, str | None]] = {}  # by resolved path: a file named twice is graded once
     for arg in map(Path, paths):
         if arg.is_dir():
             for p in sorted(arg.rglob("*.ipynb")):
                 rel = p.relative_to(arg)
                 if not any(part.startswith(".") for part in rel.parts):  # .ipynb_checkpoints
-                    found.append((p, rel.parts[0] if len(rel.parts) > 1 else None))
+                    found.setdefault(p.resolve(), (p, rel.parts[0] if len(rel.parts) > 1 else None))
         elif arg.is_file():
-            found.append((arg, None))
+            found.setdefault(arg.resolve(), (arg, None))
         else:
             raise GradeError(f"submission {arg} does not exist")
     if not found:
         raise GradeError(f"no submitted notebooks (*.ipynb) in {', '.join(map(str, paths))}")
-    return [_identify(path, folder, masters) for path, folder in found]
+    return [_identify(path, folder, masters) for path, folder in found.values()]
 
 
 def _identify(path: Path, folder: str | None, masters: Masters) -> Submission:

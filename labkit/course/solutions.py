@@ -25,7 +25,8 @@ def exercise_source(notebook: str, exercise: str, *, masters: str | Path = ROOT 
     raise KeyError(f"{path.name} has no cell with exercise {exercise!r}")
 
 
-def load_exercise(notebook: str, exercise: str, *, preamble: str = "", masters: str | Path = ROOT / "solutions") -> dict:
+def load_exercise(notebook: str, exercise: str, *, preamble: str = "",
+                  masters: str | Path = ROOT / "solutions") -> dict:
     """Execute ``preamble`` then the exercise cell's source; return the resulting namespace."""
     namespace: dict = {"__name__": f"labkit_exercise_{exercise.replace('.', '_')}"}
     exec(compile(preamble + "\n" + exercise_source(notebook, exercise, masters=masters),

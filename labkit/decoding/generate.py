@@ -54,6 +54,8 @@ def new_cache(model, max_len: int, *, impl: str = "sdpa", graphs: bool = False):
     """A batch-1 contiguous cache for ``model`` (static shapes when CUDA graphs will replay it)."""
     if max_len > model.config.max_len:
         raise ValueError(f"prompt + new tokens ({max_len}) exceed the model's max_len={model.config.max_len}")
+    # A multiple of 16 keeps SDPA's memory-efficient kernel from padding the mask every pass.
+    max_len = min(model.config.max_len, -(-max_len // 16) * 16)
     return model.new_cache(1, max_len, impl=impl, static_shapes=graphs)
 
 

@@ -133,7 +133,7 @@ def speculative_generate(target, draft, prompt, max_new_tokens: int, *, gamma: i
         if greedy:
             best = logits.argmax(-1)
             n = (best[:gamma] == drafted).long().cumprod(0).sum()
-            nxt = best[n]
+            nxt = best.gather(0, n.view(1)).squeeze(0)  # best[n] would read n back to the host
         else:
             n, nxt = accept(probs(logits, temperature, top_k, top_p), torch.stack(qs), drafted, generator)
         host = torch.cat([drafted, n.view(1), nxt.view(1)]).tolist()  # the round's one sync

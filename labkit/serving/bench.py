@@ -103,23 +103,68 @@ def sweep_rates(runner, make_workload, rates, *, max_batch: int, token_budget: i
     return records
 
 
-def recorded_sweep() -> tuple[list[Record], dict | None]:
-    """The newest recorded GPU sweep (``data/results/serving_*.json``): (records, meta)."""
-    from labkit.viz.plots import recorded
+def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, offline_requests: int = 512,
+            rate_fractions=(0.1, 0.25, 0.5, 1.0), per_rate: int = 128, progress=None):
+    """The whole comparison: warm-up, both policies on an offline workload (everything at t=0),
+    then both at Poisson rates that are ``rate_fractions`` of the continuous capacity just measured.
 
-    return recorded(RESULTS_PATTERN)
+    make_workload(n, rate, seed) returns ``n`` requests. Returns ``(records, offline)``:
+    one Record per (policy, rate) (rate None: offline) and ``{policy: Metrics}`` of the offline run.
+    """
+    from labkit.serving.workloads import describe
+
+    for policy in POLICIES:  # compile every kernel variant (decode-only and mixed steps) before timing
+        serve(runner, make_workload(16, None, 99), policy, max_batch=max_batch, token_budget=token_budget)
+    requests = make_workload(offline_requests, None, 0)
+    offline = compare(runner, requests, max_batch=max_batch, token_budget=token_budget)
+    dtype = str(runner.cache.dtype).replace("torch.", "") if hasattr(runner, "cache") else "toy"
+    records = [to_record(p, m, rate=None, max_batch=max_batch, token_budget=token_budget,
+                         kv_bytes=runner.memory_bytes(), dtype=dtype, workload=describe(requests))
+               for p, m in offline.items()]
+    c = offline["continuous"]
+    capacity = c.throughput / (c.output_tokens / c.requests)  # requests per clock unit it sustains
+    rates = [float(f"{f * capacity:.3g}") for f in rate_fractions]
+    records += sweep_rates(runner, lambda rate: make_workload(per_rate, rate, 1), rates, max_batch=max_batch,
+                           token_budget=token_budget, progress=progress)
+    return records, offline
 
 
-def sweep_or_recorded(runner=None, make_workload=None, rates=(), **kwargs) -> tuple[list[Record], str]:
-    """On a GPU, run :func:`sweep_rates` now; in sim mode return the recorded GPU sweep. Returns (records, source)."""
-    if runtime.is_sim() or runner is None:
+def bench_serving(model: str = "target", *, max_batch: int = 32, token_budget: int = 512, offline_requests: int = 128,
+                  rate_fractions=(0.1, 0.3, 1.0), per_rate: int = 64) -> tuple[list[Record], str]:
+    """Static vs continuous batching on a shipped model, measured now on a GPU (a smaller run than
+    ``scripts/gpu/serving.py``'s), or in sim mode the recorded GPU results. Returns (records, source)."""
+    if runtime.is_sim():
         records, meta = recorded_sweep()
         if meta is None:
             return [], "sim mode, and no recorded GPU results match " + RESULTS_PATTERN
         from labkit.bench.records import label
 
         return records, "recorded on " + label(meta)
-    return sweep_rates(runner, make_workload, rates, **kwargs), "this run"
+    from labkit.serving.workloads import SERVING_MIX, make_requests
+
+    runner, tokenizer = load_runner(model, max_batch=max_batch)
+
+    def workload(n, rate, seed):
+        return make_requests(n, seed=seed, rate=rate, mix=SERVING_MIX, tokenizer=tokenizer,
+                             max_context=runner.max_context)
+
+    records, _ = measure(runner, workload, max_batch=max_batch, token_budget=token_budget,
+                         offline_requests=offline_requests, rate_fractions=rate_fractions, per_rate=per_rate)
+    return records, "this run"
+
+
+def recorded_sweep() -> tuple[list[Record], dict | None]:
+    """The newest recorded GPU results (``data/results/serving_*.json``): (records, meta)."""
+    from labkit.viz.plots import recorded
+
+    return recorded(RESULTS_PATTERN)
+
+
+def offline_results(records: list[Record]) -> dict[str, Metrics]:
+    """``{policy: Metrics}`` of the offline (all requests at t=0) records."""
+    fields = Metrics.__dataclass_fields__
+    return {r.kernel: Metrics(**{k: v for k, v in r.extra.items() if k in fields})
+            for r in records if r.shape.get("rate") is None}
 
 
 def format_comparison(results: dict[str, Metrics]) -> str:

@@ -82,10 +82,6 @@ class BlockLedger:
             self.allocator.free(b)
         return len(table)
 
-    def holders(self) -> list:
-        """Ids of the requests that hold blocks now."""
-        return [rid for rid, t in self.tables.items() if t]
-
     def num_used(self) -> int:
         return self.allocator.num_used
 

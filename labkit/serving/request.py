@@ -125,11 +125,6 @@ class Request:
         return self.num_tokens - self.num_computed
 
     @property
-    def is_prefilling(self) -> bool:
-        """True while more than the last sampled token is owed (a prompt, or a recomputation)."""
-        return self.num_pending > 1 or not self.output
-
-    @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
 

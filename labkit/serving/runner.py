@@ -4,19 +4,18 @@ The engine hands :meth:`PagedRunner.forward` a list of :class:`Work` items, one 
 request: the tokens it must run this step (one for a decode, a chunk of a prompt for a
 prefill) and where they start. The scheduler has already given every request the blocks
 those tokens go in (:class:`~labkit.serving.blocks.BlockLedger` over the pool's allocator),
-so the runner only reads the block tables; it never allocates.
+so the runner only reads block tables; it never allocates.
 
-A step runs at most two forward passes of the model:
+A step is **one** forward pass over all its tokens packed into a single row ``[1, N]``, as
+vLLM does: every linear layer and MLP runs once over the decodes and the prefill chunks
+together, so a step that admits a request costs little more than a pure decode step.
+Attention is the only part that must tell the requests apart; :class:`PackedStep` (the
+model's cache protocol, :class:`labkit.kvcache.base.KVCache`, over the packed row) splits it:
 
-* all single-token items (the decodes) as one batch ``[B, 1]``: attention through the paged
-  Triton kernel (:func:`labkit.kvcache.paged_attention.paged_decode`);
-* all longer items (prefill chunks) as one batch, right-padded to the longest chunk:
-  attention gathers each row's cached keys and values and runs SDPA with a causal mask.
-
-Both passes see the pool through :class:`StepBatch`, the model's cache protocol
-(:class:`labkit.kvcache.base.KVCache`) over rows whose cached lengths and numbers of new
-tokens all differ. Padding tokens are never written to the cache and their outputs are
-dropped.
+* the decode tokens (one per request) go through the paged Triton kernel
+  (:func:`labkit.kvcache.paged_attention.paged_decode`), each over its own block table;
+* the prefill chunks are unpacked into a padded batch, attend over their cached and new
+  keys (gathered through their block tables) with SDPA and a causal mask, and are packed back.
 """
 
 from __future__ import annotations
@@ -41,76 +40,101 @@ class Work:
     wants_logits: bool  # True when the last of them is the request's last token: sample after it
 
 
-class StepBatch(KVCache):
-    """Rows of the paged pool as one batch of the cache protocol, each with its own new-token count.
+class PackedStep(KVCache):
+    """A step's tokens as one packed row: decodes first (one token each), then prefill chunks.
 
-    tables: per row, its block ids (covering ``starts[b] + counts[b]`` tokens); starts: tokens
-    cached per row before this pass; counts: new tokens per row (the pass runs
-    ``S = max(counts)``, shorter rows right-padded). The blocks are already allocated, so
-    :meth:`begin` only computes slots and :meth:`commit` changes nothing in the pool.
+    tables: per item, its block ids (covering ``start + len(tokens)``); starts: tokens cached
+    per item before the step; counts: new tokens per item, 1 for the first ``num_decodes``
+    items and more for the rest. All host-side index arithmetic is done here, once, and moved
+    to the device in two copies.
     """
 
-    def __init__(self, cache, tables: list, starts: list, counts: list):
-        self.cache, self.num_layers = cache, cache.num_layers
-        self.batch_size, self.num_kv_heads, self.head_dim = len(tables), cache.num_kv_heads, cache.head_dim
-        self.dtype, self.device, self.bs = cache.dtype, cache.device, cache.block_size
-        self.S = max(counts)
-        width = max(1, math.ceil((max(s + self.S for s in starts)) / self.bs))
-        rows = torch.zeros(len(tables), width, dtype=torch.int32)  # past a row's blocks: block 0, never read
-        for b, t in enumerate(tables):
-            rows[b, : len(t)] = torch.tensor(t, dtype=torch.int32)
-        self.block_tables = rows.to(self.device, non_blocking=True)
-        self._host = list(starts)
-        self.lengths = torch.tensor(starts, dtype=torch.int32).to(self.device, non_blocking=True)
-        # The real (unpadded) tokens, flattened in [B, S] order, and the pool slots they go to.
-        real = [(b, i) for b, n in enumerate(counts) for i in range(n)]
-        flat = [b * self.S + i for b, i in real]
-        slots = [tables[b][(starts[b] + i) // self.bs] * self.bs + (starts[b] + i) % self.bs for b, i in real]
-        self._flat = torch.tensor(flat, dtype=torch.long).to(self.device, non_blocking=True)
-        self._slots = torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True)
-        self._padded = len(real) != len(tables) * self.S
-        self._pending = 0
+    def __init__(self, cache, tables: list, starts: list, counts: list, num_decodes: int, logits_rows=()):
+        self.cache, self.num_layers, self.batch_size = cache, cache.num_layers, 1
+        self.num_kv_heads, self.head_dim, self.dtype = cache.num_kv_heads, cache.head_dim, cache.dtype
+        self.device, bs = cache.device, cache.block_size
+        self.N, self.nd = sum(counts), num_decodes
+        pre = range(num_decodes, len(counts))
+        self.bp = len(pre)  # prefill rows
+        self.sp = max((counts[j] for j in pre), default=0)  # their padded length
+        self.tp = max((starts[j] + counts[j] for j in pre), default=0)  # keys they attend over
+        wd = max((len(tables[j]) for j in range(num_decodes)), default=1)
+        wp = max(1, math.ceil(self.tp / bs))
+        # int64: positions, slots, the prefill pack/unpack indices, logits rows. int32: tables, lengths.
+        positions, slots, pad_index, unpad_index, offset = [], [], [], [], 0
+        for j, (t, s, n) in enumerate(zip(tables, starts, counts)):
+            positions += range(s, s + n)
+            slots += [t[p // bs] * bs + p % bs for p in range(s, s + n)]
+            if j >= num_decodes:
+                row = j - num_decodes
+                pad_index += [offset + min(i, n - 1) for i in range(self.sp)]  # padding repeats the last token
+                unpad_index += [row * self.sp + i for i in range(n)]
+            offset += n
+        dec_tables = [t + [0] * (wd - len(t)) for t in tables[:num_decodes]]
+        pre_tables = [tables[j] + [0] * (wp - len(tables[j])) for j in pre]
+        ints = torch.tensor(positions + slots + pad_index + unpad_index + list(logits_rows), dtype=torch.long)
+        i32 = torch.tensor([x for t in dec_tables for x in t] + [starts[j] + 1 for j in range(num_decodes)]
+                           + [x for t in pre_tables for x in t] + [starts[j] for j in pre], dtype=torch.int32)
+        ints, i32 = ints.to(self.device, non_blocking=True), i32.to(self.device, non_blocking=True)
+        N, nd, bp, sp = self.N, num_decodes, self.bp, self.sp
+        o = 0
+        self.positions = ints[o:o + N].view(1, N); o += N
+        self.slots = ints[o:o + N]; o += N
+        self.pad_index = ints[o:o + bp * sp]; o += bp * sp
+        self.unpad_index = ints[o:o + N - nd]; o += N - nd
+        self.logits_rows = ints[o:]
+        o = 0
+        self.dec_tables = i32[o:o + nd * wd].view(nd, wd); o += nd * wd
+        self.dec_lengths = i32[o:o + nd]; o += nd  # keys per decode: cached + its new token
+        self.pre_tables = i32[o:o + bp * wp].view(bp, wp); o += bp * wp
+        self.pre_starts = i32[o:o + bp]
+        self.lengths = torch.zeros(1, dtype=torch.int32, device=self.device)  # protocol only: one packed row
+        self._host = [0]
 
     def begin(self, num_new: int) -> torch.Tensor:
-        if num_new != self.S:
-            raise ValueError(f"this step batch runs S={self.S} tokens per row, got begin({num_new})")
-        self._pending = num_new
-        return self.lengths.long()[:, None] + torch.arange(num_new, device=self.device)[None, :]
+        if num_new != self.N:
+            raise ValueError(f"this step packs {self.N} tokens, got begin({num_new})")
+        return self.positions
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        shape = (-1, self.num_kv_heads, self.head_dim)
-        k, v = k.transpose(1, 2).reshape(shape), v.transpose(1, 2).reshape(shape)  # [B*S, Hkv, D]
-        if self._padded:
-            k, v = k.index_select(0, self._flat), v.index_select(0, self._flat)
-        self.cache.write(layer, self._slots, k, v)
+        # k, v: [1, Hkv, N, D] -> [N, Hkv, D], one pool slot per token (no padding in a packed row).
+        self.cache.write(layer, self.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
 
     def attend(self, layer: int, q: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
-        B, Hq, S, D = q.shape
-        if S == 1:
+        qt = q[0].transpose(0, 1)  # [N, Hq, D]
+        parts = []
+        if self.nd:
             from labkit.kvcache.paged_attention import paged_decode
 
-            out = paged_decode(q[:, :, 0].contiguous(), self.cache.k[layer], self.cache.v[layer],
-                               self.block_tables, self.lengths + 1, scale=scale, check_values=False)
-            return out.unsqueeze(2)
-        T = max(self._host) + S
+            parts.append(paged_decode(qt[: self.nd].contiguous(), self.cache.k[layer], self.cache.v[layer],
+                                      self.dec_tables, self.dec_lengths, scale=scale, check_values=False))
+        if self.bp:
+            parts.append(self._prefill(layer, qt, scale))
+        return torch.cat(parts).transpose(0, 1).unsqueeze(0) if len(parts) > 1 else \
+            parts[0].transpose(0, 1).unsqueeze(0)
+
+    def _prefill(self, layer: int, qt: torch.Tensor, scale: float | None) -> torch.Tensor:
+        bp, sp, T, bs = self.bp, self.sp, self.tp, self.cache.block_size
+        Hq, D = qt.shape[1], qt.shape[2]
+        q = qt.index_select(0, self.pad_index).view(bp, sp, Hq, D).transpose(1, 2)  # [bp, Hq, sp, D]
         pos = torch.arange(T, device=self.device)
-        block = self.block_tables[:, pos // self.bs].long()  # [B, T]; padding reads block 0, masked below
-        k = self.cache.k[layer][block, :, pos % self.bs].transpose(1, 2)  # [B, Hkv, T, D]
-        v = self.cache.v[layer][block, :, pos % self.bs].transpose(1, 2)
-        mask = pos[None, None, :] <= (self.lengths.long()[:, None] + pos[None, :S])[:, :, None]  # [B, S, T]
+        block = self.pre_tables[:, pos // bs].long()  # [bp, T]; past a row's blocks: block 0, masked below
+        k = self.cache.k[layer][block, :, pos % bs].transpose(1, 2)  # [bp, Hkv, T, D]
+        v = self.cache.v[layer][block, :, pos % bs].transpose(1, 2)
+        query_pos = self.pre_starts.long()[:, None] + pos[None, :sp]  # [bp, sp]
+        mask = pos[None, None, :] <= query_pos[:, :, None]  # [bp, sp, T]: causal over cached + new
         if Hq != self.num_kv_heads:
             k = k.repeat_interleave(Hq // self.num_kv_heads, dim=1)
             v = v.repeat_interleave(Hq // self.num_kv_heads, dim=1)
         scale = 1.0 / math.sqrt(D) if scale is None else scale
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)  # [bp, Hq, sp, D]
+        return o.transpose(1, 2).reshape(bp * sp, Hq, D).index_select(0, self.unpad_index)
 
     def commit(self) -> None:
-        self.lengths += self._pending  # the pool's bookkeeping (the ledger) already holds these tokens
-        self._host = [n + self._pending for n in self._host]
-        self._pending = 0
+        pass  # the ledger already holds the step's tokens; nothing in the pool changes
 
     def truncate(self, lengths) -> None:
-        raise NotImplementedError("a step batch is built for one pass; the engine never rolls it back")
+        raise NotImplementedError("a packed step is built for one pass; the engine never rolls it back")
 
     def host_lengths(self) -> list[int]:
         return list(self._host)
@@ -139,28 +163,19 @@ class PagedRunner:
 
     @torch.inference_mode()
     def forward(self, work: list) -> torch.Tensor:
-        """Run the step's work; return logits [n, V] (float32) for the items with ``wants_logits``, in order."""
-        out = [None] * len(work)
-        singles = [i for i, w in enumerate(work) if len(w.tokens) == 1]
-        chunks = [i for i, w in enumerate(work) if len(w.tokens) > 1]
-        for group in (singles, chunks):
-            if group:
-                for i, row in zip(group, self._pass([work[i] for i in group])):
-                    out[i] = row
-        rows = [out[i] for i, w in enumerate(work) if w.wants_logits]
-        if not rows:
-            return torch.empty(0, self.vocab_size, device=self.device)
-        return torch.stack(rows).float()
-
-    def _pass(self, items: list) -> torch.Tensor:
+        """Run the step's work in one packed pass; return logits [n, V] (float32) for the items
+        with ``wants_logits``, in the order of ``work``."""
+        order = sorted(range(len(work)), key=lambda i: len(work[i].tokens) > 1)  # decodes first, stable
+        items = [work[i] for i in order]
         counts = [len(w.tokens) for w in items]
-        S = max(counts)
-        batch = StepBatch(self.cache, [self.blocks.table(w.request) for w in items],
-                          [w.start for w in items], counts)
-        tokens = torch.tensor([w.tokens + [0] * (S - len(w.tokens)) for w in items], dtype=torch.long)
-        tokens = tokens.to(self.device, non_blocking=True)
-        positions = batch.begin(S).clamp_(max=self.model.config.max_len - 1)  # padding may run past the end
-        logits = self.model.forward_positions(tokens, positions, batch)  # [B, S, V]
-        batch.commit()
-        last = torch.tensor(counts, device=self.device) - 1
-        return logits[torch.arange(len(items), device=self.device), last]  # [B, V]: each row's last real token
+        ends, total = {}, 0
+        for i, n in zip(order, counts):
+            total += n
+            ends[i] = total - 1  # item i's last token in the packed row
+        rows = [ends[i] for i, w in enumerate(work) if w.wants_logits]
+        step = PackedStep(self.cache, [self.blocks.table(w.request) for w in items], [w.start for w in items],
+                          counts, num_decodes=sum(n == 1 for n in counts), logits_rows=rows)
+        tokens = torch.tensor([t for w in items for t in w.tokens], dtype=torch.long)
+        tokens = tokens.to(self.device, non_blocking=True).view(1, -1)
+        logits = self.model.forward_positions(tokens, step.begin(step.N), step)[0]  # [N, V]
+        return logits.index_select(0, step.logits_rows).float()  # [n, V]

@@ -53,7 +53,7 @@ def schedule_running(running: list, *, budget: int, blocks) -> tuple[list, list]
                 blocks.ensure(request, request.num_computed + n)
                 break
             except OutOfBlocks:
-                victim = queue.pop() if queue else request  # the lowest priority: admitted last
+                victim = queue.pop(0) if queue else request  # the lowest priority: admitted last
                 blocks.free(victim)
                 preempted.append(victim)
                 if victim is request:
@@ -101,11 +101,6 @@ class StepPlan:
     def num_tokens(self) -> int:
         return sum(n for _, n in self.scheduled)
 
-    @property
-    def num_decodes(self) -> int:
-        """Scheduled requests running exactly their one pending token (a decode)."""
-        return sum(1 for r, n in self.scheduled if n == 1 and r.num_pending == 1 and r.output)
-
     def __bool__(self) -> bool:
         return bool(self.scheduled)
 
@@ -147,6 +142,8 @@ class Scheduler:
         scheduled, preempted = self._schedule_running(list(self.running), budget=self.token_budget,
                                                       blocks=self.blocks)
         self._check(scheduled, self.running, "schedule_running")
+        if any(r in preempted for r, _ in scheduled) or any(r not in self.running for r in preempted):
+            raise ValueError("schedule_running must preempt only running requests, and never one it schedules")
         for victim in preempted:  # the last preempted had the highest priority: it goes in front
             self.running.remove(victim)
             victim.status, victim.num_computed = Status.WAITING, 0
@@ -188,6 +185,8 @@ class Scheduler:
     @staticmethod
     def _check(pairs, allowed, who: str) -> None:
         # A policy is user code (notebook exercises): catch a malformed plan here, with its name.
+        if len({id(item[0]) for item in pairs if isinstance(item, tuple) and item}) != len(pairs):
+            raise ValueError(f"{who} scheduled a request twice in one step")
         for item in pairs:
             if not (isinstance(item, tuple) and len(item) == 2):
                 raise TypeError(f"{who} must return (request, num_tokens) pairs, got {item!r}")

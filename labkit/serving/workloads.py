@@ -5,8 +5,8 @@ log-normal profiles and Poisson arrival times; :func:`make_requests` gives each 
 real token ids (held-out text through the model's tokenizer, or seeded random ids) and makes
 it a :class:`~labkit.serving.request.Request` for the engine.
 
-:data:`SERVING_MIX` is the mixture the static-vs-continuous comparison uses: most requests
-want a short answer, a fifth want a long one. Mixed *output* lengths are what leave static
+:data:`SERVING_MIX` is the mixture the static-vs-continuous comparison uses: nine in ten
+requests want a short answer, one in ten a long one. Mixed *output* lengths are what leave static
 batching's slots idle: a batch runs as long as its longest answer.
 """
 
@@ -17,15 +17,16 @@ import random
 from labkit.serving.request import GREEDY, Request, SamplingParams
 from labkit.workload import LengthMix, generate_workload
 
-# For the shipped models (1024-token context): short chat answers and long ones.
+# For the shipped models (1024-token context): nine in ten requests want a short answer, one in
+# ten a long one. Output lengths, not prompts, are what leave static batching's slots idle.
 SERVING_MIX = (
-    LengthMix("short", 0.8, prompt_median=64, prompt_sigma=0.6, output_median=24, output_sigma=0.6),
-    LengthMix("long", 0.2, prompt_median=96, prompt_sigma=0.5, output_median=240, output_sigma=0.3),
+    LengthMix("short", 0.9, prompt_median=64, prompt_sigma=0.6, output_median=20, output_sigma=0.7),
+    LengthMix("long", 0.1, prompt_median=96, prompt_sigma=0.5, output_median=450, output_sigma=0.2),
 )
-# The same shape at about 1/16 the length, for sim mode.
+# The same shape at about 1/16 the length, for sim mode and the toy runner.
 SMALL_SERVING_MIX = (
-    LengthMix("short", 0.8, prompt_median=5, prompt_sigma=0.5, output_median=3, output_sigma=0.5),
-    LengthMix("long", 0.2, prompt_median=8, prompt_sigma=0.5, output_median=16, output_sigma=0.3),
+    LengthMix("short", 0.9, prompt_median=5, prompt_sigma=0.5, output_median=3, output_sigma=0.6),
+    LengthMix("long", 0.1, prompt_median=8, prompt_sigma=0.5, output_median=28, output_sigma=0.2),
 )
 
 

@@ -1,0 +1,289 @@
+"""Naive three-pass attention, the fused Numba kernel (split-K), the Numba bridge, the online
+softmax, notebook 01/02 checks, and T4 PTX compilation. Sim mode, tiny sizes."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import labkit
+from numba import cuda  # after labkit: the simulator in sim mode (a module global, so it can swap it)
+from labkit import numba_bridge
+from labkit.attention import decode_attention, decode_bytes, reference_decode
+from labkit.attention import naive, online_softmax
+from labkit.attention.numba_fused import GPU_CONFIG, SIM_CONFIG, launch_one_pass, numba_decode, plan
+from labkit.bench.passes import bench_naive_passes, kernel_launches
+from labkit.checks import CheckFailure, nb01, nb02, rel_error
+from labkit.testing import compile_numba_ptx_for_t4
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def inputs(B, Hq, Hkv, T, D, dtype, seed=None):
+    g = torch.Generator().manual_seed(random.randrange(1 << 30) if seed is None else seed)
+    return tuple(torch.randn(s, generator=g).to(dtype) for s in ((B, Hq, D), (B, Hkv, T, D), (B, Hkv, T, D)))
+
+
+# --- naive ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("B,Hq,Hkv,T,D", [(1, 2, 2, 1, 16), (2, 8, 2, 37, 64), (3, 4, 1, 5, 128)])
+def test_naive_matches_reference(B, Hq, Hkv, T, D, dtype):
+    q, k, v = inputs(B, Hq, Hkv, T, D, dtype)
+    out = naive.naive_decode(q, k, v)
+    assert out.dtype == dtype and out.shape == (B, Hq, D)
+    assert rel_error(out, reference_decode(q, k, v)) <= TOL[dtype]
+    scaled = decode_attention(q, k, v, impl="naive", scale=0.3)
+    assert rel_error(scaled, reference_decode(q, k, v, scale=0.3)) <= TOL[dtype]
+
+
+def test_naive_passes_chain_to_the_whole_and_bytes_add_up():
+    B, Hq, Hkv, T, D = 2, 6, 3, 11, 16
+    q, k, v = inputs(B, Hq, Hkv, T, D, torch.float32)
+    passes = naive.naive_passes(q, k, v)
+    assert [p.name for p in passes] == list(naive.PASSES)
+    assert passes[0].fn(*passes[0].args).shape == (B, Hq, T)
+    assert torch.equal(passes[1].fn(*passes[1].args), passes[2].args[0])  # pass 3 reads what pass 2 wrote
+    torch.testing.assert_close(passes[2].fn(*passes[2].args), naive.naive_decode(q, k, v))
+    per = naive.pass_bytes(B, Hq, Hkv, T, D, 4)
+    assert [p.bytes for p in passes] == [per[n] for n in naive.PASSES]
+    assert naive.extra_bytes(B, Hq, Hkv, T, D, 4) == 4 * B * Hq * T * 4
+    assert sum(per.values()) == decode_bytes(B, Hq, Hkv, T, D, 4) + 16 * B * Hq * T
+
+
+def test_kernel_launches_lists_the_four_ops_of_the_naive_step():
+    q, k, v = inputs(1, 4, 2, 9, 16, torch.float32)
+    names, source = kernel_launches(lambda: naive.naive_decode(q, k, v))
+    assert source == "aten ops" and names == ["aten.mul", "aten.bmm", "aten._softmax", "aten.bmm"]
+
+
+def test_bench_naive_passes_in_sim_checks_and_records_bytes():
+    recs = bench_naive_passes(B=1, Hq=2, Hkv=1, T=19, D=16, dtype=torch.float16, roofline_gbps=None)
+    assert [r.kernel for r in recs] == ["scores", "softmax", "output", "naive"]
+    assert all(r.time_ms is None and r.gbps is None for r in recs)  # sim mode: nothing is timed
+    assert recs[-1].bytes == decode_bytes(1, 2, 1, 19, 16, 2)
+    assert recs[-1].extra["bytes_moved"] == sum(r.bytes for r in recs[:3])
+    assert recs[-1].extra["rel_error"] <= 2e-3
+
+
+# --- the fused Numba kernel ----------------------------------------------------------------------
+# Tile (sim) is 8 tokens: T = 1, under a tile, a multiple of it, and ragged; splits chosen and forced;
+# GQA with a group larger than one block serves (SIM_CONFIG.max_group = 4).
+CASES = [
+    (1, 2, 2, 1, 64, None),
+    (2, 4, 2, 5, 128, None),
+    (1, 2, 2, 16, 64, 1),
+    (1, 3, 1, 29, 64, 3),
+    (1, 8, 1, 19, 64, 2),
+    (2, 2, 2, 40, 128, None),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("B,Hq,Hkv,T,D,splits", CASES)
+def test_numba_matches_reference_and_writes_every_element(B, Hq, Hkv, T, D, splits, dtype):
+    q, k, v = inputs(B, Hq, Hkv, T, D, dtype)
+    out = torch.full_like(q, float("nan"))
+    got = numba_decode(q, k, v, splits=splits, out=out)
+    assert got.data_ptr() == out.data_ptr() and got.dtype == dtype
+    assert torch.isfinite(got).all()
+    assert rel_error(got, reference_decode(q, k, v)) <= TOL[dtype]
+
+
+def test_numba_scale_and_registry():
+    q, k, v = inputs(1, 2, 2, 13, 64, torch.float32)
+    got = decode_attention(q, k, v, impl="numba", scale=0.2)
+    assert rel_error(got, reference_decode(q, k, v, scale=0.2)) <= 1e-5
+
+
+def test_numba_split_results_agree_with_one_split():
+    q, k, v = inputs(1, 2, 2, 40, 64, torch.float32)
+    one = numba_decode(q, k, v, splits=1)
+    many = numba_decode(q, k, v, splits=5)
+    assert plan(1, 2, 2, 40, splits=5).splits == 5
+    assert plan(1, 2, 2, 45, splits=5).splits == 3  # chunks round up to whole tiles (8 in sim)
+    assert rel_error(many, one) <= 1e-6
+
+
+def test_plan_fills_the_gpu_and_never_leaves_a_split_empty():
+    p = plan(1, 32, 32, 8192, cfg=GPU_CONFIG, sms=132)
+    assert p.grid == (32, p.splits) and p.splits * p.chunk >= 8192 and (p.splits - 1) * p.chunk < 8192
+    assert p.grid[0] * p.grid[1] >= 4 * 132  # several blocks per SM
+    assert plan(1, 32, 32, 8192, cfg=GPU_CONFIG, sms=40).splits < p.splits  # fewer SMs, fewer splits
+    assert plan(1, 32, 8, 100, cfg=GPU_CONFIG, sms=132).heads_per_block == 4  # one read of K/V per group
+    assert plan(1, 12, 1, 100, cfg=GPU_CONFIG, sms=132).heads_per_block == 4  # group 12: 3 blocks of 4
+    assert plan(1, 7, 1, 100, cfg=GPU_CONFIG, sms=132).heads_per_block == 1  # 7 is prime: one head per block
+    rng = random.Random(0)
+    for _ in range(300):
+        B, Hkv, g, T = rng.randint(1, 8), rng.choice([1, 2, 8, 32]), rng.choice([1, 2, 3, 4, 8]), rng.randint(1, 70000)
+        for cfg in (GPU_CONFIG, SIM_CONFIG):
+            forced = rng.choice([None, rng.randint(1, 100)])
+            p = plan(B, Hkv * g, Hkv, T, cfg=cfg, sms=rng.choice([2, 40, 132]), splits=forced)
+            assert p.chunk % cfg.tile == 0 and (p.splits - 1) * p.chunk < T <= p.splits * p.chunk
+            assert (Hkv * g) % (Hkv * p.heads_per_block) == 0 and p.heads_per_block <= cfg.max_group
+
+
+@pytest.mark.parametrize("make,error,words", [
+    (lambda q, k, v: (q.double(), k.double(), v.double()), TypeError, "q has dtype float64"),
+    (lambda q, k, v: (q.bfloat16(), k.bfloat16(), v.bfloat16()), TypeError, "expected one of float16, float32"),
+    (lambda q, k, v: (q[..., :32].contiguous(), k[..., :32].contiguous(), v[..., :32].contiguous()), ValueError,
+     "head dim 32 is not supported"),
+    (lambda q, k, v: (torch.cat([q, q[:, :1]], 1), k, v), ValueError, "multiple of k's heads"),
+    (lambda q, k, v: (q, k.transpose(2, 3), v), ValueError, "k must be contiguous"),
+    (lambda q, k, v: (q, k, v[:, :, :-1].contiguous()), ValueError, "k and v must have the same shape"),
+    (lambda q, k, v: (q.to("meta"), k, v), ValueError, "q is on meta"),
+    (lambda q, k, v: (q, k, v.numpy()), TypeError, "v must be a torch.Tensor"),
+])
+def test_numba_bad_input_is_a_clear_error(make, error, words):
+    q, k, v = make(*inputs(1, 2, 2, 9, 64, torch.float32))
+    with pytest.raises(error, match=words):
+        numba_decode(q, k, v)
+
+
+def test_numba_bad_out_and_splits():
+    q, k, v = inputs(1, 2, 2, 9, 64, torch.float32)
+    with pytest.raises(TypeError, match="out has dtype float16"):
+        numba_decode(q, k, v, out=torch.empty_like(q).half())
+    with pytest.raises(ValueError, match="out must have q's shape"):
+        numba_decode(q, k, v, out=torch.empty(1, 2, 63))
+    with pytest.raises(ValueError, match="splits must be >= 1"):
+        numba_decode(q, k, v, splits=0)
+
+
+def test_bridge_in_sim_mode_is_a_zero_copy_numpy_view():
+    t = torch.zeros(3, 4)
+    view = numba_bridge.as_numba(t)
+    assert isinstance(view, np.ndarray)
+    view[1, 2] = 5.0
+    assert t[1, 2] == 5.0
+    assert numba_bridge.torch_stream() == 0 and numba_bridge.sm_count() == numba_bridge.SIM_SMS
+
+
+def test_launch_one_pass_poisons_its_output_and_validates():
+    @cuda.jit
+    def writes_first_half(q, k, v, out, scale):
+        if cuda.threadIdx.x < q.shape[2] // 2:
+            out[cuda.blockIdx.x // q.shape[1], cuda.blockIdx.x % q.shape[1], cuda.threadIdx.x] = scale
+
+    q, k, v = inputs(1, 2, 1, 3, 8, torch.float32)
+    out = launch_one_pass(writes_first_half, q, k, v, scale=0.5, threads=8)
+    assert torch.all(out[..., :4] == 0.5) and torch.isnan(out[..., 4:]).all()
+    with pytest.raises(ValueError, match="larger than the kernel's shared query buffer"):
+        launch_one_pass(writes_first_half, *inputs(1, 1, 1, 2, 256, torch.float32), threads=8)
+
+
+# --- the online softmax --------------------------------------------------------------------------
+def test_online_softmax_streams_and_merges_exactly():
+    g = torch.Generator().manual_seed(1)
+    scores, values = torch.randn(23, generator=g, dtype=torch.float64) * 5, torch.randn(23, 3, generator=g).double()
+    want = online_softmax.softmax_attention(scores, values)
+    for chunks in ([23], [1] * 23, [5, 1, 17]):
+        last = online_softmax.stream(scores, values, chunks)[-1]
+        torch.testing.assert_close(last.acc / last.l, want, rtol=1e-13, atol=0)
+        assert last.m == float(scores.max())
+    a = online_softmax.stream(scores[:10], values[:10], [10])[-1]
+    b = online_softmax.stream(scores[10:], values[10:], [4, 9])[-1]
+    merged = online_softmax.merge(a, b)
+    torch.testing.assert_close(merged.acc / merged.l, want, rtol=1e-13, atol=0)
+    with pytest.raises(ValueError, match="sum to 22"):
+        online_softmax.stream(scores, values, [22])
+
+
+# --- notebook checks: pass with the reference, fail when wrong or unstarted ----------------------
+def _unstarted(*args, **kwargs):
+    raise NotImplementedError("Exercise: your code here")
+
+
+def test_nb01_checks_pass_and_fail():
+    nb01.check_naive_decode(naive.naive_decode)
+    nb01.check_pass_bytes(naive.pass_bytes)
+    with pytest.raises(CheckFailure, match="not started"):
+        nb01.check_naive_decode(_unstarted)
+
+    def no_max_subtraction(q, k, v, scale=None):  # overflows on large scores
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        s = torch.einsum("bhd,bhtd->bht", q, k) * (scale or q.shape[-1] ** -0.5)
+        return torch.einsum("bht,bhtd->bhd", s.exp() / s.exp().sum(-1, keepdim=True), v)
+
+    with pytest.raises(CheckFailure, match=r"1 of 7 properties failed[\s\S]*large scores do not overflow"):
+        nb01.check_naive_decode(no_max_subtraction)
+
+    def forgets_softmax_round_trip(B, Hq, Hkv, T, D, itemsize):
+        per = naive.pass_bytes(B, Hq, Hkv, T, D, itemsize)
+        return {**per, "softmax": itemsize * B * Hq * T}
+
+    with pytest.raises(CheckFailure, match="softmax pass bytes"):
+        nb01.check_pass_bytes(forgets_softmax_round_trip)
+
+
+def test_nb02_online_update_check_fails_without_rescaling():
+    nb02.check_online_update(online_softmax.online_update)
+
+    def no_rescale(m, l, acc, scores, values):
+        m_new = max(m, scores.max().item())
+        p = torch.exp(scores - m_new)
+        return m_new, l + p.sum().item(), acc + p @ values
+
+    with pytest.raises(CheckFailure, match="every chunk raises the max"):
+        nb02.check_online_update(no_rescale)
+    with pytest.raises(CheckFailure, match="6 of 6 properties failed"):
+        nb02.check_online_update(_unstarted)
+
+
+def test_nb02_kernel_check_catches_a_dropped_tail_and_unwritten_elements():
+    block = 8
+
+    def drops_ragged_tail(q, k, v, scale=None):  # only whole tiles: wrong when T is not a multiple
+        T = k.shape[2]
+        keep = max(block, T - T % block) if T >= block else T
+        return naive.naive_decode(q, k[:, :, :keep].contiguous(), v[:, :, :keep].contiguous(), scale=scale)
+
+    with pytest.raises(CheckFailure) as info:
+        nb02.check_fused_kernel(drops_ragged_tail, block=block)
+    assert "[T not a multiple of the block]" in str(info.value) and "[T = 1]" not in str(info.value)
+
+    def misses_last_head(q, k, v, scale=None):
+        out = naive.naive_decode(q, k, v, scale=scale).clone()
+        out[:, -1] = float("nan")
+        return out
+
+    with pytest.raises(CheckFailure, match="NaN or inf"):
+        nb02.check_fused_kernel(misses_last_head, block=block)
+
+
+def test_nb02_solution_kernel_from_the_master_passes_its_check():
+    fused_decode, tile = nb02.load_solution()
+    assert tile == 8  # sim mode
+    q, k, v = inputs(1, 2, 1, 11, 16, torch.float16)
+    assert rel_error(fused_decode(q, k, v), reference_decode(q, k, v)) <= 2e-3
+
+
+# --- the T4: every Numba kernel compiles to PTX for compute capability 7.5 -----------------------
+def _sig(dtype):
+    a3, a4 = f"{dtype}[:, :, ::1]", f"{dtype}[:, :, :, ::1]"
+    return f"void({a3}, {a4}, {a4}, float32, int64, int64, int64, {a3}, float32[:, :, :, ::1], float32[:, :, :, ::1])"
+
+
+def test_numba_kernels_compile_for_t4(tmp_path, monkeypatch):
+    from labkit.course.solutions import write_exercise_module
+
+    # The notebook's exercise kernel, as a module the child process can import; its tile is the GPU's.
+    module = tmp_path / "nb02_exercise_kernel.py"
+    write_exercise_module("02_numba_fused", "02.fused_kernel", module, preamble=nb02.KERNEL_PREAMBLE)
+    module.write_text(module.read_text().replace("labkit.is_sim()", "False"))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{monkeypatch.delenv('PYTHONPATH', raising=False) or ''}")
+    mod = "labkit.attention.numba_fused"
+    requests = [(mod, f"split_kernel_d{D}", _sig(dt)) for D in (64, 128) for dt in ("float16", "float32")]
+    requests += [(mod, "merge_kernel", f"void(float32[:, :, :, ::1], float32[:, :, :, ::1], {dt}[:, :, ::1])")
+                 for dt in ("float16", "float32")]
+    requests += [("nb02_exercise_kernel", "fused_decode_kernel",
+                  f"void({dt}[:, :, ::1], {dt}[:, :, :, ::1], {dt}[:, :, :, ::1], {dt}[:, :, ::1], float32)")
+                 for dt in ("float16", "float32")]
+    ptx = compile_numba_ptx_for_t4(requests)
+    assert len(ptx) == len(requests)
+    for key, text in ptx.items():
+        if "split_kernel" in key:  # the running statistics and tile slices stay in registers
+            assert ".local" not in text, f"{key} spills to local memory"
+    assert math.isclose(labkit.SIZES.head_dim, 16)  # the sim profile the checks above ran with

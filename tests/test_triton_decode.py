@@ -1,0 +1,378 @@
+"""Triton decode attention (one pass and flash-decoding), its split heuristic, notebook 03's
+checks and the attention section of `labkit bench` — in sim mode, against the float64 reference."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+
+import labkit  # noqa: F401  (first: it switches Triton to its interpreter before triton is imported)
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from labkit.attention import decode_attention, reference_decode
+from labkit.attention.splits import (chunk_bounds, flash_attn_num_splits, merge_reference, num_splits_heuristic,
+                                     reference_partials, sm_utilisation)
+from labkit.attention.triton_decode import (HEAD_DIMS, MAX_SPLITS, _attend_kernel, _merge_kernel, flash_decode,
+                                            heads_per_program, kernel_config, plan_splits, triton_decode, workspace)
+from labkit.checks.core import CheckFailure, fresh_seed, rel_error
+from labkit.rope import apply_rope, rope_tables
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def inputs(B, Hq, Hkv, T, D, dtype=torch.float32):
+    return (torch.randn(B, Hq, D).to(dtype), torch.randn(B, Hkv, T, D).to(dtype), torch.randn(B, Hkv, T, D).to(dtype))
+
+
+# --- correctness -------------------------------------------------------------------------------
+CASES = [  # (B, Hq, Hkv, T, D, dtype, num_splits): odd T, T under a split, T = 1, GQA 1/4/8, D 64/128
+    (2, 4, 4, 37, 64, torch.float32, 3),
+    (1, 2, 2, 5, 128, torch.float16, 4),  # T shorter than one split (and one tile)
+    (3, 8, 2, 1, 64, torch.float32, None),  # T = 1
+    (2, 8, 2, 70, 16, torch.float16, 5),  # GQA 4
+    (1, 8, 1, 33, 32, torch.float32, 2),  # GQA 8: two programs per KV head
+    (2, 6, 2, 19, 16, torch.bfloat16, 3),  # GQA 3: a group that is not a power of two
+    (1, 2, 2, 9, 256, torch.float32, 1),
+]
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,T,D,dtype,splits", CASES)
+def test_both_kernels_match_the_float64_reference(B, Hq, Hkv, T, D, dtype, splits):
+    q, k, v = inputs(B, Hq, Hkv, T, D, dtype)
+    expected = reference_decode(q, k, v)
+    out = torch.full_like(q, float("nan"))
+    assert triton_decode(q, k, v, out=out) is out
+    assert rel_error(out, expected) <= TOL[dtype]
+    out.fill_(float("nan"))
+    got = flash_decode(q, k, v, num_splits=splits, block_t=16, out=out)
+    assert got is out and got.dtype == dtype
+    assert rel_error(got, expected) <= TOL[dtype]
+
+
+def test_registry_names_reach_both_kernels():
+    q, k, v = inputs(1, 4, 2, 23, 16)
+    expected = reference_decode(q, k, v)
+    for impl in ("triton", "triton_splitk"):
+        assert rel_error(decode_attention(q, k, v, impl=impl), expected) <= 1e-5
+
+
+def test_explicit_scale():
+    q, k, v = inputs(1, 2, 2, 20, 16)
+    assert rel_error(flash_decode(q, k, v, scale=0.3, num_splits=2, block_t=8),
+                     reference_decode(q, k, v, scale=0.3)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_lengths_ignore_everything_past_each_sequence(dtype):
+    B, Hq, Hkv, T, D = 3, 4, 2, 41, 16
+    q, k, v = inputs(B, Hq, Hkv, T, D, dtype)
+    lengths = torch.tensor([1, 17, 41], dtype=torch.int32)
+    for b, n in enumerate(lengths.tolist()):  # garbage past the valid length must not leak in
+        k[b, :, n:] = float("nan")
+        v[b, :, n:] = float("inf")
+    expected = torch.stack([reference_decode(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n])[0]
+                            for b, n in enumerate(lengths.tolist())])
+    assert rel_error(triton_decode(q, k, v, lengths=lengths), expected) <= TOL[dtype]
+    for splits in (1, 3, 6):
+        assert rel_error(flash_decode(q, k, v, lengths=lengths, num_splits=splits, block_t=4), expected) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("Hq,Hkv,D", [(4, 4, 64), (8, 2, 128)])
+def test_rope_in_kernel_equals_attention_on_the_rotated_query(Hq, Hkv, D):
+    B, T = 3, 26
+    q, k, v = inputs(B, Hq, Hkv, T, D)
+    cos, sin = rope_tables(200, D)
+    positions = torch.tensor([0, 77, 199], dtype=torch.int32)
+    rotated = apply_rope(q, positions[:, None], cos, sin)  # the contract: same as rotating q first
+    lengths = torch.tensor([26, 9, 1], dtype=torch.int32)
+    expected = reference_decode(apply_rope(q.double(), positions[:, None], cos, sin), k, v, lengths=lengths)
+    for got in (triton_decode(q, k, v, rope=(cos, sin, positions), lengths=lengths),
+                flash_decode(q, k, v, rope=(cos, sin, positions), lengths=lengths, num_splits=3, block_t=4)):
+        assert rel_error(got, expected) <= 1e-5
+        assert rel_error(got, flash_decode(rotated, k, v, lengths=lengths)) <= 1e-5
+
+
+def test_more_splits_than_tiles_and_workspace_reuse():
+    q, k, v = inputs(2, 2, 2, 10, 16)
+    expected = reference_decode(q, k, v)
+    assert plan_splits(2, 2, 2, 10, 16, block_t=4, num_splits=50) == 3  # capped at the tiles
+    assert rel_error(flash_decode(q, k, v, num_splits=50, block_t=4), expected) <= 1e-5
+    ws = workspace(q.device, 2, 2, 3, 16)
+    assert workspace(q.device, 2, 2, 3, 16)[2] is ws[2]  # cached: no allocation on the hot path
+
+
+def test_large_scores_do_not_overflow():
+    q, k, v = inputs(1, 2, 2, 50, 16)
+    q *= 60
+    for got in (triton_decode(q, k, v), flash_decode(q, k, v, num_splits=4, block_t=8)):
+        assert rel_error(got, reference_decode(q, k, v)) <= 1e-5
+
+
+# --- bad input ---------------------------------------------------------------------------------
+def test_bad_inputs_name_the_argument():
+    q, k, v = inputs(2, 4, 2, 8, 16)
+    cos, sin = rope_tables(16, 16)
+    pos = torch.zeros(2, dtype=torch.int32)
+    bad = [
+        (TypeError, "q", lambda: flash_decode(q.to(torch.int32), k, v)),
+        (TypeError, "dtype", lambda: flash_decode(q, k.half(), v)),
+        (ValueError, "contiguous", lambda: flash_decode(q, k.transpose(2, 3), v.transpose(2, 3))),
+        (ValueError, "head dim", lambda: flash_decode(*inputs(1, 2, 2, 4, 48))),
+        (ValueError, "multiple", lambda: flash_decode(*inputs(1, 3, 2, 4, 16))),
+        (TypeError, "lengths must be int32", lambda: flash_decode(q, k, v, lengths=torch.ones(2, dtype=torch.int64))),
+        (ValueError, "lengths must have shape", lambda: flash_decode(q, k, v, lengths=torch.ones(3, dtype=torch.int32))),
+        (ValueError, "lengths must lie", lambda: flash_decode(q, k, v, lengths=torch.tensor([0, 3], dtype=torch.int32))),
+        (ValueError, "lengths must lie", lambda: flash_decode(q, k, v, lengths=torch.tensor([9, 3], dtype=torch.int32))),
+        (TypeError, "rope must be", lambda: flash_decode(q, k, v, rope=(cos, sin))),
+        (ValueError, "rope cos", lambda: flash_decode(q, k, v, rope=(cos[:, :4], sin[:, :4], pos))),
+        (TypeError, "rope positions", lambda: flash_decode(q, k, v, rope=(cos, sin, pos.long()))),
+        (ValueError, "rope positions must lie", lambda: flash_decode(q, k, v, rope=(cos, sin, pos + 16))),
+        (ValueError, "out must have", lambda: flash_decode(q, k, v, out=torch.empty(2, 4, 8))),
+        (TypeError, "out has dtype", lambda: flash_decode(q, k, v, out=torch.empty(2, 4, 16, dtype=torch.float16))),
+        (ValueError, "num_splits", lambda: flash_decode(q, k, v, num_splits=0)),
+    ]
+    for exc, words, call in bad:
+        with pytest.raises(exc, match=words):
+            call()
+
+
+# --- split heuristic ---------------------------------------------------------------------------
+def test_flash_attn_heuristic_matches_the_published_figures():
+    assert flash_attn_num_splits(32, 2 * 40, 4096 // 128) == 5  # T4
+    assert flash_attn_num_splits(32, 2 * 132, 4096 // 128) == 7  # H100
+    assert flash_attn_num_splits(8 * 32, 2 * 132, 32) == 1  # already fills the GPU
+
+
+def test_sm_utilisation_of_twelve_heads_on_a_t4():
+    assert sm_utilisation(12, 40) == pytest.approx(0.3)
+    assert sm_utilisation(12 * 8, 40) == pytest.approx(0.8)
+    assert sm_utilisation(120, 40) == 1.0
+
+
+def test_num_splits_heuristic_properties():
+    rng = random.Random(fresh_seed())
+    for _ in range(300):
+        B, H, T, sms, bt = rng.randint(1, 64), rng.choice([1, 2, 8, 12, 32]), rng.randint(1, 70000), \
+            rng.choice([40, 108, 132]), rng.choice([16, 32, 64, 128])
+        s = num_splits_heuristic(B, H, T, sms, block_t=bt)
+        tiles = math.ceil(T / bt)
+        assert 1 <= s <= min(max(1, tiles), MAX_SPLITS)
+        per = math.ceil(tiles / s)
+        assert math.ceil(tiles / per) == s  # equal whole-tile chunks, none empty
+        if B * H >= 4 * sms:
+            assert s == 1  # the GPU is already full
+    assert num_splits_heuristic(1, 12, 8192, 40, block_t=128) * 12 >= 4 * 40 * 0.8  # fills a T4
+    assert num_splits_heuristic(1, 32, 32768, 132, block_t=64) * 32 >= 4 * 132 * 0.8  # fills an H100
+
+
+def test_chunks_and_reference_partials_merge_back():
+    q, k, v = inputs(2, 4, 2, 11, 16)
+    assert chunk_bounds(11, 4) == [(0, 3), (3, 6), (6, 9), (9, 11)]
+    assert chunk_bounds(2, 4)[2:] == [(2, 2), (2, 2)]
+    for S in (1, 4, 15):
+        m, l, acc = reference_partials(q, k, v, S)
+        assert rel_error(merge_reference(m, l, acc), reference_decode(q, k, v)) < 1e-12
+
+
+# --- compiles for the T4 -----------------------------------------------------------------------
+def _attend_signature(dt):
+    p = f"*{dt}"
+    return {"Q": p, "K": p, "V": p, "Lengths": "*i32", "Cos": "*fp32", "Sin": "*fp32", "Positions": "*i32",
+            "Out": p, "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32", "T": "i32",
+            "num_splits": "i32"}
+
+
+def test_every_kernel_compiles_for_sm75_within_64kb_of_shared_memory():
+    from labkit.testing import compile_triton_many_for_t4
+
+    requests = []
+    for dt in ("fp16", "fp32"):
+        # (D, group, split): MHA and GQA as the bench runs them, the one-pass path, D = 256
+        for D, group, split in ((128, 1, True), (128, 4, True), (64, 1, False), (256, 2, True)):
+            cfg = kernel_config(D, group, cc=(7, 5))
+            heads = heads_per_program(group)
+            c = dict(HKV=8, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
+                     BLOCK_T=cfg.block_t, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=split, HAS_ROPE=split, SPLIT=split)
+            requests.append((_attend_kernel, _attend_signature(dt), c, cfg.num_warps))
+        requests.append((_merge_kernel, {"Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "Out": f"*{dt}",
+                                         "num_splits": "i32"}, dict(HEAD_DIM=128, SPLITS_P=MAX_SPLITS), 4))
+    for build in compile_triton_many_for_t4(requests):
+        assert 0 < build.shared_bytes <= 64 * 1024 or build.name == "_merge_kernel"
+        assert build.cubin_bytes > 0
+
+
+def test_configs_per_gpu():
+    assert {64, 128} <= set(HEAD_DIMS)
+    for D in HEAD_DIMS:
+        for group in (1, 2, 4, 8, 32):
+            t4, h100 = kernel_config(D, group, (7, 5)), kernel_config(D, group, (9, 0))
+            assert t4.num_stages == 1  # no cp.async before sm_80
+            assert 16 <= h100.block_t <= t4.block_t <= 128
+            assert heads_per_program(group) <= 4
+
+
+# --- notebook 03's checks ----------------------------------------------------------------------
+@triton.jit
+def one_pass_kernel(Q, K, V, Out, scale, T, HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_T: tl.constexpr):
+    pid = tl.program_id(0)
+    kv = (pid // HQ) * (HQ // GROUP) + (pid % HQ) // GROUP
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + pid * HEAD_DIM + d, mask=d < HEAD_DIM).to(tl.float32) * scale
+    m = float("-inf")
+    l = 0.0
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in range(0, T, BLOCK_T):
+        t = start + tl.arange(0, BLOCK_T)
+        mask = t < T
+        rows = (kv * T + t[:, None]) * HEAD_DIM + d[None, :]
+        k = tl.load(K + rows, mask=mask[:, None], other=0.0).to(tl.float32)
+        v = tl.load(V + rows, mask=mask[:, None], other=0.0).to(tl.float32)
+        s = tl.where(mask, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new)
+        l = l * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        m = m_new
+    tl.store(Out + pid * HEAD_DIM + d, (acc / l).to(Out.dtype.element_ty), mask=d < HEAD_DIM)
+
+
+@triton.jit
+def unmasked_one_pass_kernel(Q, K, V, Out, scale, T, HQ: tl.constexpr, GROUP: tl.constexpr,
+                             HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid = tl.program_id(0)
+    kv = (pid // HQ) * (HQ // GROUP) + (pid % HQ) // GROUP
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + pid * HEAD_DIM + d, mask=d < HEAD_DIM).to(tl.float32) * scale
+    m = float("-inf")
+    l = 0.0
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in range(0, T, BLOCK_T):
+        t = start + tl.arange(0, BLOCK_T)
+        mask = t < T
+        rows = (kv * T + t[:, None]) * HEAD_DIM + d[None, :]
+        k = tl.load(K + rows, mask=mask[:, None], other=0.0).to(tl.float32)
+        v = tl.load(V + rows, mask=mask[:, None], other=0.0).to(tl.float32)
+        s = tl.sum(k * q[None, :], axis=1)  # bug: padded tokens keep score 0 and get weight
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        p = tl.exp(s - m_new)
+        alpha = tl.exp(m - m_new)
+        l = l * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        m = m_new
+    tl.store(Out + pid * HEAD_DIM + d, (acc / l).to(Out.dtype.element_ty), mask=d < HEAD_DIM)
+
+
+@triton.jit
+def split_kernel(Q, K, V, M, L, Acc, scale, T, chunk, num_splits, HQ: tl.constexpr, GROUP: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    kv = (pid // HQ) * (HQ // GROUP) + (pid % HQ) // GROUP
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + pid * HEAD_DIM + d, mask=d < HEAD_DIM).to(tl.float32) * scale
+    t_begin = split * chunk
+    t_end = tl.minimum(t_begin + chunk, T)
+    m = float("-inf")
+    l = 0.0
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in range(t_begin, t_end, BLOCK_T):
+        t = start + tl.arange(0, BLOCK_T)
+        mask = t < t_end
+        rows = (kv * T + t[:, None]) * HEAD_DIM + d[None, :]
+        k = tl.load(K + rows, mask=mask[:, None], other=0.0).to(tl.float32)
+        v = tl.load(V + rows, mask=mask[:, None], other=0.0).to(tl.float32)
+        s = tl.where(mask, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new)
+        l = l * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        m = m_new
+    part = pid * num_splits + split
+    tl.store(M + part, m)
+    tl.store(L + part, l)
+    tl.store(Acc + part * HEAD_DIM + d, acc, mask=d < HEAD_DIM)
+
+
+@triton.jit
+def merge_kernel(M, L, Acc, Out, num_splits, HEAD_DIM: tl.constexpr, SPLITS_P: tl.constexpr):
+    row = tl.program_id(0)
+    s = tl.arange(0, SPLITS_P)
+    d = tl.arange(0, HEAD_DIM)
+    mask = s < num_splits
+    m = tl.load(M + row * num_splits + s, mask=mask, other=float("-inf"))
+    l = tl.load(L + row * num_splits + s, mask=mask, other=0.0)
+    acc = tl.load(Acc + (row * num_splits + s[:, None]) * HEAD_DIM + d[None, :], mask=mask[:, None], other=0.0)
+    w = tl.exp(m - tl.max(m, axis=0))
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l, axis=0)
+    tl.store(Out + row * HEAD_DIM + d, out.to(Out.dtype.element_ty), mask=d < HEAD_DIM)
+
+
+@triton.jit
+def unstable_merge_kernel(M, L, Acc, Out, num_splits, HEAD_DIM: tl.constexpr, SPLITS_P: tl.constexpr):
+    row = tl.program_id(0)
+    s = tl.arange(0, SPLITS_P)
+    d = tl.arange(0, HEAD_DIM)
+    mask = s < num_splits
+    m = tl.load(M + row * num_splits + s, mask=mask, other=float("-inf"))
+    l = tl.load(L + row * num_splits + s, mask=mask, other=0.0)
+    acc = tl.load(Acc + (row * num_splits + s[:, None]) * HEAD_DIM + d[None, :], mask=mask[:, None], other=0.0)
+    w = tl.exp(m)  # bug: no global max subtracted, so large scores overflow
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l, axis=0)
+    tl.store(Out + row * HEAD_DIM + d, out.to(Out.dtype.element_ty), mask=d < HEAD_DIM)
+
+
+@triton.jit
+def stub_kernel(Q, K, V, Out, scale, T, HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_T: tl.constexpr):
+    raise NotImplementedError("Exercise 03.one_pass: your code here")
+
+
+def test_checks_pass_correct_kernels(capsys):
+    from labkit.checks import nb03
+
+    nb03.check_one_pass(one_pass_kernel)
+    nb03.check_split(split_kernel)
+    nb03.check_merge(merge_kernel)
+    out = capsys.readouterr().out
+    assert "03.one_pass: all" in out and "03.split: all" in out and "03.merge: all" in out
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the unstable merge overflows on purpose
+def test_checks_fail_stubs_and_bugs():
+    from labkit.checks import nb03
+
+    with pytest.raises(CheckFailure, match="not started"):
+        nb03.check_one_pass(stub_kernel)
+    with pytest.raises(CheckFailure, match="T not a multiple of the block"):
+        nb03.check_one_pass(unmasked_one_pass_kernel)
+    with pytest.raises(CheckFailure, match="no overflow"):
+        nb03.check_merge(unstable_merge_kernel)
+    with pytest.raises(CheckFailure, match="m of empty chunks|empty chunks"):
+        nb03.check_split(one_pass_kernel)  # the wrong kernel entirely
+
+
+# --- labkit bench ------------------------------------------------------------------------------
+def test_bench_attention_checks_every_kernel_in_sim_mode(capsys):
+    from labkit.bench.attention import attention_section, bench_attention, seed_table
+    from labkit.bench.records import Record
+
+    records, failures = bench_attention(["llama-gqa"], batches=[1], contexts=[16], progress=False,
+                                        kernels=("naive", "triton", "triton_splitk", "sdpa"))
+    assert not failures
+    assert {r.kernel for r in records} == {"naive", "triton", "triton_splitk", "sdpa"}
+    assert all(r.time_ms is None and r.extra["rel_error"] <= 2e-3 for r in records)
+    timed = [Record(k, {"B": 1, "Hq": 12, "Hkv": 12, "T": T, "D": 64}, "float32", 1, ms, extra={"shape": "gpt2"})
+             for T in (512, 4096) for k, ms in (("naive", 2.0), ("numba", 1.0), ("triton_splitk", 0.5), ("sdpa", 0.8))]
+    table = seed_table(timed)
+    assert "4.0×" in table and "5.1×" in table and "1.7×" in table
+    args = argparse.Namespace(shapes="gpt2", dtype=None, contexts="16", batches="1")
+    assert attention_section(None, None, args) == 0
+    out = capsys.readouterr().out
+    assert "timings need a GPU" in out and "triton_splitk" in out
