@@ -102,11 +102,11 @@ def _specialized(kernel, args, converted):
 
     A plain dispatcher works out the Numba type of every argument on every launch; a
     specialized one goes straight to its single compiled kernel, which saves tens of
-    microseconds a launch. The key is what decides the Numba types: dtype, rank and
-    contiguity of each tensor, the Python type of each scalar.
+    microseconds a launch. The key is what decides the Numba types (dtype, rank and
+    contiguity of each tensor, the Python type of each scalar) and the device.
     """
-    key = (kernel, torch.cuda.current_device()) + tuple(
-        (a.dtype, a.dim(), a.is_contiguous()) if isinstance(a, torch.Tensor) else type(a) for a in args)
+    key = (kernel,) + tuple((a.device.index, a.dtype, a.dim(), a.is_contiguous()) if isinstance(a, torch.Tensor)
+                            else type(a) for a in args)
     spec = _SPECIALIZED.get(key)
     if spec is None:
         spec = _SPECIALIZED[key] = kernel.specialize(*converted)

@@ -19,8 +19,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from labkit import cli
 from labkit.course.gradebook import read_log
-from labkit.course.prepare import GradeError, Masters, find_submissions, restore_checks
-from labkit.course.release import cell_meta, student_notebook
+from labkit.course.prepare import GradeError, Masters, find_submissions, labkit_meta, restore_checks
+from labkit.course.release import student_notebook
 
 # ---------------------------------------------------------------- the synthetic masters
 
@@ -70,7 +70,7 @@ MASTERS = {"01_tiny": make_master("01", ["01.add", "01.scale", "01.norm"]),
 def solve(nb, exercise: str, body: str | None = None) -> None:
     """Fill in the student's exercise cell: the master's solution, or ``body`` as the function body."""
     for cell in nb.cells:
-        if cell_meta(cell).get("exercise") == exercise:
+        if labkit_meta(cell).get("exercise") == exercise:
             head = SOLUTIONS[exercise][0].splitlines()[0]
             cell.source = SOLUTIONS[exercise][0] if body is None else f"{head}\n{body}"
             return
@@ -78,7 +78,7 @@ def solve(nb, exercise: str, body: str | None = None) -> None:
 
 
 def index_of(nb, key: str, value: str) -> int:
-    return next(i for i, c in enumerate(nb.cells) if cell_meta(c).get(key) == value)
+    return next(i for i, c in enumerate(nb.cells) if labkit_meta(c).get(key) == value)
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +103,13 @@ def test_restore_puts_every_check_back_after_its_exercise():
     del nb.cells[index_of(nb, "check", "01.scale")]  # deleted
     moved = nb.cells.pop(index_of(nb, "check", "01.norm"))
     nb.cells.insert(1, moved)  # moved above its exercise
+    nb.cells.append(new_code_cell("x = 1", metadata={"labkit": "mangled"}))  # malformed metadata
     nb.cells.append(new_code_cell("print('my scratch cell')"))
     prepared = restore_checks(nb, MASTERS["01_tiny"])
-    checks = [(i, cell_meta(c)["check"]) for i, c in enumerate(prepared.cells) if "check" in cell_meta(c)]
+    checks = [(i, labkit_meta(c)["check"]) for i, c in enumerate(prepared.cells) if "check" in labkit_meta(c)]
     assert [c for _, c in checks] == ["01.add", "01.scale", "01.norm"]
     for i, ex in checks:
-        assert cell_meta(prepared.cells[i - 1]).get("exercise") == ex
+        assert labkit_meta(prepared.cells[i - 1]).get("exercise") == ex
         assert prepared.cells[i].source == check_source(ex)
     assert prepared.cells[-1].source == "print('my scratch cell')"  # the student's own cells stay
     assert all(c.outputs == [] and c.execution_count is None for c in prepared.cells if c.cell_type == "code")
@@ -130,7 +131,9 @@ def test_submissions_are_matched_by_folder_name_or_exercise_ids(tmp_path, master
     (tmp_path / "alice").mkdir()
     nbformat.write(released("01_tiny"), tmp_path / "alice" / "01_tiny.ipynb")
     nbformat.write(released("02_pair"), tmp_path / "bob_02_pair.ipynb")
-    nbformat.write(released("02_pair"), tmp_path / "carol_homework.ipynb")  # renamed: matched by ids
+    carol = released("02_pair")
+    carol.cells[0].metadata["labkit"] = ["mangled"]
+    nbformat.write(carol, tmp_path / "carol_homework.ipynb")  # renamed: matched by ids
     (tmp_path / "dave_01_tiny.ipynb").write_text("{ not json")
     nbformat.write(new_notebook(cells=[new_code_cell("1")]), tmp_path / "erin.ipynb")
     (tmp_path / "alice" / ".ipynb_checkpoints").mkdir()

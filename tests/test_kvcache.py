@@ -308,6 +308,14 @@ class PagedCacheMachine(RuleBasedStateMachine):
         self.shadow[child] = tuple(t.clone() for t in self.shadow[parent])
         return child
 
+    @rule(target=seqs, parent=seqs, n=st.integers(1, 5), m=st.integers(1, 5))
+    def fork_and_diverge(self, parent, n, m):
+        # Both write into the partly filled block they share: each must keep its own tokens.
+        child = self.fork(parent)
+        self._append(parent, n)
+        self._append(child, m)
+        return child
+
     @rule(seq=seqs, data=st.data())
     def truncate(self, seq, data):
         n = data.draw(st.integers(0, self.cache.length(seq)))

@@ -61,6 +61,8 @@ def test_continuous_batching_equals_solo_with_chunks_and_preemption(seed):
     # The run did exercise what it claims to: chunked prefills and preemptions.
     assert any(start == 0 and n < prompt for _, start, n, prompt in seen), "no prompt was chunked"
     assert sum(r.num_preemptions for r in done) > 0, "nothing was preempted"
+    m = summarize(done, engine.steps, max_batch=6, unit="steps")
+    assert m.recomputed_tokens == runner.tokens_run - sum(len(r.prompt) + len(r.output) - 1 for r in done) > 0
     assert max(s.running for s in engine.steps) <= 6
 
 
@@ -124,7 +126,8 @@ def test_real_model_over_paged_cache_equals_model_alone():
 
 @pytest.mark.parametrize("bad, why", [
     (dict(prompt=[]), "empty"),
-    (dict(prompt=list(range(70))), "longer than the context"),
+    (dict(prompt=[1] * 70), "longer than the context"),
+    (dict(prompt=[1] * 64), "longer than the context"),  # no room left for a single new token
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(max_new_tokens=-3), "max_new_tokens"),
     (dict(max_new_tokens=2.5), "max_new_tokens"),
@@ -241,9 +244,43 @@ def test_policies_respect_budget_slots_fcfs_and_preempt_the_newest():
         ledger.ensure(waiting[3], 100)
 
 
+def test_preemption_takes_the_newest_running_requests_first():
+    ledger = BlockLedger(6, 4)
+    running = [Request([1] * 4, 9, request_id=i) for i in range(3)]  # oldest first
+    for r in running:
+        ledger.ensure(r, 4)
+        r.output, r.num_computed = [7], 4  # each owes one token, which needs a second block
+    ledger.ensure(Request([1], 1, request_id="x"), 12)  # the other 3 blocks are taken
+    scheduled, preempted = schedule_running(running, budget=16, blocks=ledger)
+    assert [r.request_id for r in preempted] == [2, 1]
+    assert [(r.request_id, n) for r, n in scheduled] == [(0, 1)]
+    assert ledger.held(running[0]) == 2 and ledger.held(running[1]) == ledger.held(running[2]) == 0
+
+
 def test_a_policy_that_plans_nothing_is_reported():
     engine = Engine(ToyRunner(num_blocks=8, block_size=4), max_batch=2, token_budget=8,
                     admit=lambda waiting, **kw: [])
     engine.add_request(Request([1, 2], 3))
     with pytest.raises(RuntimeError, match="can't make progress"):
         engine.step()
+
+
+def test_abort_frees_the_request_and_leaves_the_others_alone():
+    reqs = random_requests(10, 4, max_new=20, span=3.0)
+    runner = ToyRunner(num_blocks=30, block_size=4)
+    engine = Engine(runner, max_batch=4, token_budget=12, clock=StepClock())
+    for r in reqs:
+        engine.add_request(r)
+    for _ in range(5):
+        engine.step()
+    victims = [engine.scheduler.running[0], engine.scheduler.waiting[-1]]
+    for v in victims:
+        assert engine.abort(v.request_id) is v
+    assert runner.blocks.held(victims[0]) == 0
+    with pytest.raises(RequestError, match="not being served"):
+        engine.abort(victims[0].request_id)
+    done = engine.run()
+    solo = ToyRunner(num_blocks=1)
+    assert sorted(r.request_id for r in done) == sorted(r.request_id for r in reqs if r not in victims)
+    assert all(r.output == solo.generate(r.prompt, r.max_new_tokens) for r in done)
+    assert_drained(engine)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from labkit.checks.core import assert_equal, fresh_seed, run_check
+from labkit.checks.core import fresh_seed, run_check
 from labkit.serving import Engine, Request, StepClock, ToyRunner
 from labkit.serving.blocks import BlockLedger
 from labkit.serving.scheduler import admit as ref_admit

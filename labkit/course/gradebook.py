@@ -19,8 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labkit.course.prepare import Check
-from labkit.course.release import cell_meta
+from labkit.course.prepare import Check, labkit_meta
 
 STATUSES = ("passed", "failed", "timeout", "error")
 
@@ -89,7 +88,7 @@ def score(result: NotebookResult, prepared, checks: list[Check], log: Path, *, k
     hung = None  # the first cell that ran past the cell timeout
     for number, cell in enumerate(code):
         rec = records.get(number)
-        meta = cell_meta(cell)
+        meta = labkit_meta(cell)
         if "check" not in meta:
             if (rec and rec["outcome"] != "passed" and rec.get("when") == "call"
                     and not rec.get("message", "").startswith("Kernel dead")):
@@ -170,8 +169,14 @@ def write_outputs(results: list[NotebookResult], out: Path) -> dict[str, Path]:
             counts = [sum(c.status == s for c in r.checks) for s in STATUSES]
             w.writerow([r.student, r.notebook, _num(r.score), _num(r.possible), *counts])
     paths["results"].write_text(json.dumps([asdict(r) for r in results], indent=1), encoding="utf-8")
+    written: set[Path] = set()
     for r in results:
         target = out / "feedback" / safe_name(r.student) / f"{safe_name(r.notebook)}.md"
+        n = 1
+        while target in written:  # two files of one student for one notebook
+            n += 1
+            target = target.with_name(f"{safe_name(r.notebook)}-{n}.md")
+        written.add(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(feedback(r), encoding="utf-8")
     return paths

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import nbformat
 
-from labkit.course.release import cell_meta, master_paths
+from labkit.course.release import master_paths
+
+
+def labkit_meta(cell) -> dict:
+    """The cell's ``labkit`` metadata; ``{}`` when it has none or a student's edit left it malformed."""
+    meta = cell.get("metadata", {})
+    meta = meta.get("labkit", {}) if isinstance(meta, dict) else {}
+    return dict(meta) if isinstance(meta, dict) else {}
 
 
 class GradeError(ValueError):
@@ -64,7 +71,7 @@ class Masters:
         if not notebooks:
             raise GradeError(f"no master notebooks (*.ipynb) in {folder}")
         for name, nb in notebooks.items():
-            for meta in map(cell_meta, nb.cells):
+            for meta in map(labkit_meta, nb.cells):
                 points = meta.get("points", 1)
                 if "check" in meta and (not isinstance(points, (int, float)) or points < 0):
                     raise GradeError(f"master {name}: check {meta['check']!r} has points={points!r}; "
@@ -74,10 +81,10 @@ class Masters:
     def checks(self, name: str) -> list[Check]:
         """The master's checks in order; a check without ``points`` is worth 1."""
         return [Check(str(m["check"]), float(m.get("points", 1)))
-                for m in (cell_meta(c) for c in self.notebooks[name].cells) if "check" in m]
+                for m in (labkit_meta(c) for c in self.notebooks[name].cells) if "check" in m]
 
     def ids(self, name: str) -> set[str]:
-        return {str(m.get("exercise", m.get("check"))) for m in map(cell_meta, self.notebooks[name].cells)
+        return {str(m.get("exercise", m.get("check"))) for m in map(labkit_meta, self.notebooks[name].cells)
                 if "exercise" in m or "check" in m}
 
 
@@ -120,7 +127,7 @@ def _identify(path: Path, folder: str | None, masters: Masters) -> Submission:
         return sub
     sub.notebook = nb
     if sub.master is None:
-        ids = {str(m.get("exercise", m.get("check"))) for m in map(cell_meta, nb.cells)
+        ids = {str(m.get("exercise", m.get("check"))) for m in map(labkit_meta, nb.cells)
                if "exercise" in m or "check" in m}
         shared = {name: len(ids & masters.ids(name)) for name in masters.notebooks}
         best = max(shared.values(), default=0)
@@ -138,10 +145,10 @@ def restore_checks(student: nbformat.NotebookNode, master: nbformat.NotebookNode
 
     Outputs are cleared and cell ids made unique; the result is a valid nbformat 4.5 notebook.
     """
-    cells = [copy.deepcopy(c) for c in student.cells if "check" not in cell_meta(c)]
+    cells = [copy.deepcopy(c) for c in student.cells if "check" not in labkit_meta(c)]
     restored: set[int] = set()  # id() of the check cells put back
     for index, mcell in enumerate(master.cells):
-        meta = cell_meta(mcell)
+        meta = labkit_meta(mcell)
         if "check" not in meta:
             continue
         at = _insertion_point(cells, restored, master.cells, index, str(meta["check"]))
@@ -164,11 +171,11 @@ def restore_checks(student: nbformat.NotebookNode, master: nbformat.NotebookNode
 
 def _insertion_point(cells, restored, master_cells, check_index: int, exercise: str) -> int:
     """Where the master's check at ``check_index`` goes in ``cells`` (see the module docstring)."""
-    hits = [i for i, c in enumerate(cells) if cell_meta(c).get("exercise") == exercise]
+    hits = [i for i, c in enumerate(cells) if labkit_meta(c).get("exercise") == exercise]
     if not hits:
         return min(check_index, len(cells))
     ex_master = max((i for i, c in enumerate(master_cells[:check_index])
-                     if cell_meta(c).get("exercise") == exercise), default=check_index)
+                     if labkit_meta(c).get("exercise") == exercise), default=check_index)
     between = master_cells[ex_master + 1:check_index]
     ids = {c.get("id") for c in between if c.get("id")}
     sources = {c.source for c in between if c.cell_type == "code"}

@@ -25,7 +25,7 @@ from labkit.serving.static import StaticScheduler
 POLICIES = ("static", "continuous")
 RESULTS_PATTERN = "serving_*.json"
 METRICS = {  # what the plots and the explorer can show: key -> (label, unit kind)
-    "throughput": ("throughput (output tokens / time)", "rate"),
+    "throughput": ("throughput, output tokens", "rate"),
     "ttft_p50": ("time to first token, p50", "time"),
     "ttft_p99": ("time to first token, p99", "time"),
     "tpot_p50": ("time per output token, p50", "time"),
@@ -175,7 +175,8 @@ def format_comparison(results: dict[str, Metrics]) -> str:
             ("TTFT p50", t_u, lambda m: m.ttft_p50, scale), ("TTFT p99", t_u, lambda m: m.ttft_p99, scale),
             ("TPOT p50", t_u, lambda m: m.tpot_p50, scale), ("TPOT p99", t_u, lambda m: m.tpot_p99, scale),
             ("occupancy", "%", lambda m: m.occupancy, 100.0), ("steps", "", lambda m: m.steps, 1.0),
-            ("preemptions", "", lambda m: m.preemptions, 1.0)]
+            ("preemptions", "", lambda m: m.preemptions, 1.0),
+            ("recomputed", "tokens", lambda m: m.recomputed_tokens, 1.0)]
     names = list(results)
     head = f"{'metric':<14}{'unit':<10}" + "".join(f"{n:>13}" for n in names) + f"{'ratio':>9}"
     lines = [head, "-" * len(head)]

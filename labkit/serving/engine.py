@@ -97,6 +97,16 @@ class Engine:
         self.scheduler.add(request)
         return request
 
+    def abort(self, request_id) -> Request:
+        """Cancel a queued or running request (a client went away): its blocks are freed at once."""
+        try:
+            request = self._live.pop(request_id)
+        except KeyError:
+            raise RequestError(f"request_id {request_id!r} is not being served") from None
+        self.scheduler.abort(request)
+        self._generators.pop(request_id, None)
+        return request
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 

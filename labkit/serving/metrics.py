@@ -9,6 +9,8 @@ at step boundaries), steps on sim mode's logical clock. ``unit`` says which.
 * **TPOT** (time per output token): (last token's time − first token's time) / (tokens − 1),
   per request with at least two output tokens: how fast the text streams once it starts.
 * **occupancy**: per step, the fraction of the ``max_batch`` slots doing work.
+* **recomputed tokens**: tokens the model ran beyond each request's prompt and output (the last
+  output token is never run): the work preemption by recomputation threw away.
 
 p50 and p99 are over requests (numpy's linear-interpolation percentiles).
 """
@@ -52,6 +54,7 @@ class Metrics:
     occupancy: float  # mean fraction of batch slots busy over the steps
     steps: int
     preemptions: int
+    recomputed_tokens: int = 0  # tokens run again after a preemption (work lost to recomputation)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,4 +104,6 @@ def summarize(requests, steps: list[StepLog], *, max_batch: int, unit: str) -> M
                    ttft_p50=percentile(ft, 50), ttft_p99=percentile(ft, 99),
                    tpot_p50=percentile(ot, 50), tpot_p99=percentile(ot, 99),
                    occupancy=float(busy.mean()) if busy.size else 0.0, steps=len(steps),
-                   preemptions=sum(r.num_preemptions for r in requests))
+                   preemptions=sum(r.num_preemptions for r in requests),
+                   recomputed_tokens=max(0, sum(s.decodes + s.prefill_tokens for s in steps)
+                                         - sum(len(r.prompt) + len(r.output) - 1 for r in requests)))

@@ -53,7 +53,7 @@ def schedule_running(running: list, *, budget: int, blocks) -> tuple[list, list]
                 blocks.ensure(request, request.num_computed + n)
                 break
             except OutOfBlocks:
-                victim = queue.pop(0) if queue else request  # the lowest priority: admitted last
+                victim = queue.pop() if queue else request  # the lowest priority: admitted last
                 blocks.free(victim)
                 preempted.append(victim)
                 if victim is request:
@@ -185,8 +185,8 @@ class Scheduler:
     @staticmethod
     def _check(pairs, allowed, who: str) -> None:
         # A policy is user code (notebook exercises): catch a malformed plan here, with its name.
-        if len({id(item[0]) for item in pairs if isinstance(item, tuple) and item}) != len(pairs):
-            raise ValueError(f"{who} scheduled a request twice in one step")
+        if not isinstance(pairs, (list, tuple)):
+            raise TypeError(f"{who} must return a list of (request, num_tokens) pairs, got {pairs!r}")
         for item in pairs:
             if not (isinstance(item, tuple) and len(item) == 2):
                 raise TypeError(f"{who} must return (request, num_tokens) pairs, got {item!r}")
@@ -197,3 +197,5 @@ class Scheduler:
             if not isinstance(n, int) or not 1 <= n <= request.num_pending:
                 raise ValueError(f"{who} gave request {request.request_id!r} {n!r} tokens; expected 1 to "
                                  f"{request.num_pending} (its pending tokens)")
+        if len({id(r) for r, _ in pairs}) != len(pairs):
+            raise ValueError(f"{who} scheduled a request twice in one step")

@@ -56,12 +56,12 @@ def check_numba(rng: random.Random, n: int) -> list[str]:
     failures = []
     edges = [1, 2, 31, 32, 33, 63, 64, 65, 255, 257]
     for i in range(n):
-        B = rng.randint(1, 2 if SIM else 4)
+        B = rng.randint(1, 2 if SIM else 3)
         Hkv = rng.choice((1, 2) if SIM else (1, 2, 4, 8, 12, 32))
-        group = rng.choice((1, 2, 3, 4, 6, 8))
+        group = rng.choice((1, 2, 3, 4, 6, 8)) if Hkv <= 8 else 1  # at most 64 query heads: the CPU reference is slow
         D = rng.choice((64, 128))
         dtype = rng.choice((torch.float16, torch.float32))
-        T = rng.choice(edges) if i % 3 == 0 else rng.randint(1, 40 if SIM else 10_000)
+        T = rng.choice(edges) if i % 3 == 0 else rng.randint(1, 40 if SIM else 8_000)
         splits = rng.choice((None, None, 1, 2, 7)) if T > 1 else None
         q, k, v = make_decode_inputs(B, Hkv * group, Hkv, T, D, dtype)
         out = torch.full_like(q, float("nan"))
@@ -114,7 +114,7 @@ def benchmarks(roof: float | None) -> list[Record]:
                 recs = bench_decode(["naive", "numba", "sdpa"], B=B, Hq=Hq, Hkv=Hkv, T=T, D=D, dtype=dtype,
                                     roofline_gbps=roof, check=check)
                 for r in recs:
-                    r.extra["shape_name"] = name
+                    r.extra["shape"] = name
                     if r.kernel == "numba":
                         r.extra["splits"] = plan(B, Hq, Hkv, T).splits
                 records += recs
@@ -131,7 +131,7 @@ def naive_pass_records(roof: float | None) -> list[Record]:
         for T in CONTEXTS:
             recs = bench_naive_passes(B=1, Hq=Hq, Hkv=Hkv, T=T, D=D, dtype=dtype, roofline_gbps=roof)
             for r in recs:
-                r.extra["shape_name"] = name
+                r.extra["shape"] = name
             records += recs
     q, k, v = make_decode_inputs(1, 32, 32, CONTEXTS[-1], 64 if SIM else 128, torch.float16)
     names, source = kernel_launches(lambda: naive_decode(q, k, v))
@@ -186,7 +186,7 @@ def host_overhead() -> None:
 
 
 def targets(records: list[Record]) -> list[str]:
-    by = {(r.extra.get("shape_name"), r.shape["B"], r.shape["T"], r.kernel): r for r in records}
+    by = {(r.extra.get("shape"), r.shape["B"], r.shape["T"], r.kernel): r for r in records}
     lines = []
     for (name, B, T, kernel), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
         if kernel != "numba" or r.time_ms is None:
@@ -212,7 +212,7 @@ def main() -> int:
     rng = random.Random(seed)
     t0 = time.time()
     print(runtime.summary(), f"seed {seed}")
-    failures = check_numba(rng, 8 if SIM else (30 if args.quick else 80))
+    failures = check_numba(rng, 8 if SIM else (25 if args.quick else 60))
     failures += check_naive(rng, 4 if SIM else 30)
     failures += check_exercise()
     print(f"correctness: {len(failures)} failure(s) ({time.time() - t0:.0f} s)", flush=True)

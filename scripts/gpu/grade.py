@@ -1,0 +1,68 @@
+"""``labkit grade`` on a GPU: every master scores full points, its student release scores zero.
+
+    PYTHONPATH=. python scripts/gpu/grade.py --out DIR [--notebooks 00_setup,02_numba_fused] [--jobs 4]
+
+Grades each master in ``solutions/`` (as student "master") and its release made fresh with
+``labkit.course.release.student_notebook`` (as student "released") in this machine's mode, writes
+the gradebook and feedback under ``DIR/grade/``, prints one line per notebook and exits non-zero
+unless every master check passed and every released check failed (no error or timeout rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import labkit  # noqa: F401  (decides the mode before anything else loads)
+import nbformat
+from labkit.course.grade import grade
+from labkit.course.release import ROOT, master_paths, student_notebook
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for results (grade/ is written inside)")
+    parser.add_argument("--notebooks", default="", help="comma-separated master names (default: all)")
+    parser.add_argument("--jobs", type=int, default=4, help="notebooks at once (they share the GPU)")
+    parser.add_argument("--cell-timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+
+    wanted = {n.strip() for n in args.notebooks.split(",") if n.strip()}
+    masters = [p for p in master_paths(ROOT / "solutions") if not wanted or p.stem in wanted]
+    if not masters:
+        print(f"no masters to grade (asked for {sorted(wanted)})", file=sys.stderr)
+        return 2
+    print(labkit.runtime.summary())
+    with tempfile.TemporaryDirectory() as tmp:
+        subs = Path(tmp)
+        for who in ("master", "released"):
+            (subs / who).mkdir()
+        for path in masters:
+            nb = nbformat.read(path, as_version=4)
+            nbformat.write(nb, subs / "master" / path.name)
+            nbformat.write(student_notebook(nb, path.name), subs / "released" / path.name)
+        start = time.perf_counter()
+        results = grade([subs / "master", subs / "released"], Path(args.out) / "grade", masters=ROOT / "solutions",
+                        jobs=args.jobs, cell_timeout=args.cell_timeout, timeout=args.timeout, progress=False)
+        seconds = time.perf_counter() - start
+
+    bad = []
+    print(f"{'student':<9} {'notebook':<24} {'points':>9}  statuses")
+    for r in sorted(results, key=lambda r: (r.notebook, r.student)):
+        statuses = [c.status for c in r.checks]
+        print(f"{r.student:<9} {r.notebook:<24} {r.score:>4g}/{r.possible:<4g}  {' '.join(statuses)}")
+        want = "passed" if r.student == "master" else "failed"
+        bad += [f"{r.student}/{r.notebook} {c.exercise}: {c.status} (expected {want}): {c.message[:300]}"
+                for c in r.checks if c.status != want]
+    print(f"graded {len(results)} notebooks in {seconds:.0f} s with --jobs {args.jobs}")
+    for line in bad:
+        print("FAIL", line)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
