@@ -34,6 +34,13 @@ run() {  # run NAME CMD...: log to $OUT/NAME.log, remember failures
   local rc=$?
   echo "=== $name: exit $rc after $((SECONDS - t0)) s"
   [ $rc -eq 0 ] || status=1
+  pack  # after every stage: a run cut short by a time limit still returns what it finished
+}
+
+pack() {
+  mkdir -p data/results/.logs && cp "$LOGS"/* data/results/.logs/ 2>/dev/null
+  tar czf "$OUT/results.tgz" data/results $( [ -d data/models ] && echo data/models ) 2>/dev/null
+  rm -rf data/results/.logs
 }
 
 for stage in "${STAGES[@]}"; do
@@ -51,16 +58,14 @@ for stage in "${STAGES[@]}"; do
         run sanitize_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
       fi ;;
     train) [ -f scripts/gpu/train_models.sh ] && run train bash scripts/gpu/train_models.sh data/models ;;
-    numba)       [ -f scripts/gpu/numba_attention.py ] && run numba python3 scripts/gpu/numba_attention.py --out data/results ;;
+    numba)       [ -f scripts/gpu/numba_attention.py ] && run numba python3 scripts/gpu/numba_attention.py --out data/results ${NUMBA_ARGS:-} ;;
     triton)      [ -f scripts/gpu/triton_attention.py ] && run triton python3 scripts/gpu/triton_attention.py --out data/results ;;
     rope)        [ -f scripts/gpu/rope.py ] && run rope python3 scripts/gpu/rope.py --out data/results ;;
     paged)       [ -f scripts/gpu/paged.py ] && run paged python3 scripts/gpu/paged.py --out data/results ;;
     speculative) [ -f scripts/gpu/speculative.py ] && run speculative python3 scripts/gpu/speculative.py --out data/results ;;
-    serving)     [ -f scripts/gpu/serving.py ] && run serving python3 scripts/gpu/serving.py --out data/results ;;
+    serving)     [ -f scripts/gpu/serving.py ] && run serving python3 scripts/gpu/serving.py --out data/results ${SERVING_ARGS:-} ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
 done
-cp -r "$LOGS" data/results/.logs
-tar czf "$OUT/results.tgz" data/results $( [ -d data/models ] && echo data/models ) 2>/dev/null
-rm -rf data/results/.logs
+pack
 exit $status

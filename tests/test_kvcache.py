@@ -1,9 +1,6 @@
 """The paged KV cache: allocator, block tables, copy-on-write, the paged Triton kernel, the
 workload generator and the memory-waste accounting (sim mode, small sizes)."""
 
-import json
-import math
-import random
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, rule
 
-import labkit
 from labkit.attention import reference_decode
 from labkit.checks.core import rel_error
 from labkit.kvcache import (BlockAllocator, ContiguousKVCache, DoubleFree, OutOfBlocks, PagedBatch, PagedKVCache,
@@ -123,6 +119,21 @@ def test_freed_and_unknown_sequences_raise():
     with pytest.raises(UnknownSequence, match="sequence 99 was never created"):
         cache.extend(99, 1)
     assert cache.allocator.num_free == 8
+
+
+def test_sequences_can_be_named_by_request_ids():
+    cache = _cache()
+    assert cache.new_sequence("req-7") == "req-7" and cache.new_sequence() == 0
+    with pytest.raises(ValueError, match="sequence 'req-7' already exists"):
+        cache.new_sequence("req-7")
+    cache.extend("req-7", 5)
+    assert cache.fork("req-7", "req-7/1") == "req-7/1" and cache.fork("req-7") == 1
+    cache.free("req-7")
+    with pytest.raises(UnknownSequence, match="'req-7' was freed"):
+        cache.extend("req-7", 1)
+    assert cache.new_sequence("req-7") == "req-7"  # a preempted request comes back under its id
+    assert cache.length("req-7") == 0 and cache.length("req-7/1") == 5
+    cache.check_invariants()
 
 
 def test_out_of_blocks_in_extend_changes_nothing():
@@ -419,6 +430,28 @@ def test_paged_batch_out_of_blocks_before_touching_any_row():
         batch.commit()
 
 
+def test_static_shapes_update_tensors_in_place_for_cuda_graphs():
+    torch.manual_seed(1)
+    contiguous = ContiguousKVCache(1, 2, 2, 16, 24, static_shapes=True)
+    paged = PagedBatch.create(1, 2, 2, 16, 24, block_size=4, static_shapes=True)
+    tables, lengths = paged.block_tables.data_ptr(), paged.lengths.data_ptr()
+    for S in (6, 1, 3, 1):
+        contiguous.begin(S)
+        paged.begin(S)
+        k, v, q = torch.randn(2, 2, S, 16), torch.randn(2, 2, S, 16), torch.randn(2, 4, S, 16)
+        contiguous.append(0, k, v)
+        paged.append(0, k, v)
+        assert rel_error(paged.attend(0, q), contiguous.attend(0, q)) <= 1e-5
+        contiguous.commit()
+        paged.commit()
+    assert (paged.block_tables.data_ptr(), paged.lengths.data_ptr()) == (tables, lengths)
+    assert paged.block_tables.shape == (2, 6)
+    with pytest.raises(ValueError, match="at most max_len=24 tokens per row"):
+        paged.begin(14)
+    with pytest.raises(ValueError, match="static_shapes=True needs max_len"):
+        PagedBatch(paged.cache, paged.seqs, static_shapes=True)
+
+
 def test_model_generates_the_same_over_paged_and_contiguous_caches():
     from labkit.model import ModelConfig, Transformer
 
@@ -489,6 +522,50 @@ def test_bench_paged_checks_every_kernel_in_sim_mode():
     assert [r.kernel for r in records] == ["contiguous", "sdpa", "paged bs=4", "paged bs=8"]
     assert all(r.time_ms is None and r.extra["rel_error"] <= 1e-5 for r in records)
     assert "bs=4" in ratio_table(records)
-    k = torch.randn(2, 2, 13, 16)
-    pool, tables = to_paged(k, 4)
-    assert torch.equal(gather_paged(pool, tables, torch.tensor([13, 13])), k)
+    for B in (1, 2):  # batch 1 once made a non-contiguous pool
+        k = torch.randn(B, 2, 13, 16)
+        pool, tables = to_paged(k, 4)
+        assert pool.is_contiguous() and torch.equal(gather_paged(pool, tables, torch.tensor([13] * B)), k)
+
+
+def test_notebook_kernel_solution_compiles_for_the_t4(tmp_path):
+    """The master's solution to exercise 05.paged_kernel, as a module, compiled for sm_75."""
+    import importlib.util
+
+    import nbformat
+
+    from labkit.testing.t4 import compile_triton_many_for_t4
+
+    nb = nbformat.read(ROOT / "solutions" / "05_paged_kv_cache.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if c.metadata.get("labkit", {}).get("exercise") == "05.paged_kernel"]
+    path = tmp_path / "nb05_kernel.py"
+    path.write_text("import math\nimport labkit\nimport torch\nimport triton\nimport triton.language as tl\n\n"
+                    + cell.source + "\n")
+    spec = importlib.util.spec_from_file_location("nb05_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sig = {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "bt_ptr": "*i32", "len_ptr": "*i32",
+           "out_ptr": "*fp16", "qk_scale": "fp32", "stride_bt": "i32"}
+    fp32 = {k: v.replace("fp16", "fp32") for k, v in sig.items()}
+    builds = compile_triton_many_for_t4([
+        (module.paged_attention_kernel, sig, {"HQ": 32, "HKV": 8, "BS": 16, "D": 128}, 4),
+        (module.paged_attention_kernel, fp32, {"HQ": 12, "HKV": 12, "BS": 32, "D": 64}, 4),
+    ])
+    assert all(b.cubin_bytes > 0 for b in builds)
+
+
+def test_paged_plots_render_records():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from labkit.bench.paged import waste_records
+    from labkit.bench.records import Record
+    from labkit.viz.paged import plot_block_sizes, plot_waste, relative_speeds
+
+    assert plot_waste(waste_records(generate_workload(20, seed=1))) is not None
+    shape = {"B": 1, "Hq": 32, "Hkv": 32, "D": 128}
+    records = [Record(kernel, {**shape, "T": T}, "float16", 1, time_ms=ms)
+               for T in (1024, 4096) for kernel, ms in (("contiguous", 0.02), ("paged bs=16", 0.025), ("sdpa", 0.04))]
+    speeds = {k: {t: round(x, 6) for t, x in row.items()} for k, row in relative_speeds(records).items()}
+    assert speeds == {"paged bs=16": {1024: 0.8, 4096: 0.8}, "sdpa": {1024: 0.5, 4096: 0.5}}
+    assert plot_block_sizes(records) is not None

@@ -189,15 +189,17 @@ def _attend_signature(dt):
 def test_every_kernel_compiles_for_sm75_within_64kb_of_shared_memory():
     from labkit.testing import compile_triton_many_for_t4
 
+    # (dtype, D, group, split): MHA and GQA as the bench runs them (split, with lengths and
+    # rope), the one-pass path, D = 256; and the merge kernel at its largest tile.
     requests = []
+    for dt, D, group, split in (("fp16", 128, 1, True), ("fp16", 128, 4, True), ("fp16", 64, 1, False),
+                                ("fp32", 128, 1, True), ("fp32", 256, 2, True)):
+        cfg = kernel_config(D, group, cc=(7, 5))
+        heads = heads_per_program(group)
+        c = dict(HKV=8, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
+                 BLOCK_T=cfg.block_t, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=split, HAS_ROPE=split, SPLIT=split)
+        requests.append((_attend_kernel, _attend_signature(dt), c, cfg.num_warps))
     for dt in ("fp16", "fp32"):
-        # (D, group, split): MHA and GQA as the bench runs them, the one-pass path, D = 256
-        for D, group, split in ((128, 1, True), (128, 4, True), (64, 1, False), (256, 2, True)):
-            cfg = kernel_config(D, group, cc=(7, 5))
-            heads = heads_per_program(group)
-            c = dict(HKV=8, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
-                     BLOCK_T=cfg.block_t, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=split, HAS_ROPE=split, SPLIT=split)
-            requests.append((_attend_kernel, _attend_signature(dt), c, cfg.num_warps))
         requests.append((_merge_kernel, {"Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "Out": f"*{dt}",
                                          "num_splits": "i32"}, dict(HEAD_DIM=128, SPLITS_P=MAX_SPLITS), 4))
     for build in compile_triton_many_for_t4(requests):

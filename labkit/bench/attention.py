@@ -72,7 +72,7 @@ SIM_SHAPES = {  # the same kinds of shape, small enough for the CPU simulators
     "llama": (2, 2, 128, torch.float16),
     "llama-gqa": (4, 1, 128, torch.float16),
 }
-CHECK_LIMIT = 1 << 28  # KV elements per tensor above which the float64 CPU reference is skipped
+CHECK_LIMIT = 1 << 28  # B·Hq·T·D above which the float64 CPU reference (2 GB a tensor) is skipped
 SEED_T4 = {  # the seed's speedups over naive on a T4, GPT-2 shape, batch 1 (ANCHORS.md)
     "numba": {512: 1.7, 2048: 3.4, 4096: 4.1, 8192: 6.5},
     "triton_splitk": {4096: 5.1, 8192: 8.2},
@@ -123,7 +123,7 @@ def bench_attention(shapes=tuple(SHAPES), *, batches=None, contexts=None, dtype:
         Hq, Hkv, D, shape_dtype = table[name]
         dt = dtype or shape_dtype
         kw = dict(B=B, Hq=Hq, Hkv=Hkv, T=T, D=D, dtype=dt, roofline_gbps=roofline_gbps,
-                  check=B * Hkv * T * D <= CHECK_LIMIT, warmup=warmup, rep=rep)
+                  check=B * Hq * T * D <= CHECK_LIMIT, warmup=warmup, rep=rep)
         try:
             recs = bench_decode(kernels, **kw)
         except Exception:  # noqa: BLE001 - find which kernel failed, keep the others

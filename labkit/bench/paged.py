@@ -43,22 +43,23 @@ def to_paged(k: torch.Tensor, block_size: int, *, tables: torch.Tensor | None = 
         order = tables.flatten().long().to(k.device)
     else:
         order = (torch.randperm(B * nb, generator=generator) if shuffle else torch.arange(B * nb)).to(k.device)
-    pool = torch.empty_like(logical)
+    pool = torch.empty(logical.shape, dtype=k.dtype, device=k.device)  # contiguous, whatever logical's strides
     pool[order] = logical
     return pool, order.view(B, nb).to(torch.int32)
 
 
-def reference_on_device(q, k, v) -> torch.Tensor:
+def reference_on_device(q, k, v, lengths=None) -> torch.Tensor:
     """Float64 decode attention computed where the tensors are, a sequence at a time (GPU-sized inputs).
 
-    q: [B, Hq, D]; k, v: [B, Hkv, T, D]; returns float64 [B, Hq, D].
+    q: [B, Hq, D]; k, v: [B, Hkv, T, D]; lengths: optional [B] valid lengths; returns float64 [B, Hq, D].
     """
     B, Hq, D = q.shape
     group = Hq // k.shape[1]
+    lens = [k.shape[2]] * B if lengths is None else [int(n) for n in lengths.tolist()]
     out = torch.empty(B, Hq, D, dtype=torch.float64, device=q.device)
     for b in range(B):
-        kb = k[b].double().repeat_interleave(group, dim=0)  # [Hq, T, D]
-        vb = v[b].double().repeat_interleave(group, dim=0)
+        kb = k[b, :, : lens[b]].double().repeat_interleave(group, dim=0)  # [Hq, T, D]
+        vb = v[b, :, : lens[b]].double().repeat_interleave(group, dim=0)
         p = torch.softmax(torch.einsum("hd,htd->ht", q[b].double(), kb) / math.sqrt(D), dim=-1)
         out[b] = torch.einsum("ht,htd->hd", p, vb)
     return out

@@ -3,7 +3,8 @@
 from labkit.kvcache.allocator import BlockAllocator, DoubleFree, OutOfBlocks
 from labkit.kvcache.base import KVCache
 from labkit.kvcache.contiguous import ContiguousKVCache
-from labkit.kvcache.paged import PagedBatch, PagedKVCache, UnknownSequence
+from labkit.kvcache.paged import PagedKVCache, UnknownSequence
+from labkit.kvcache.paged_batch import PagedBatch
 
 __all__ = ["KVCache", "ContiguousKVCache", "BlockAllocator", "DoubleFree", "OutOfBlocks", "PagedBatch",
            "PagedKVCache", "UnknownSequence"]

@@ -86,7 +86,10 @@ class ContiguousKVCache(KVCache):
             S = self._pending
             T = self.max_len if self.static_shapes else min(self.max_len, max(self._host) + S)
             pos = self.lengths.long()[:, None] + self._slots[None, :S]  # [B, S]
-            self._pass = (pos, (self._slots[None, None, :T] <= pos[:, :, None])[:, None])
+            visible = self._slots[None, None, :T] <= pos[:, :, None]
+            # Additive, in the cache's dtype: SDPA would convert a boolean mask in every layer.
+            mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, float("-inf"))
+            self._pass = (pos, mask[:, None])
         return self._pass
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -136,7 +139,10 @@ class ContiguousKVCache(KVCache):
             if not 0 <= n <= old:
                 raise ValueError(f"row {b} holds {old} tokens; can't truncate it to {n}")
         self._host = new
-        self.lengths.copy_(torch.tensor(new, dtype=torch.int32), non_blocking=True)
+        if len(set(new)) == 1:
+            self.lengths.fill_(new[0])  # a scalar kernel argument: no host-to-device copy
+        else:
+            self.lengths.copy_(torch.tensor(new, dtype=torch.int32), non_blocking=True)
         self._pending = 0
 
     def host_lengths(self) -> list[int]:

@@ -12,9 +12,10 @@ every token one integer address (the *slot mapping*).
   + 1 each): many samples of one prompt store the prompt once. A shared block is copied the
   first time one of its owners writes into it (*copy-on-write*); only a partially filled
   last block can ever be written, so that is the one copy.
-* :class:`PagedBatch` is a batch of sequences seen through the model's cache protocol
-  (:class:`labkit.kvcache.base.KVCache`): the model runs over a paged cache unchanged, and
-  decode steps use the paged Triton kernel (:mod:`labkit.kvcache.paged_attention`).
+* :class:`~labkit.kvcache.paged_batch.PagedBatch` is a batch of sequences seen through the
+  model's cache protocol (:class:`labkit.kvcache.base.KVCache`): the model runs over a paged
+  cache unchanged, and decode steps use the paged Triton kernel
+  (:mod:`labkit.kvcache.paged_attention`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from labkit import runtime
 from labkit.kvcache.allocator import BlockAllocator, OutOfBlocks
-from labkit.kvcache.base import KVCache, as_length_list
 
 
 class UnknownSequence(LookupError):
@@ -89,56 +88,67 @@ class PagedKVCache:
 
     # -- sequences -------------------------------------------------------------------------
 
-    def _table(self, seq: int) -> list[int]:
+    def _table(self, seq) -> list[int]:
         try:
             return self._tables[seq]
         except (KeyError, TypeError):
             why = "was freed" if seq in self._freed else "was never created in this cache"
             raise UnknownSequence(f"sequence {seq!r} {why}") from None
 
-    def new_sequence(self) -> int:
-        """A new, empty sequence; returns its id. Allocates nothing until it grows."""
-        seq, self._next_id = self._next_id, self._next_id + 1
+    def new_sequence(self, seq=None):
+        """A new, empty sequence; returns its id. Allocates nothing until it grows.
+
+        ``seq``: the id to use (any hashable, e.g. a request id; a freed id may be reused),
+        or ``None`` for the next free int.
+        """
+        if seq is None:
+            while self._next_id in self._tables or self._next_id in self._freed:
+                self._next_id += 1
+            seq = self._next_id
+        elif seq in self._tables:
+            raise ValueError(f"sequence {seq!r} already exists")
+        self._freed.discard(seq)
         self._tables[seq], self._lengths[seq] = [], 0
         return seq
 
-    def fork(self, parent: int) -> int:
-        """A new sequence holding the same tokens as ``parent``, sharing its blocks (no copy)."""
+    def fork(self, parent, child=None):
+        """A new sequence (id ``child``, or the next free int) holding the same tokens as
+        ``parent``, sharing its blocks (no copy)."""
         table = self._table(parent)
+        child = self.new_sequence(child)
         for block in table:
             self.allocator.share(block)
-        child = self.new_sequence()
         self._tables[child], self._lengths[child] = list(table), self._lengths[parent]
         return child
 
-    def free(self, seq: int) -> None:
+    def free(self, seq) -> None:
         """Drop a sequence: each of its blocks loses an owner (and is free when it has none left)."""
         for block in self._table(seq):
             self.allocator.free(block)
         del self._tables[seq], self._lengths[seq]
         self._freed.add(seq)
 
-    def sequences(self) -> list[int]:
+    def sequences(self) -> list:
         return list(self._tables)
 
-    def length(self, seq: int) -> int:
+    def length(self, seq) -> int:
         self._table(seq)
         return self._lengths[seq]
 
-    def block_table(self, seq: int) -> list[int]:
+    def block_table(self, seq) -> list[int]:
         """The blocks holding ``seq``'s tokens, in order (a copy)."""
         return list(self._table(seq))
 
     # -- growing and shrinking -------------------------------------------------------------
 
-    def blocks_needed(self, seq: int, n: int) -> int:
+    def blocks_needed(self, seq, n: int) -> int:
         """How many blocks :meth:`extend` (seq, n) would allocate: new ones plus a copy-on-write."""
         table, length, bs = self._table(seq), self._lengths[seq], self.block_size
         new = math.ceil((length + n) / bs) - len(table)
         cow = n > 0 and length % bs != 0 and self.allocator.refcount(table[-1]) > 1
         return new + int(cow)
 
-    def extend(self, seq: int, n: int) -> torch.Tensor:
+    def extend(self, seq, n: int) -> torch.Tensor:
         """Make room for ``n`` more tokens of ``seq``; return their slots, int64 [n] on the device.
 
         Allocates the blocks they need, and first copies a shared, partially filled last block
@@ -164,7 +174,7 @@ class PagedKVCache:
         self.allocator.free(old)  # one owner fewer; the others keep the original
         return new
 
-    def truncate(self, seq: int, n: int) -> None:
+    def truncate(self, seq, n: int) -> None:
         """Keep the first ``n`` tokens of ``seq``; blocks past them lose this owner."""
         table, length = self._table(seq), self._lengths[seq]
         if not isinstance(n, int) or not 0 <= n <= length:
@@ -177,7 +187,7 @@ class PagedKVCache:
 
     # -- addressing, writing, reading ------------------------------------------------------
 
-    def slots(self, seq: int, positions) -> torch.Tensor:
+    def slots(self, seq, positions) -> torch.Tensor:
         """Slots (``block * block_size + row``) of token ``positions`` of ``seq``: int64, on the device."""
         table = torch.tensor(self._table(seq), dtype=torch.long)
         pos = torch.as_tensor(positions, dtype=torch.long).cpu()
@@ -203,7 +213,7 @@ class PagedKVCache:
         write_kv_rope(k, v, self.k[layer], self.v[layer], slots // self.block_size, slots % self.block_size,
                       rope, check_indices=False)
 
-    def gather(self, layer: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, layer: int, seq) -> tuple[torch.Tensor, torch.Tensor]:
         """``seq``'s keys and values of ``layer`` as contiguous [Hkv, T, D] copies (for checks)."""
         slots = self.slots(seq, torch.arange(self.length(seq)))
         block, row = slots // self.block_size, slots % self.block_size
@@ -226,11 +236,17 @@ class PagedKVCache:
         """Decode attention of q [B, Hq, D] over the tokens of ``seqs`` (B ids, each length >= 1)."""
         from labkit.kvcache.paged_attention import paged_decode  # imports triton: only when needed
 
+        empty = [s for s in seqs if self.length(s) == 0]
+        if empty:
+            raise ValueError(f"sequences {empty} hold no tokens: decode attention needs at least one")
         table, lengths = self.tables(seqs)
         return paged_decode(q, self.k[layer], self.v[layer], table, lengths, scale=scale, check_values=False)
 
-    def batch(self, seqs, **kwargs) -> "PagedBatch":
-        """These sequences as one batch behind the model's cache protocol (see :class:`PagedBatch`)."""
+    def batch(self, seqs, **kwargs):
+        """These sequences as one batch behind the model's cache protocol
+        (a :class:`~labkit.kvcache.paged_batch.PagedBatch`; kwargs: impl, max_len, static_shapes)."""
+        from labkit.kvcache.paged_batch import PagedBatch
+
         return PagedBatch(self, seqs, **kwargs)
 
     # -- accounting ------------------------------------------------------------------------
@@ -271,121 +287,3 @@ class PagedKVCache:
         s = self.stats()
         return (f"PagedKVCache({len(self._tables)} sequences, {s.tokens} tokens in {s.used_blocks}/{s.num_blocks} "
                 f"blocks of {self.block_size}, {s.shared_blocks} shared)")
-
-
-class PagedBatch(KVCache):
-    """Sequences of a :class:`PagedKVCache` as rows of a batch, behind the model's cache protocol.
-
-    ``begin(S)`` extends every row by ``S`` tokens (allocating blocks, copy-on-write) and
-    ``append`` writes them; ``attend`` runs the paged Triton kernel for decode steps (S = 1)
-    and, for prefill and verify passes (S > 1), gathers the rows' K/V and calls SDPA with a
-    causal mask. ``impl="sdpa"`` uses the gather + SDPA path for every pass.
-    """
-
-    def __init__(self, cache: PagedKVCache, seqs, *, impl: str = "paged"):
-        if impl not in ("paged", "sdpa"):
-            raise ValueError(f"impl must be 'paged' or 'sdpa', got {impl!r}")
-        self.cache, self.seqs, self.impl = cache, list(seqs), impl
-        if not self.seqs:
-            raise ValueError("a batch needs at least one sequence")
-        self.num_layers, self.batch_size = cache.num_layers, len(self.seqs)
-        self.num_kv_heads, self.head_dim = cache.num_kv_heads, cache.head_dim
-        self.dtype, self.device = cache.dtype, cache.device
-        self._host = [cache.length(s) for s in self.seqs]
-        self.lengths = torch.tensor(self._host, dtype=torch.int32, device=self.device)
-        self.block_tables, _ = cache.tables(self.seqs)
-        self._pending = 0
-        self._slots: torch.Tensor | None = None  # [B, S] slots of the pass's new tokens
-
-    @classmethod
-    def create(cls, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int, *,
-               block_size: int = 16, num_blocks: int | None = None, dtype: torch.dtype = torch.float32,
-               device=None, impl: str = "paged") -> "PagedBatch":
-        """A fresh pool with ``batch_size`` empty sequences: a drop-in for ``ContiguousKVCache``'s
-        arguments. ``num_blocks`` defaults to enough for every row to reach ``max_len``."""
-        num_blocks = num_blocks or batch_size * math.ceil(max_len / block_size)
-        cache = PagedKVCache(num_layers, num_kv_heads, head_dim, num_blocks=num_blocks, block_size=block_size,
-                             dtype=dtype, device=device)
-        return cls(cache, [cache.new_sequence() for _ in range(batch_size)], impl=impl)
-
-    def begin(self, num_new: int) -> torch.Tensor:
-        if not isinstance(num_new, int) or num_new < 1:
-            raise ValueError(f"num_new must be a positive int, got {num_new!r}")
-        if self._pending:
-            raise RuntimeError("begin() twice without commit(): a pass is already in progress")
-        need = sum(self.cache.blocks_needed(s, num_new) for s in self.seqs)
-        if not self.cache.allocator.can_allocate(need):
-            raise OutOfBlocks(need, self.cache.allocator.num_free, self.cache.num_blocks)
-        for s, n in zip(self.seqs, self._host):
-            if self.cache.length(s) != n:
-                raise RuntimeError(f"sequence {s} changed outside this batch ({self.cache.length(s)} tokens, "
-                                   f"the batch expected {n})")
-        self._slots = torch.stack([self.cache.extend(s, num_new) for s in self.seqs])
-        self.block_tables, _ = self.cache.tables(self.seqs)
-        self._pending = num_new
-        return self.lengths.long()[:, None] + torch.arange(num_new, device=self.device)[None, :]
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        S = self._pending
-        want = (self.batch_size, self.num_kv_heads, S, self.head_dim)
-        if not S:
-            raise RuntimeError("append() outside a pass: call begin() first")
-        if tuple(k.shape) != want or tuple(v.shape) != want:
-            raise ValueError(f"k and v must have shape {list(want)} [B, Hkv, S, D], got "
-                             f"{list(k.shape)} and {list(v.shape)}")
-        # [B, Hkv, S, D] -> [B*S, Hkv, D], in the order of the [B, S] slots.
-        self.cache.write(layer, self._slots.reshape(-1), k.transpose(1, 2).reshape(-1, *want[1::2]),
-                         v.transpose(1, 2).reshape(-1, *want[1::2]))
-
-    def attend(self, layer: int, q: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
-        B, Hq, S, D = q.shape
-        if (B, S, D) != (self.batch_size, self._pending, self.head_dim) or Hq % self.num_kv_heads:
-            raise ValueError(f"q must have shape [{self.batch_size}, Hq, {self._pending}, {self.head_dim}] "
-                             f"with Hq a multiple of {self.num_kv_heads}, got {list(q.shape)}")
-        if S == 1 and self.impl == "paged":
-            from labkit.kvcache.paged_attention import paged_decode
-
-            out = paged_decode(q[:, :, 0].contiguous(), self.cache.k[layer], self.cache.v[layer],
-                               self.block_tables, self.lengths + 1, scale=scale, check_values=False)
-            return out.unsqueeze(2)
-        T = max(self._host) + S
-        pos = torch.arange(T, device=self.device)
-        slots = self.block_tables[:, pos // self.cache.block_size].long() * self.cache.block_size \
-            + pos % self.cache.block_size  # [B, T]; past a row's length: padding, masked below
-        block, row = slots // self.cache.block_size, slots % self.cache.block_size
-        k = self.cache.k[layer][block, :, row].transpose(1, 2)  # [B, T, Hkv, D] -> [B, Hkv, T, D]
-        v = self.cache.v[layer][block, :, row].transpose(1, 2)
-        query_pos = self.lengths.long()[:, None] + pos[None, :S]  # [B, S]
-        mask = pos[None, None, :] <= query_pos[:, :, None]  # [B, S, T]
-        if Hq != self.num_kv_heads:
-            k = k.repeat_interleave(Hq // self.num_kv_heads, dim=1)
-            v = v.repeat_interleave(Hq // self.num_kv_heads, dim=1)
-        scale = 1.0 / math.sqrt(D) if scale is None else scale
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)
-
-    def commit(self) -> None:
-        if not self._pending:
-            raise RuntimeError("commit() without begin(): no pass is in progress")
-        self.lengths += self._pending
-        self._host = [n + self._pending for n in self._host]
-        self._pending = 0
-
-    def truncate(self, lengths) -> None:
-        new = as_length_list(lengths, self.batch_size)
-        for b, (n, old) in enumerate(zip(new, self._host)):
-            if not 0 <= n <= old:
-                raise ValueError(f"row {b} holds {old} tokens; can't truncate it to {n}")
-        for s, n in zip(self.seqs, new):
-            self.cache.truncate(s, n)  # also drops a pass begun and not committed
-        self._host = new
-        self.lengths.copy_(torch.tensor(new, dtype=torch.int32), non_blocking=True)
-        self.block_tables, _ = self.cache.tables(self.seqs)
-        self._pending = 0
-
-    def host_lengths(self) -> list[int]:
-        return list(self._host)
-
-    def memory_bytes(self) -> int:
-        """Bytes of the blocks this batch's rows point at (shared blocks counted once)."""
-        blocks = {b for s in self.seqs for b in self.cache.block_table(s)}
-        return len(blocks) * self.cache.block_bytes()

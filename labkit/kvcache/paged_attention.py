@@ -154,20 +154,26 @@ def _merge_kernel(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
-_WORKSPACE: dict[torch.device, torch.Tensor] = {}
+_WORKSPACES: dict[tuple, list[torch.Tensor]] = {}  # device -> flat fp32 buffers, the newest (largest) last
 
 
-def _workspace(device: torch.device, numel: int) -> torch.Tensor:
-    """A flat fp32 buffer of at least ``numel`` elements, reused across calls (grown when needed).
+def workspace(device: torch.device, B: int, Hq: int, num_splits: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views ``(part_o [B, Hq, S, D], part_lse [B, Hq, S])`` of a cached fp32 buffer.
 
-    Calls on one device share it, so they must run in order on one stream (torch's current
-    stream, as every labkit kernel does).
+    One buffer per device, reused by every call (a serving engine's batch size changes every
+    step); when a call needs more it is replaced by one at least twice as large, and the old one
+    is kept alive, so a call captured in a CUDA graph keeps valid pointers while the memory stays
+    within twice the largest need. Calls share it, so they run in order on one stream (torch's
+    current stream, as every labkit kernel does).
     """
-    buf = _WORKSPACE.get(device)
-    if buf is None or buf.numel() < numel:
-        buf = torch.empty(max(numel, 1 << 16), dtype=torch.float32, device=device)
-        _WORKSPACE[device] = buf
-    return buf
+    need = B * Hq * num_splits * (D + 1)
+    buffers = _WORKSPACES.setdefault((device.type, device.index), [])
+    if not buffers or buffers[-1].numel() < need:
+        size = max(need, 2 * buffers[-1].numel() if buffers else 1 << 16)
+        buffers.append(torch.empty(size, dtype=torch.float32, device=device))
+    flat = buffers[-1]
+    n = B * Hq * num_splits * D
+    return flat[:n].view(B, Hq, num_splits, D), flat[n:need].view(B, Hq, num_splits)
 
 
 def launch_config(B: int, Hq: int, Hkv: int, D: int, capacity: int, device: torch.device) -> dict:
@@ -257,9 +263,7 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
         if out.shape != q.shape:
             raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
 
-    ws = _workspace(q.device, B * Hq * splits * (D + 1))
-    part_o = ws[: B * Hq * splits * D].view(B, Hq, splits, D)
-    part_lse = ws[B * Hq * splits * D: B * Hq * splits * (D + 1)].view(B, Hq, splits)
+    part_o, part_lse = workspace(q.device, B, Hq, splits, D)
     group = Hq // Hkv
     _paged_split_kernel[(B, Hkv, splits)](
         q, k_pool, v_pool, block_tables, lengths, part_o, part_lse,

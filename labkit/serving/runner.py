@@ -60,11 +60,13 @@ class PackedStep(KVCache):
         self.tp = max((starts[j] + counts[j] for j in pre), default=0)  # keys they attend over
         wd = max((len(tables[j]) for j in range(num_decodes)), default=1)
         wp = max(1, math.ceil(self.tp / bs))
-        # int64: positions, slots, the prefill pack/unpack indices, logits rows. int32: tables, lengths.
-        positions, slots, pad_index, unpad_index, offset = [], [], [], [], 0
+        # int64: positions, pool block and row of each new token, the prefill pack/unpack indices,
+        # logits rows. int32: tables, lengths.
+        positions, blocks, rows, pad_index, unpad_index, offset = [], [], [], [], [], 0
         for j, (t, s, n) in enumerate(zip(tables, starts, counts)):
             positions += range(s, s + n)
-            slots += [t[p // bs] * bs + p % bs for p in range(s, s + n)]
+            blocks += [t[p // bs] for p in range(s, s + n)]
+            rows += [p % bs for p in range(s, s + n)]
             if j >= num_decodes:
                 row = j - num_decodes
                 pad_index += [offset + min(i, n - 1) for i in range(self.sp)]  # padding repeats the last token
@@ -72,14 +74,14 @@ class PackedStep(KVCache):
             offset += n
         dec_tables = [t + [0] * (wd - len(t)) for t in tables[:num_decodes]]
         pre_tables = [tables[j] + [0] * (wp - len(tables[j])) for j in pre]
-        ints = torch.tensor(positions + slots + pad_index + unpad_index + list(logits_rows), dtype=torch.long)
+        ints = torch.tensor(positions + blocks + rows + pad_index + unpad_index + list(logits_rows), dtype=torch.long)
         i32 = torch.tensor([x for t in dec_tables for x in t] + [starts[j] + 1 for j in range(num_decodes)]
                            + [x for t in pre_tables for x in t] + [starts[j] for j in pre], dtype=torch.int32)
         ints, i32 = ints.to(self.device, non_blocking=True), i32.to(self.device, non_blocking=True)
         N, nd, bp, sp = self.N, num_decodes, self.bp, self.sp
         o = 0
         self.positions = ints[o:o + N].view(1, N); o += N
-        self.slots = ints[o:o + N]; o += N
+        self.block, self.row = ints[o:o + N], ints[o + N:o + 2 * N]; o += 2 * N
         self.pad_index = ints[o:o + bp * sp]; o += bp * sp
         self.unpad_index = ints[o:o + N - nd]; o += N - nd
         self.logits_rows = ints[o:]
@@ -90,6 +92,7 @@ class PackedStep(KVCache):
         self.pre_starts = i32[o:o + bp]
         self.lengths = torch.zeros(1, dtype=torch.int32, device=self.device)  # protocol only: one packed row
         self._host = [0]
+        self._gather = None  # the prefill rows' key addresses and mask: the same for every layer
 
     def begin(self, num_new: int) -> torch.Tensor:
         if num_new != self.N:
@@ -98,7 +101,9 @@ class PackedStep(KVCache):
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         # k, v: [1, Hkv, N, D] -> [N, Hkv, D], one pool slot per token (no padding in a packed row).
-        self.cache.write(layer, self.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
+        # Advanced indices on dims 0 and 2 around a slice put their [N] dim first: [N, Hkv, D].
+        self.cache.k[layer][self.block, :, self.row] = k[0].transpose(0, 1)
+        self.cache.v[layer][self.block, :, self.row] = v[0].transpose(0, 1)
 
     def attend(self, layer: int, q: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
         qt = q[0].transpose(0, 1)  # [N, Hq, D]
@@ -117,17 +122,20 @@ class PackedStep(KVCache):
         bp, sp, T, bs = self.bp, self.sp, self.tp, self.cache.block_size
         Hq, D = qt.shape[1], qt.shape[2]
         q = qt.index_select(0, self.pad_index).view(bp, sp, Hq, D).transpose(1, 2)  # [bp, Hq, sp, D]
-        pos = torch.arange(T, device=self.device)
-        block = self.pre_tables[:, pos // bs].long()  # [bp, T]; past a row's blocks: block 0, masked below
-        k = self.cache.k[layer][block, :, pos % bs].transpose(1, 2)  # [bp, Hkv, T, D]
-        v = self.cache.v[layer][block, :, pos % bs].transpose(1, 2)
-        query_pos = self.pre_starts.long()[:, None] + pos[None, :sp]  # [bp, sp]
-        mask = pos[None, None, :] <= query_pos[:, :, None]  # [bp, sp, T]: causal over cached + new
+        if self._gather is None:
+            pos = torch.arange(T, device=self.device)
+            block = self.pre_tables[:, pos // bs].long()  # [bp, T]; past a row's blocks: block 0, masked below
+            query_pos = self.pre_starts.long()[:, None] + pos[None, :sp]  # [bp, sp]
+            mask = pos[None, None, :] <= query_pos[:, :, None]  # [bp, sp, T]: causal over cached + new
+            self._gather = block, pos % bs, mask[:, None]
+        block, row, mask = self._gather
+        k = self.cache.k[layer][block, :, row].transpose(1, 2)  # [bp, Hkv, T, D]
+        v = self.cache.v[layer][block, :, row].transpose(1, 2)
         if Hq != self.num_kv_heads:
             k = k.repeat_interleave(Hq // self.num_kv_heads, dim=1)
             v = v.repeat_interleave(Hq // self.num_kv_heads, dim=1)
         scale = 1.0 / math.sqrt(D) if scale is None else scale
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)  # [bp, Hq, sp, D]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [bp, Hq, sp, D]
         return o.transpose(1, 2).reshape(bp * sp, Hq, D).index_select(0, self.unpad_index)
 
     def commit(self) -> None:

@@ -145,14 +145,18 @@ def naive_pass_records(roof: float | None) -> list[Record]:
 def tuning(roof: float | None) -> list[Record]:
     """Time numba_decode over split counts and kernel shapes (Llama shape, batch 1), for tuning the defaults."""
     records = []
-    configs = [GPU_CONFIG, KernelConfig(16, 128, 4, 8, 2), KernelConfig(32, 256, 4, 8, 2),
-               KernelConfig(64, 256, 4, 8, 2)]
+    configs = [GPU_CONFIG, KernelConfig(16, 128, 4, 8, 2), KernelConfig(32, 128, 4, 8, 2),
+               KernelConfig(32, 128, 4, 8, 2, 128), KernelConfig(32, 256, 4, 8, 2, 128)]
     for T in ((48,) if SIM else (512, 8192)):
         D = 64 if SIM else 128
         nbytes = 2 * 2 * 32 * T * D + 2 * 2 * 32 * D
         sets = [make_decode_inputs(1, 32, 32, T, D, torch.float16) for _ in range(rotation_count(nbytes))]
+        expected = reference_decode(*sets[0])
         for cfg in configs:
-            for splits in (None, 1, 4, 8, 16, 32, 64):
+            err = rel_error(numba_decode(*sets[0], config=cfg), expected)
+            if not err <= TOL[torch.float16]:
+                raise AssertionError(f"numba_decode with {cfg} at T={T}: relative error {err:.2e}")
+            for splits in ((None, 1, 4, 8, 16, 32, 64) if cfg == GPU_CONFIG else (None,)):
                 if splits and splits * cfg.tile > T:
                     continue
                 p = plan(1, 32, 32, T, splits=splits, cfg=cfg)
@@ -161,9 +165,10 @@ def tuning(roof: float | None) -> list[Record]:
                 records.append(Record("numba", {"B": 1, "Hq": 32, "Hkv": 32, "T": T, "D": D}, "float16", nbytes, ms, bw,
                                       100 * bw / roof if bw and roof else None,
                                       {"splits": p.splits, "chosen": splits is None, "tile": cfg.tile,
-                                       "threads": cfg.threads}))
+                                       "threads": cfg.threads, "max_registers": cfg.max_registers}))
                 if ms is not None:
-                    print(f"tune T={T} tile={cfg.tile} threads={cfg.threads} splits={p.splits}"
+                    print(f"tune T={T} tile={cfg.tile} threads={cfg.threads} maxreg={cfg.max_registers} "
+                          f"splits={p.splits}"
                           f"{' (chosen)' if splits is None else ''}: {ms * 1e3:7.1f} µs {bw:6.0f} GB/s")
         del sets
     return records
@@ -183,6 +188,16 @@ def host_overhead() -> None:
             fn(q, k, v)
         torch.cuda.synchronize()
         print(f"host time per call, {name} (Llama shape, T=512): {(time.perf_counter() - t) / 200 * 1e6:.1f} µs")
+
+
+def kernel_resources() -> None:
+    """Registers and static shared memory of every Numba kernel this run compiled (launch specializations)."""
+    from labkit.numba_bridge import _SPECIALIZED
+
+    for key, spec in _SPECIALIZED.items():
+        kinds = ", ".join(f"{k[1]}".replace("torch.", "") for k in key[1:] if isinstance(k, tuple))
+        print(f"  {spec.py_func.__name__:14s} [{kinds}]: {spec.get_regs_per_thread()} registers/thread, "
+              f"{spec.get_shared_mem_per_block()} B shared/block")
 
 
 def targets(records: list[Record]) -> list[str]:
@@ -234,6 +249,9 @@ def main() -> int:
     print(format_table(passes, baselines=()))
     print()
     print("\n".join(targets(records)))
+    if not SIM:
+        print("compiled Numba kernels:")
+        kernel_resources()
     print(f"done in {time.time() - t0:.0f} s; correctness failures: {len(failures)}")
     for f in failures:
         print("  ", f[:2000])

@@ -25,12 +25,13 @@ import torch
 
 from labkit import runtime
 from labkit.bench import copy_roofline_gbps, run_meta, save_records, time_ms
-from labkit.bench.paged import BLOCK_SIZES, bench_paged, ratio_table, to_paged
+from labkit.bench.paged import BLOCK_SIZES, bench_paged, ratio_table, reference_on_device, to_paged
 from labkit.attention import reference_decode
 from labkit.attention.validate import supported_dtypes
 from labkit.checks.core import rel_error
 from labkit.kvcache import ContiguousKVCache, PagedKVCache
-from labkit.kvcache.paged_attention import paged_decode, paged_reference
+from labkit.viz import format_table
+from labkit.kvcache.paged_attention import gather_paged, paged_decode
 
 DEV = runtime.device()
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -54,7 +55,8 @@ def check_kernel(rng: random.Random, n: int, max_len: int = 5000) -> list[str]:
         splits = rng.choice([None, 1, 3, 17])
         out = torch.full_like(q, float("nan"))
         paged_decode(q, k_pool, v_pool, tables, lens, out=out, num_splits=splits)
-        err = rel_error(out, paged_reference(q, k_pool, v_pool, tables, lens))
+        k, v = gather_paged(k_pool, tables, lens), gather_paged(v_pool, tables, lens)
+        err = rel_error(out, reference_on_device(q, k, v, lens))
         what = f"B={B} Hq={Hkv * group} Hkv={Hkv} D={D} bs={bs} {dtype} lengths={lengths} splits={splits}"
         if not err <= TOL[dtype]:
             failures.append(f"paged_decode {what}: relative error {err:.3g}")
@@ -151,16 +153,25 @@ def main() -> int:
     for B in (1, 8):
         for Hkv in (32, 8):
             for T in contexts:
-                records += bench_paged(BLOCK_SIZES, B=B, Hq=32, Hkv=Hkv, T=T, D=128, dtype=torch.float16,
-                                       roofline_gbps=roof)
+                try:
+                    records += bench_paged(BLOCK_SIZES, B=B, Hq=32, Hkv=Hkv, T=T, D=128, dtype=torch.float16,
+                                           roofline_gbps=roof)
+                except AssertionError as exc:  # a kernel disagreed with float64: report, go on
+                    failures.append(f"bench_paged: {exc}")
                 torch.cuda.empty_cache()
     path = save_records(records, "paged_kernel", run_meta(roof), args.out)
-    print(f"\npaged speed / contiguous speed (flash_decode), fp16, shuffled pools -> {path}")
+    print(f"\ntime, effective GB/s, % of the {roof:.0f} GB/s copy roofline (fp16, shuffled pools) -> {path}")
+    print(format_table([r for r in records if r.kernel in ("contiguous", "sdpa", "paged bs=16")],
+                       baselines=("contiguous", "sdpa")))
+    print("\npaged speed / contiguous speed (flash_decode), per block size")
     print(ratio_table(records))
-    target = [r for r in records if r.kernel == "paged bs=16" and r.shape["T"] >= 4096]
-    worst = min(r.extra["vs_contiguous"] for r in target)
-    print(f"\ntarget: paged bs=16 >= 0.95x contiguous at T >= 4096; worst over {len(target)} shapes: {worst:.3f}x "
-          f"({'met' if worst >= 0.95 else 'NOT met'})")
+    target = [r.extra["vs_contiguous"] for r in records
+              if r.kernel == "paged bs=16" and r.shape["T"] >= 4096 and r.extra.get("vs_contiguous")]
+    if target:
+        print(f"\ntarget: paged bs=16 >= 0.95x contiguous at T >= 4096; worst over {len(target)} shapes: "
+              f"{min(target):.3f}x ({'met' if min(target) >= 0.95 else 'NOT met'})")
+    for f in failures:
+        print("  FAIL", f)
     if args.tune:
         tune()
     print(f"total {time.time() - t0:.0f} s")

@@ -145,6 +145,7 @@ def main() -> int:
           f"= {N} x {runner.max_context} tokens = {kv / 1e6:.1f} MB; max batch {N}; token budget {args.budget}")
     fractions = (0.1, 0.3, 1.0) if args.quick or SIM else (0.1, 0.25, 0.5, 1.0)
     per_rate = 16 if SIM else (64 if args.quick else 128)
+    print("measuring: warm-up, both policies offline (every request at t=0), then both over arrival rates")
     records, results = measure(runner, workload, max_batch=N, token_budget=args.budget, offline_requests=n_requests,
                                rate_fractions=fractions, per_rate=per_rate,
                                progress=lambda r: print(f"  rate {r.shape['rate']}: {r.kernel} done", flush=True))
