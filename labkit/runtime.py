@@ -156,6 +156,12 @@ _set_switches(MODE)
 _restore_numpy_aliases()
 if MODE == "sim" and not _ptx_only():
     _fix_triton_interpreter()
+if MODE == "sim" and "LABKIT_TORCH_THREADS" not in os.environ:
+    # The simulators run kernels as Python threads; torch's own CPU threads on top of them
+    # slow tiny sim-mode models 10x or more on a 2-core machine.
+    import torch
+
+    torch.set_num_threads(1)
 IS_COLAB = _in_colab()
 SIZES = GPU_SIZES if MODE == "gpu" else SIM_SIZES
 

@@ -225,3 +225,15 @@ def test_environment_yml_matches_pyproject():
     assert listed == wanted
     for pkg in ("torch", "triton", "ipywidgets"):
         assert pkg in project["dependencies"], f"{pkg} must stay unpinned (Colab ships its own)"
+
+
+def test_every_notebook_opens_with_the_same_colab_setup_that_never_reinstalls_colab_packages():
+    sources = set()
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        first_code = next(c for c in nb.cells if c.cell_type == "code")
+        assert first_code.source.startswith("# Setup. On Colab"), path.name
+        sources.add(first_code.source)
+    assert len(sources) == 1
+    install_lines = [ln for ln in sources.pop().splitlines() if "pip install" in ln]
+    assert install_lines and not any(pkg in ln for ln in install_lines for pkg in (" torch", "triton", "ipywidgets"))

@@ -164,7 +164,7 @@ def check_merge(kernel) -> None:
         ("a number of chunks that is not a power of two", lambda: case(long_t, 7)),
         ("empty chunks (m = -inf, l = 0) add nothing", lambda: case(short_t, short_t + 3)),
         ("fp16 output", lambda: case(long_t, 3, dtype=torch.float16)),
-        ("chunk maxima far apart: no overflow", lambda: case(long_t, 3, q_scale=40.0)),
+        ("chunk maxima far apart: no overflow", lambda: case(long_t, 3, q_scale=400.0)),
         ("every output element written (batch 3)", lambda: case(short_t, 2, B=3, Hq=2 * H)),
     ])
 
