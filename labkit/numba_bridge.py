@@ -24,7 +24,9 @@ from labkit import runtime
 
 # Decode launches with few blocks are deliberate here (the exercises, the merge of split-K);
 # Numba's warning about them would also make a check cell's output differ between modes.
-warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+# On a GPU host Numba may wrap the message in terminal colour codes ("\x1b[1mGrid size ..."), so
+# the pattern must not be anchored at the message's first character.
+warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
 
 _VIEWS: OrderedDict = OrderedDict()  # (device, ptr, shape, strides, dtype) -> DeviceNDArray
 _MAX_VIEWS = 256
@@ -78,7 +80,13 @@ def sm_count() -> int:
     """Streaming multiprocessors on the current GPU (132 on an H100, 40 on a T4); ``SIM_SMS`` in sim mode."""
     if runtime.is_sim():
         return SIM_SMS
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    device = torch.cuda.current_device()
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device]
+
+
+_SMS: dict = {}  # device index -> SM count (asked once: every numba_decode call plans with it)
 
 
 @contextmanager
@@ -124,7 +132,28 @@ def launch(kernel, grid, block, *args) -> None:
         with _quick_thread_switches():
             kernel[grid, block](*converted)
     else:
-        _specialized(kernel, args, converted)[grid, block, torch_stream()](*converted)
+        _configured(_specialized(kernel, args, converted), grid, block)(*converted)
+
+
+_CONFIGURED: OrderedDict = OrderedDict()  # (kernel, grid, block, stream handle) -> configured launch
+_MAX_CONFIGURED = 256
+
+
+def _configured(kernel, grid, block):
+    """``kernel[grid, block, stream]`` on torch's current stream, built once per launch shape.
+
+    Configuring a launch normalises the dimensions, wraps the stream for the driver and runs
+    Numba's occupancy check (building a warning for small grids); a configured launch can be
+    called again and again, so decode's repeated launches of one shape pay for that once.
+    """
+    handle = torch.cuda.current_stream().cuda_stream
+    key = (kernel, grid, block, handle)
+    conf = _CONFIGURED.get(key)
+    if conf is None:
+        conf = _CONFIGURED[key] = kernel[grid, block, torch_stream()]
+        if len(_CONFIGURED) > _MAX_CONFIGURED:
+            _CONFIGURED.popitem(last=False)
+    return conf
 
 
 __all__ = ["SIM_SMS", "as_numba", "launch", "sm_count", "torch_stream"]

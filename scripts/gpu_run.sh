@@ -4,6 +4,8 @@
 #
 #   scripts/gpu_run.sh [STAGE ...]      (default: all stages)
 #   stages: env bench nbval numba sanitize triton rope paged train speculative serving
+#   NUMBA_ARGS, TRITON_ARGS, ROPE_ARGS, PAGED_ARGS, SPECULATIVE_ARGS, SERVING_ARGS (e.g. "--quick")
+#   pass options to one stage's script.
 #   NBVAL_NOTEBOOKS="solutions/00_setup.ipynb ..." limits the nbval stage to some notebooks.
 #
 # Results (JSON) go to data/results/ and are packed with the logs into $OUT (default ./out):
@@ -59,10 +61,10 @@ for stage in "${STAGES[@]}"; do
       fi ;;
     train) [ -f scripts/gpu/train_models.sh ] && run train bash scripts/gpu/train_models.sh data/models ;;
     numba)       [ -f scripts/gpu/numba_attention.py ] && run numba python3 scripts/gpu/numba_attention.py --out data/results ${NUMBA_ARGS:-} ;;
-    triton)      [ -f scripts/gpu/triton_attention.py ] && run triton python3 scripts/gpu/triton_attention.py --out data/results ;;
-    rope)        [ -f scripts/gpu/rope.py ] && run rope python3 scripts/gpu/rope.py --out data/results ;;
-    paged)       [ -f scripts/gpu/paged.py ] && run paged python3 scripts/gpu/paged.py --out data/results ;;
-    speculative) [ -f scripts/gpu/speculative.py ] && run speculative python3 scripts/gpu/speculative.py --out data/results ;;
+    triton)      [ -f scripts/gpu/triton_attention.py ] && run triton python3 scripts/gpu/triton_attention.py --out data/results ${TRITON_ARGS:-} ;;
+    rope)        [ -f scripts/gpu/rope.py ] && run rope python3 scripts/gpu/rope.py --out data/results ${ROPE_ARGS:-} ;;
+    paged)       [ -f scripts/gpu/paged.py ] && run paged python3 scripts/gpu/paged.py --out data/results ${PAGED_ARGS:-} ;;
+    speculative) [ -f scripts/gpu/speculative.py ] && run speculative python3 scripts/gpu/speculative.py --out data/results ${SPECULATIVE_ARGS:-} ;;
     serving)     [ -f scripts/gpu/serving.py ] && run serving python3 scripts/gpu/serving.py --out data/results ${SERVING_ARGS:-} ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac

@@ -303,3 +303,27 @@ def test_numba_kernels_compile_for_t4(tmp_path, monkeypatch):
     for key, text in ptx.items():
         if "split_kernel" in key:  # the running statistics and tile slices stay in registers
             assert ".local" not in text, f"{key} spills to local memory"
+
+
+def test_plan_rounds_the_grid_to_whole_waves():
+    # 4 resident blocks on each of 132 SMs: a wave is 528 blocks. B=8 Llama wanted 5 splits (1280 blocks,
+    # a last wave 42% full); whole waves need 4 (1024 blocks, 97% of two waves).
+    cfg = GPU_CONFIG
+    for B, H, T in ((8, 32, 8192), (8, 32, 32768), (1, 32, 8192), (8, 12, 32768)):
+        p = plan(B, H, H, T, cfg=cfg, sms=132)
+        n = p.grid[0] * p.grid[1]
+        assert n / (-(-n // 528) * 528) >= 0.95, (B, H, T, p)
+    assert plan(8, 32, 32, 32768, cfg=cfg, sms=132).splits == 4
+
+
+def test_low_occupancy_warning_is_silenced_even_when_coloured():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        import importlib
+
+        importlib.reload(numba_bridge)  # installs its filter into the fresh filter list
+        warnings.warn("\x1b[1mGrid size 32 will likely result in GPU under-utilization due to low occupancy.\x1b[0m")
+        warnings.warn("Grid size 8 will likely result in GPU under-utilization due to low occupancy.")
+    assert not caught

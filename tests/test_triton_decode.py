@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+from dataclasses import replace
 
 import labkit  # noqa: F401  (first: it switches Triton to its interpreter before triton is imported)
 import pytest
@@ -17,7 +18,8 @@ from labkit.attention import decode_attention, reference_decode
 from labkit.attention.splits import (chunk_bounds, flash_attn_num_splits, merge_reference, num_splits_heuristic,
                                      reference_partials, sm_utilisation)
 from labkit.attention.triton_decode import (HEAD_DIMS, MAX_SPLITS, _attend_kernel, _merge_kernel, flash_decode,
-                                            heads_per_program, kernel_config, plan_splits, triton_decode, workspace)
+                                            heads_per_program, kernel_config, plan_splits, short_context_block,
+                                            triton_decode, workspace)
 from labkit.checks.core import CheckFailure, fresh_seed, rel_error
 from labkit.rope import apply_rope, rope_tables
 
@@ -192,9 +194,10 @@ def test_every_kernel_compiles_for_sm75_within_64kb_of_shared_memory():
     # (dtype, D, group, split): MHA and GQA as the bench runs them (split, with lengths and
     # rope), the one-pass path, D = 256; and the merge kernel at its largest tile.
     requests = []
-    for dt, D, group, split in (("fp16", 128, 1, True), ("fp16", 128, 4, True), ("fp16", 64, 1, False),
-                                ("fp32", 128, 1, True), ("fp32", 256, 2, True)):
+    for dt, D, group, split, T in (("fp16", 128, 1, True, 8192), ("fp16", 128, 4, True, 8192), ("fp16", 64, 1, False, 8192),
+                                   ("fp32", 128, 1, True, 8192), ("fp32", 256, 2, True, 8192), ("fp16", 128, 1, True, 512)):
         cfg = kernel_config(D, group, cc=(7, 5))
+        cfg = replace(cfg, block_t=short_context_block(cfg.block_t, T))  # short contexts take smaller tiles
         heads = heads_per_program(group)
         c = dict(HKV=8, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
                  BLOCK_T=cfg.block_t, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=split, HAS_ROPE=split, SPLIT=split)
@@ -213,7 +216,8 @@ def test_configs_per_gpu():
         for group in (1, 2, 4, 8, 32):
             t4, h100 = kernel_config(D, group, (7, 5)), kernel_config(D, group, (9, 0))
             assert t4.num_stages == 1  # no cp.async before sm_80
-            assert 16 <= h100.block_t <= t4.block_t <= 128
+            assert 16 <= t4.block_t <= 128 and 16 <= h100.block_t <= 128
+            assert h100.num_stages == 1 and short_context_block(h100.block_t, 512) <= h100.block_t
             assert heads_per_program(group) <= 4
 
 

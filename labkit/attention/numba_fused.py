@@ -60,11 +60,15 @@ class KernelConfig:
     blocks_per_sm: int  # how many blocks per SM the split heuristic aims for
     min_tiles: int  # fewest tiles a split walks (fewer: partials and merge cost more than they save)
     max_registers: int | None = None  # per thread, a cap for the compiler (more resident blocks per SM)
+    resident_per_sm: int = 4  # blocks of this shape one SM runs at once (the registers decide)
 
 
 # 16-token tiles and a 128-register cap: ptxas fits the D = 128 kernel in 128 registers with no
 # spills on sm_75 and sm_90, so 4 blocks (512 threads) are resident per SM on a T4 and an H100;
 # uncapped it takes 170-180 and only 2 fit. Shared memory: 13 KB (D = 128) per block.
+# Measured on an H100 (128 registers/thread, 4 resident blocks per SM = 528 slots): B = 8 with
+# 1056 blocks (2 whole waves, GPT-2 shape) reached 80% of the copy roofline; B = 8 Llama with
+# 1280 blocks (2.4 waves: the last one 42% full) 49%. So plan() rounds the grid to whole waves.
 GPU_CONFIG = KernelConfig(tile=16, threads=128, max_group=4, blocks_per_sm=8, min_tiles=2, max_registers=128)
 # The simulator runs one Python thread per CUDA thread: small blocks keep it quick.
 SIM_CONFIG = KernelConfig(tile=8, threads=16, max_group=4, blocks_per_sm=2, min_tiles=1)
@@ -287,13 +291,37 @@ def plan(B: int, Hq: int, Hkv: int, T: int, *, splits: int | None = None, cfg: K
     g = max(d for d in range(1, min(group, cfg.max_group) + 1) if group % d == 0)
     blocks = B * Hkv * (group // g)
     if splits is None:
-        want = math.ceil(cfg.blocks_per_sm * (sms or sm_count()) / blocks)
-        splits = max(1, min(want, T // (cfg.min_tiles * cfg.tile)))
+        splits = _wave_splits(blocks, T, cfg, sms or sm_count())
     if splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
-    chunk = math.ceil(math.ceil(T / splits) / cfg.tile) * cfg.tile
+    chunk = _chunk(T, splits, cfg.tile)
     splits = math.ceil(T / chunk)
     return Plan(g, splits, chunk, (blocks, splits), cfg.threads)
+
+
+def _chunk(T: int, splits: int, tile: int) -> int:
+    return math.ceil(math.ceil(T / splits) / tile) * tile
+
+
+def _wave_splits(blocks: int, T: int, cfg: KernelConfig, sms: int) -> int:
+    """Splits near ``cfg.blocks_per_sm`` blocks per SM whose grid best fills whole waves.
+
+    A wave is ``sms * cfg.resident_per_sm`` blocks; a grid of 2.4 waves runs its last wave
+    mostly empty. Among half to twice the wanted split count (each split at least
+    ``cfg.min_tiles`` tiles), take the one with the fullest waves, then the nearest to the
+    wanted count, then the fewest.
+    """
+    want = math.ceil(cfg.blocks_per_sm * sms / blocks)
+    cap = max(1, T // (cfg.min_tiles * cfg.tile))
+    if want >= cap:
+        return cap
+    slots = sms * cfg.resident_per_sm
+
+    def score(s):
+        n = blocks * math.ceil(T / _chunk(T, s, cfg.tile))  # the grid after rounding chunks to tiles
+        return (-n / (math.ceil(n / slots) * slots), abs(s - want), s)
+
+    return min(range(max(1, (want + 1) // 2), min(2 * want, cap) + 1), key=score)
 
 
 def numba_decode(q, k, v, *, scale: float | None = None, splits: int | None = None,

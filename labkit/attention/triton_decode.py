@@ -9,8 +9,8 @@ every SM streaming K and V at once:
   group takes several programs), then streams K and V in ``[BLOCK_T, D]`` tiles with an
   online softmax in fp32: one read of K and V serves every query head of the group. Scores
   are a broadcast-multiply and ``tl.sum`` (no ``tl.dot``, so the T4 path stays on plain
-  loads and reductions). On sm_80+ the loop prefetches the next tiles into shared memory
-  (``tl.range(..., num_stages=3)``, cp.async); on the T4 it uses plain loads.
+  loads and reductions). ``tl.range(..., num_stages=...)`` can prefetch the next tiles into
+  shared memory on sm_80+ (cp.async); the T4 and, as measured fastest, the H100 use plain loads.
 * :func:`flash_decode` splits each sequence's KV range across ``num_splits`` programs (so
   ``batch × kv_heads × num_splits`` programs fill the GPU even at batch 1). Each writes a
   partial result ``(m, l, acc)``: running max, sum of exponentials and unnormalised output
@@ -178,6 +178,7 @@ class Config:
     block_t: int  # KV tokens per tile
     num_warps: int
     num_stages: int  # K/V tiles in flight per program (1: plain loads; more: cp.async prefetch, sm_80+)
+    max_heads: int = MAX_HEADS  # query heads one program serves from its read of K and V
 
 
 @functools.lru_cache(maxsize=None)
@@ -194,16 +195,19 @@ def kernel_config(head_dim: int, group: int, cc: tuple[int, int] | None = None) 
     A program holds its q and accumulator rows (``heads × D`` each) and ``[BLOCK_T, D]`` tiles
     of K and V in registers. On a T4 (sm_75, no asynchronous copies) 64 tokens of D = 128
     (16 KB of fp16 per K tile) keep about 100 registers a thread for one head, about 200 for
-    four, with no spills, and put 32 KB of loads in flight per program. On sm_80+ Triton
-    prefetches the next tiles into shared memory with cp.async (``num_stages`` = 3), so
-    smaller tiles of 32 tokens keep as many bytes in flight with fewer registers. The sm_75
-    builds are compiled in tests/test_triton_decode.py (64 KB of shared memory at most);
-    none of these configurations spills registers on sm_75 or sm_90 (checked with cuobjdump).
-    Tuning measurements on an H100: scripts/gpu/triton_attention.py.
+    four, with no spills, and put 32 KB of loads in flight per program. On an H100 (sm_90)
+    the sweep in scripts/gpu/triton_attention.py measured 128-token tiles, 4 warps and plain
+    loads fastest for D = 128 at nearly every context, MHA and GQA 32/8 alike (T = 8192-32768:
+    64.3-193.6 µs MHA, up to 92% of the copy roofline). sm_80 (not measured) prefetches
+    smaller tiles with cp.async (``num_stages`` = 3). The sm_75 builds are compiled in
+    tests/test_triton_decode.py (64 KB of shared memory at most). :func:`plan` shrinks the
+    tile for short contexts.
     """
     cc = cc or capability()
     heads = heads_per_program(group)
-    if cc >= (8, 0):
+    if cc >= (9, 0):
+        block_t, stages = max(16, min(128, 16384 // head_dim)), 1
+    elif cc >= (8, 0):
         block_t, stages = max(16, min(128, 4096 // head_dim)), 3
     else:
         block_t, stages = max(16, min(128, 8192 // head_dim)), 1
@@ -213,14 +217,28 @@ def kernel_config(head_dim: int, group: int, cc: tuple[int, int] | None = None) 
 
 
 def launch_config(head_dim: int, group: int) -> tuple[int, int]:
-    """``(BLOCK_T, num_warps)`` of :func:`kernel_config` on this GPU."""
-    cfg = kernel_config(head_dim, group)
-    return cfg.block_t, cfg.num_warps
+    """``(BLOCK_T, num_warps)`` for the paged kernel (labkit.kvcache.paged_attention).
+
+    Kept as it was before the H100 tuning of :func:`kernel_config` (which that kernel has not
+    been measured with): 4096 // D tokens on sm_80+, 8192 // D before, halved for wide groups.
+    """
+    heads = heads_per_program(group)
+    block_t = max(16, min(128, (4096 if capability() >= (8, 0) else 8192) // head_dim))
+    if heads * head_dim > 512:
+        block_t = max(16, block_t // 2)
+    return block_t, 4
 
 
-def heads_per_program(group: int) -> int:
-    """Query heads one program serves from its read of K and V: the group, up to :data:`MAX_HEADS`."""
-    return min(triton.next_power_of_2(group), MAX_HEADS)
+def heads_per_program(group: int, max_heads: int = MAX_HEADS) -> int:
+    """Query heads one program serves from its read of K and V: the group, up to ``max_heads``."""
+    return min(triton.next_power_of_2(group), max_heads)
+
+
+def short_context_block(block_t: int, T: int) -> int:
+    """The tile for a context of ``T`` tokens: at most ``block_t``, at least 32, and small
+    enough to give 16 tiles, so a short context still splits into many programs
+    (H100, T = 512 MHA: 32-token tiles × 8 splits measured 17.9 µs, the fastest swept)."""
+    return min(block_t, max(32, triton.next_power_of_2(T) // 16))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,7 +307,7 @@ def _prepare(q, k, v, scale, lengths, rope, out):
 def _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, cfg: Config):
     B, Hq, Hkv, T, D = dims
     group = Hq // Hkv
-    heads = heads_per_program(group)
+    heads = heads_per_program(group, cfg.max_heads)
     head_chunks = triton.cdiv(group, heads)
     cos, sin, positions = rope
     m_ws, l_ws, acc_ws = ws if ws is not None else (out, out, out)  # unused when not SPLIT
@@ -306,10 +324,10 @@ def _launch_attend(q, k, v, dims, scale, lengths, rope, out, num_splits, ws, cfg
     )
 
 
-def _config(q, D: int, group: int, block_t, num_warps, num_stages) -> Config:
+def _config(q, D: int, group: int, block_t, num_warps, num_stages, max_heads=None) -> Config:
     cfg = kernel_config(D, group, capability(q.device.index) if q.device.type == "cuda" else None)
-    overrides = {k: v for k, v in (("block_t", block_t), ("num_warps", num_warps), ("num_stages", num_stages))
-                 if v is not None}
+    overrides = {k: v for k, v in (("block_t", block_t), ("num_warps", num_warps), ("num_stages", num_stages),
+                                   ("max_heads", max_heads)) if v is not None}
     return replace(cfg, **overrides)
 
 
@@ -333,15 +351,24 @@ def triton_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=Non
 
 
 def plan_splits(B: int, Hq: int, Hkv: int, T: int, D: int, *, block_t: int | None = None,
-                num_splits: int | None = None, device_index: int | None = None) -> int:
+                num_splits: int | None = None, device_index: int | None = None, max_heads: int = MAX_HEADS) -> int:
     """The split count :func:`flash_decode` uses: ``num_splits`` or the heuristic, capped at the
-    KV tiles and :data:`MAX_SPLITS`."""
+    KV tiles and :data:`MAX_SPLITS`.
+
+    The heuristic aims at 4 resident programs per SM when a program serves one query head,
+    2 when it serves several (it holds that many q rows and accumulators: about twice the
+    registers, so half as many fit). Measured on an H100, fp16 D = 128, 128-token tiles:
+    MHA 32 heads was fastest at 16 splits (512 programs) for T >= 4096, GQA 32/8 (4 heads a
+    program) at 32 splits (256 programs) for T >= 8192; GQA at 64 splits was 20-25% slower.
+    """
     group = Hq // Hkv
-    block_t = block_t or kernel_config(D, group, capability(device_index)).block_t
+    block_t = block_t or short_context_block(kernel_config(D, group, capability(device_index)).block_t, T)
     tiles = triton.cdiv(T, block_t)
     if num_splits is None:
-        programs = B * Hkv * triton.cdiv(group, heads_per_program(group))
-        num_splits = num_splits_heuristic(1, programs, T, sm_count(device_index), block_t=block_t)
+        heads = heads_per_program(group, max_heads)
+        programs = B * Hkv * triton.cdiv(group, heads)
+        num_splits = num_splits_heuristic(1, programs, T, sm_count(device_index), block_t=block_t,
+                                          programs_per_sm=4 if heads == 1 else 2)
     elif not isinstance(num_splits, int) or num_splits < 1:
         raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
     return min(num_splits, tiles, MAX_SPLITS)
@@ -349,19 +376,23 @@ def plan_splits(B: int, Hq: int, Hkv: int, T: int, D: int, *, block_t: int | Non
 
 def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None, num_splits: int | None = None,
                  out=None, block_t: int | None = None, num_warps: int | None = None,
-                 num_stages: int | None = None) -> torch.Tensor:
+                 num_stages: int | None = None, max_heads: int | None = None) -> torch.Tensor:
     """Flash-decoding: split each sequence's KV range across programs, then merge by log-sum-exp.
 
     Same arguments and result as :func:`triton_decode`, plus ``num_splits`` (default:
     :func:`num_splits_heuristic` for this GPU; see :func:`plan_splits`). One split runs the
     one-pass kernel alone; more run the split kernel (partials into a cached fp32 workspace)
     and the merge kernel: two launches, no host sync, no allocation when ``out`` is given.
+    ``block_t``, ``num_warps``, ``num_stages`` and ``max_heads`` override the configuration
+    (tuning); by default the tile is :func:`kernel_config`'s, shrunk for short contexts.
     """
     dims, scale, lengths, rope, out = _prepare(q, k, v, scale, lengths, rope, out)
     B, Hq, Hkv, T, D = dims
-    cfg = _config(q, D, Hq // Hkv, block_t, num_warps, num_stages)
+    cfg = _config(q, D, Hq // Hkv, block_t, num_warps, num_stages, max_heads)
+    if block_t is None:
+        cfg = replace(cfg, block_t=short_context_block(cfg.block_t, T))
     num_splits = plan_splits(B, Hq, Hkv, T, D, block_t=cfg.block_t, num_splits=num_splits,
-                             device_index=q.device.index)
+                             device_index=q.device.index, max_heads=cfg.max_heads)
     if num_splits == 1:
         _launch_attend(q, k, v, dims, scale, lengths, rope, out, 1, None, cfg)
         return out
@@ -373,5 +404,5 @@ def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None
 
 
 __all__ = ["HEAD_DIMS", "MAX_HEADS", "MAX_SPLITS", "Config", "capability", "flash_attn_num_splits", "flash_decode",
-           "heads_per_program", "kernel_config", "launch_config", "num_splits_heuristic", "plan_splits", "sm_count",
-           "triton_decode", "workspace"]
+           "heads_per_program", "kernel_config", "launch_config", "num_splits_heuristic", "plan_splits", "short_context_block",
+           "sm_count", "triton_decode", "workspace"]

@@ -180,7 +180,11 @@ def host_overhead() -> None:
     if SIM:
         return
     q, k, v = make_decode_inputs(1, 32, 32, 512, 128, torch.float16)
-    for name, fn in (("naive", naive_decode), ("numba", numba_decode)):
+    from labkit.attention.sdpa import sdpa_decode
+
+    one_launch = lambda q, k, v: numba_decode(q, k, v, splits=1)  # noqa: E731  (no merge: one launch)
+    for name, fn in (("naive", naive_decode), ("numba", numba_decode), ("numba splits=1", one_launch),
+                     ("sdpa", sdpa_decode)):
         fn(q, k, v)
         torch.cuda.synchronize()
         t = time.perf_counter()
