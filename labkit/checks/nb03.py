@@ -19,7 +19,7 @@ from labkit import runtime
 from labkit.attention.reference import reference_decode
 from labkit.attention.splits import chunk_bounds, merge_reference, reference_partials
 from labkit.attention.triton_exercises import launch_merge, launch_one_pass, launch_split, partial_buffers
-from labkit.checks.core import assert_close, assert_equal, fresh_seed, poisoned, run_check
+from labkit.checks.core import launch_kernel, assert_close, assert_equal, fresh_seed, poisoned, run_check
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 PARTIAL_TOL = 1e-4  # partials are fp32 whatever the inputs: only the kernel's fp32 arithmetic differs
@@ -42,21 +42,6 @@ def _inputs(B, Hq, Hkv, T, D, dtype, *, q_scale: float = 1.0):
     return q, k, v
 
 
-def _unstarted_kernel(exc: BaseException) -> bool:
-    # A stub kernel raises NotImplementedError; Triton's interpreter wraps it and Triton's
-    # compiler rejects the `raise`, so look for the name in the error as well.
-    return isinstance(exc, NotImplementedError) or "NotImplementedError" in f"{exc!r} {exc.__cause__!r}"
-
-
-def _launch(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - re-raised, translated when the kernel is a stub
-        if _unstarted_kernel(exc):
-            raise NotImplementedError("the kernel is not written yet (it still raises NotImplementedError)") from exc
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
 # 03.one_pass
 
@@ -69,7 +54,7 @@ def check_one_pass(kernel) -> None:
     def case(T, *, B=2, Hq=H, Hkv=H, dtype=torch.float32, head_dim=D, q_scale=1.0):
         q, k, v = _inputs(B, Hq, Hkv, T, head_dim, dtype, q_scale=q_scale)
         out = poisoned(q.shape, dtype, q.device)
-        _launch(launch_one_pass, kernel, q, k, v, out, block_t=BLOCK_T)
+        launch_kernel(launch_one_pass, kernel, q, k, v, out, block_t=BLOCK_T)
         assert_close(out, reference_decode(q, k, v), rtol=TOL[dtype], what=f"output (B={B}, Hq={Hq}, Hkv={Hkv}, T={T})")
 
     run_check("03.one_pass", [
@@ -109,7 +94,7 @@ def check_split(kernel) -> None:
     def case(T, splits, *, B=2, Hq=H, Hkv=H, dtype=torch.float32, block_t=BLOCK_T, q_scale=1.0):
         q, k, v = _inputs(B, Hq, Hkv, T, D, dtype, q_scale=q_scale)
         m, l, acc = partial_buffers(B, Hq, splits, D)
-        _launch(launch_split, kernel, q, k, v, m, l, acc, block_t=block_t)
+        launch_kernel(launch_split, kernel, q, k, v, m, l, acc, block_t=block_t)
         _assert_partials(m, l, acc, q, k, v)
 
     def several_blocks():
@@ -145,7 +130,7 @@ def check_merge(kernel) -> None:
         q, k, v = _inputs(B, Hq, Hkv, T, D, dtype, q_scale=q_scale)
         m, l, acc = (t.to(device, torch.float32) for t in reference_partials(q, k, v, splits))
         out = poisoned(q.shape, dtype, device)
-        _launch(launch_merge, kernel, m, l, acc, out)
+        launch_kernel(launch_merge, kernel, m, l, acc, out)
         expected = reference_decode(q, k, v)
         assert_close(out, expected, rtol=TOL[dtype], what=f"merged output ({splits} chunks, T={T})")
         return m, l, acc
@@ -154,7 +139,7 @@ def check_merge(kernel) -> None:
         # The same partials through the float64 merge: your kernel computes exactly this.
         m, l, acc = case(long_t, 3)
         out = poisoned(acc.shape[:2] + acc.shape[3:], torch.float32, device)
-        _launch(launch_merge, kernel, m, l, acc, out)
+        launch_kernel(launch_merge, kernel, m, l, acc, out)
         assert_close(out, merge_reference(m, l, acc), rtol=1e-6, what="merge of given partials")
 
     run_check("03.merge", [

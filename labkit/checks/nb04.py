@@ -17,7 +17,7 @@ import random
 import torch
 
 from labkit import runtime
-from labkit.checks.core import assert_close, assert_equal, fresh_seed, poisoned, run_check
+from labkit.checks.core import launch_kernel, assert_close, assert_equal, fresh_seed, poisoned, run_check
 from labkit.rope import apply_rope, rope_tables
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
@@ -35,21 +35,6 @@ def _tables(head_dim: int, max_len: int = MAX_LEN, dtype: torch.dtype = torch.fl
 def _expected(x, positions, cos, sin):
     """float64 rotation with the same (float32) table values the code under test reads."""
     return apply_rope(x.double().cpu(), positions.cpu(), cos.double().cpu(), sin.double().cpu())
-
-
-def _unstarted_kernel(exc: BaseException) -> bool:
-    # A stub kernel raises NotImplementedError; Triton's interpreter wraps it and Triton's
-    # compiler rejects the `raise`, so look for the name in the error as well.
-    return isinstance(exc, NotImplementedError) or "NotImplementedError" in f"{exc!r} {exc.__cause__!r}"
-
-
-def _launch(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - re-raised, translated when the kernel is a stub
-        if _unstarted_kernel(exc):
-            raise NotImplementedError("the kernel is not written yet (it still raises NotImplementedError)") from exc
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +110,7 @@ def check_rope_kernel(kernel) -> None:
         x = torch.randn(N, H, D, device=device).to(dtype)
         pos = torch.randint(low, high, (N,), device=device)
         out = poisoned((N, H, D), dtype, device)
-        _launch(rope_triton, x, pos, cos, sin, out=out, block_h=block_h, kernel=kernel)
+        launch_kernel(rope_triton, x, pos, cos, sin, out=out, block_h=block_h, kernel=kernel)
         assert_close(out, _expected(x, pos[:, None], cos, sin), rtol=TOL[dtype], what="rotated x")
 
     run_check("04.rope_kernel", [
@@ -172,7 +157,7 @@ def _write_case(kernel, rng, *, dtype=torch.float32, paged=False, rope=True, low
         k_new, v_new = (torch.randn(N, H, D, device=device).to(dtype) for _ in range(2))
         k_cache, v_cache = (torch.randn(R, H, S, D, device=device).to(dtype) for _ in range(2))
     k_before, v_before = k_cache.clone(), v_cache.clone()
-    _launch(write_kv_rope, k_new, v_new, k_cache, v_cache, rows, slots, (cos, sin, positions) if rope else None,
+    launch_kernel(write_kv_rope, k_new, v_new, k_cache, v_cache, rows, slots, (cos, sin, positions) if rope else None,
             block_h=block_h, kernel=kernel)
     want_k = _expected(k_new, positions[:, None], cos, sin) if rope else k_new.double()
     assert_close(k_cache[rows, :, slots], want_k, rtol=TOL[dtype], what="keys written at cache[row, :, slot]")
