@@ -238,26 +238,17 @@ def test_paged_decode_ignores_table_entries_past_each_length():
 
 
 def test_paged_kernel_compiles_for_the_t4():
-    from labkit.kvcache.paged_attention import _merge_kernel, _paged_split_kernel
+    # The paged path of the shared decode kernel, as paged_decode launches it on a T4 (reductions)
+    # and on sm_90 (GQA through tl.dot), at block size 16.
+    from test_triton_decode import attend_build
+
     from labkit.testing.t4 import compile_triton_many_for_t4
 
-    def split(dt, group, block_n, warps):
-        sig = {"q_ptr": f"*{dt}", "k_ptr": f"*{dt}", "v_ptr": f"*{dt}", "bt_ptr": "*i32", "len_ptr": "*i32",
-               "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "qk_scale": "fp32"}
-        sig.update({name: "i32" for name in ("stride_qb", "stride_qh", "stride_kn", "stride_kh", "stride_kt",
-                                             "stride_btb", "stride_pb", "stride_ph", "stride_ps")})
-        return (_paged_split_kernel, sig, {"GROUP": group, "GROUP_P2": group, "HEAD_DIM": 128, "D_P2": 128,
-                                           "BS": 16, "BLOCK_N": block_n}, warps)
-
-    def merge(dt):
-        sig = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": f"*{dt}", "num_splits": "i32"}
-        sig.update({name: "i32" for name in ("stride_pb", "stride_ph", "stride_ps", "stride_ob", "stride_oh",
-                                             "num_heads")})
-        return (_merge_kernel, sig, {"HEAD_DIM": 128, "D_P2": 128, "S_P2": 64}, 4)
-
-    builds = compile_triton_many_for_t4([split("fp16", 1, 64, 4), split("fp32", 4, 16, 4), split("fp16", 8, 16, 8),
-                                         merge("fp16"), merge("fp32")])
-    assert all(b.cubin_bytes > 0 and b.shared_bytes <= 64 * 1024 for b in builds)
+    requests = [attend_build(dt, 128, g, True, 8192, cc=cc, paged=True)
+                for cc, dt, g in (((7, 5), "fp16", 1), ((7, 5), "fp32", 4), ((7, 5), "fp16", 8), ((9, 0), "fp16", 4))]
+    builds = compile_triton_many_for_t4(requests, ccs=[(7, 5)] * 3 + [(9, 0)])
+    assert all(b.cubin_bytes > 0 for b in builds)
+    assert all(b.shared_bytes <= 64 * 1024 for b in builds[:3])
 
 
 # --- the stateful property test --------------------------------------------------------------------

@@ -9,6 +9,7 @@ import random
 from dataclasses import replace
 
 import labkit  # noqa: F401  (first: it switches Triton to its interpreter before triton is imported)
+from labkit import runtime
 import pytest
 import torch
 import triton
@@ -20,6 +21,7 @@ from labkit.attention.splits import (chunk_bounds, flash_attn_num_splits, merge_
 from labkit.attention.triton_decode import (HEAD_DIMS, MAX_SPLITS, _attend_kernel, _merge_kernel, flash_decode,
                                             heads_per_program, kernel_config, plan_splits, short_context_block,
                                             triton_decode, workspace)
+from labkit.attention.triton_plan import Config
 from labkit.checks.core import CheckFailure, fresh_seed, rel_error
 from labkit.rope import apply_rope, rope_tables
 
@@ -42,15 +44,20 @@ CASES = [  # (B, Hq, Hkv, T, D, dtype, num_splits): odd T, T under a split, T = 
 ]
 
 
+@pytest.mark.parametrize("use_dot", [False, True], ids=["reduce", "dot"])
 @pytest.mark.parametrize("B,Hq,Hkv,T,D,dtype,splits", CASES)
-def test_both_kernels_match_the_float64_reference(B, Hq, Hkv, T, D, dtype, splits):
+def test_both_kernels_match_the_float64_reference(B, Hq, Hkv, T, D, dtype, splits, use_dot):
+    # Both scoring paths run in the interpreter: reductions (the T4's, and MHA everywhere) and
+    # tl.dot (GQA on sm_80+), whichever this machine's GPU would pick.
+    if use_dot and dtype == torch.bfloat16 and runtime.is_sim():
+        pytest.skip("Triton's interpreter computes bf16 tl.dot wrongly; the GPU run checks this path")
     q, k, v = inputs(B, Hq, Hkv, T, D, dtype)
     expected = reference_decode(q, k, v)
     out = torch.full_like(q, float("nan"))
-    assert triton_decode(q, k, v, out=out) is out
+    assert triton_decode(q, k, v, out=out, use_dot=use_dot) is out
     assert rel_error(out, expected) <= TOL[dtype]
     out.fill_(float("nan"))
-    got = flash_decode(q, k, v, num_splits=splits, block_t=16, out=out)
+    got = flash_decode(q, k, v, num_splits=splits, block_t=16, out=out, use_dot=use_dot)
     assert got is out and got.dtype == dtype
     assert rel_error(got, expected) <= TOL[dtype]
 
@@ -101,10 +108,11 @@ def test_rope_in_kernel_equals_attention_on_the_rotated_query(Hq, Hkv, D):
 def test_more_splits_than_tiles_and_workspace_reuse():
     q, k, v = inputs(2, 2, 2, 10, 16)
     expected = reference_decode(q, k, v)
-    assert plan_splits(2, 2, 2, 10, 16, block_t=4, num_splits=50) == 3  # capped at the tiles
+    assert plan_splits(2, 2, 2, 10, Config(block_t=4, num_warps=4, num_stages=1), num_splits=50) == 3  # capped at the tiles
     assert rel_error(flash_decode(q, k, v, num_splits=50, block_t=4), expected) <= 1e-5
     ws = workspace(q.device, 2, 2, 3, 16)
-    assert workspace(q.device, 2, 2, 3, 16)[2] is ws[2]  # cached: no allocation on the hot path
+    again = workspace(q.device, 2, 2, 3, 16)  # cached: no allocation on the hot path
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(ws, again))
 
 
 def test_large_scores_do_not_overflow():
@@ -183,25 +191,31 @@ def test_chunks_and_reference_partials_merge_back():
 # --- compiles for the T4 -----------------------------------------------------------------------
 def _attend_signature(dt):
     p = f"*{dt}"
-    return {"Q": p, "K": p, "V": p, "Lengths": "*i32", "Cos": "*fp32", "Sin": "*fp32", "Positions": "*i32",
-            "Out": p, "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32", "T": "i32",
-            "num_splits": "i32"}
+    return {"Q": p, "K": p, "V": p, "BlockTables": "*i32", "Lengths": "*i32", "Cos": "*fp32", "Sin": "*fp32",
+            "Positions": "*i32", "Out": p, "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32",
+            "T": "i32", "num_splits": "i32", "stride_bt": "i32"}
+
+
+def attend_build(dt, D, group, split, T, cc=(7, 5), paged=False):
+    """The (kernel, signature, constexprs, num_warps) request the launcher would make on ``cc``."""
+    cfg = kernel_config(D, group, cc=cc)
+    cfg = replace(cfg, block_t=short_context_block(cfg.block_t, T))  # short contexts take smaller tiles
+    heads = heads_per_program(group, cfg.use_dot)
+    c = dict(HKV=8, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
+             BLOCK_T=cfg.block_t, BS=16, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=split or paged, HAS_ROPE=split,
+             SPLIT=split, PAGED=paged, USE_DOT=cfg.use_dot)
+    return (_attend_kernel, _attend_signature(dt), c, cfg.num_warps)
 
 
 def test_every_kernel_compiles_for_sm75_within_64kb_of_shared_memory():
     from labkit.testing import compile_triton_many_for_t4
 
     # (dtype, D, group, split): MHA and GQA as the bench runs them (split, with lengths and
-    # rope), the one-pass path, D = 256; and the merge kernel at its largest tile.
-    requests = []
-    for dt, D, group, split, T in (("fp16", 128, 1, True, 8192), ("fp16", 128, 4, True, 8192), ("fp16", 64, 1, False, 8192),
-                                   ("fp32", 128, 1, True, 8192), ("fp32", 256, 2, True, 8192), ("fp16", 128, 1, True, 512)):
-        cfg = kernel_config(D, group, cc=(7, 5))
-        cfg = replace(cfg, block_t=short_context_block(cfg.block_t, T))  # short contexts take smaller tiles
-        heads = heads_per_program(group)
-        c = dict(HKV=8, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
-                 BLOCK_T=cfg.block_t, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=split, HAS_ROPE=split, SPLIT=split)
-        requests.append((_attend_kernel, _attend_signature(dt), c, cfg.num_warps))
+    # rope), the one-pass path, D = 256, the paged variant; and the merge kernel at its largest tile.
+    requests = [attend_build(dt, D, group, split, T) for dt, D, group, split, T in (
+        ("fp16", 128, 1, True, 8192), ("fp16", 128, 4, True, 8192), ("fp16", 64, 1, False, 8192),
+        ("fp32", 128, 1, True, 8192), ("fp32", 256, 2, True, 8192), ("fp16", 128, 1, True, 512))]
+    requests += [attend_build("fp16", 128, g, True, 8192, paged=True) for g in (1, 4)]
     for dt in ("fp16", "fp32"):
         requests.append((_merge_kernel, {"Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "Out": f"*{dt}",
                                          "num_splits": "i32"}, dict(HEAD_DIM=128, SPLITS_P=MAX_SPLITS), 4))
@@ -210,15 +224,28 @@ def test_every_kernel_compiles_for_sm75_within_64kb_of_shared_memory():
         assert build.cubin_bytes > 0
 
 
+def test_the_tensor_core_gqa_path_compiles_for_sm80_and_sm90():
+    from labkit.testing import compile_triton_many_for_t4
+
+    # GQA on sm_80+ scores with tl.dot; the course's tests compile it there too (no GPU needed).
+    requests = [attend_build(dt, 128, g, True, 8192, cc=cc, paged=paged)
+                for cc in ((8, 0), (9, 0)) for dt, g, paged in (("fp16", 4, False), ("bf16", 8, True))]
+    assert all(r[2]["USE_DOT"] for r in requests)
+    for build in compile_triton_many_for_t4(requests, ccs=[(8, 0)] * 2 + [(9, 0)] * 2):
+        assert build.cubin_bytes > 0 and build.shared_bytes <= 100 * 1024
+
+
 def test_configs_per_gpu():
     assert {64, 128} <= set(HEAD_DIMS)
     for D in HEAD_DIMS:
         for group in (1, 2, 4, 8, 32):
             t4, h100 = kernel_config(D, group, (7, 5)), kernel_config(D, group, (9, 0))
-            assert t4.num_stages == 1  # no cp.async before sm_80
+            assert t4.num_stages == 1 and not t4.use_dot  # no cp.async before sm_80; the T4 stays on reductions
             assert 16 <= t4.block_t <= 128 and 16 <= h100.block_t <= 128
-            assert h100.num_stages == 1 and short_context_block(h100.block_t, 512) <= h100.block_t
-            assert heads_per_program(group) <= 4
+            assert h100.use_dot == (group > 1)  # GQA on the tensor cores from sm_80
+            assert short_context_block(h100.block_t, 512) <= h100.block_t
+            assert heads_per_program(group, t4.use_dot) <= 4
+            assert heads_per_program(group, True) >= 16  # tl.dot needs 16 rows
 
 
 # --- notebook 03's checks ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from labkit import runtime
 from labkit.attention import decode_bytes, get_impl, reference_decode
 from labkit.bench.records import Record
-from labkit.bench.timing import gbps, rotating, rotation_count, time_ms
+from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
 from labkit.checks.core import rel_error
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -32,8 +32,11 @@ def bench_decode(impls, *, B: int, Hq: int, Hkv: int, T: int, D: int, dtype: tor
 
     Each implementation is first compared with the float64 reference (the relative error goes
     into ``Record.extra["rel_error"]``; above tolerance raises ``AssertionError``), then timed
-    with CUDA events over enough input sets that the KV working set is >= 4x the L2. In sim
-    mode only the correctness check runs and ``time_ms`` stays ``None``.
+    with CUDA events over enough input sets that the KV working set is >= 4x the L2. The
+    record's ``time_ms`` is the GPU time with the call captured in a CUDA graph, as a decode
+    engine runs it (``extra["timing"] == "graph"``); ``extra["eager_ms"]`` is the time of the
+    same call launched from Python, whose difference is host overhead. In sim mode only the
+    correctness check runs and ``time_ms`` stays ``None``.
     ``impl_kwargs`` maps an implementation name to extra keyword arguments for it.
     """
     nbytes = decode_bytes(B, Hq, Hkv, T, D, torch.empty((), dtype=dtype).element_size())
@@ -50,7 +53,8 @@ def bench_decode(impls, *, B: int, Hq: int, Hkv: int, T: int, D: int, dtype: tor
             extra["rel_error"] = err
             if not err <= TOLERANCE[dtype]:
                 raise AssertionError(f"{name} at {shape} {dtype}: relative error {err:.3g} > {TOLERANCE[dtype]}")
-        ms = time_ms(rotating(lambda q, k, v: fn(q, k, v, **kwargs), sets), warmup=warmup, rep=rep)
+        ms, timing = time_for_record(rotating(lambda q, k, v: fn(q, k, v, **kwargs), sets), warmup=warmup, rep=rep)
+        extra.update(timing)
         bw = gbps(nbytes, ms)
         pct = None if bw is None or not roofline_gbps else 100.0 * bw / roofline_gbps
         records.append(Record(name, shape, str(dtype).replace("torch.", ""), nbytes, ms, bw, pct, extra))
@@ -109,7 +113,7 @@ def bench_attention(shapes=tuple(SHAPES), *, batches=None, contexts=None, dtype:
     """
     from tqdm.auto import tqdm
 
-    from labkit.attention.triton_decode import plan_splits
+    from labkit.attention.triton_decode import default_splits
 
     table = SIM_SHAPES if runtime.is_sim() else SHAPES
     unknown = [s for s in shapes if s not in table]
@@ -137,7 +141,7 @@ def bench_attention(shapes=tuple(SHAPES), *, batches=None, contexts=None, dtype:
         for r in recs:
             r.extra["shape"] = name
             if r.kernel == "triton_splitk":
-                r.extra["num_splits"] = plan_splits(B, Hq, Hkv, T, D)
+                r.extra["num_splits"] = default_splits(B, Hq, Hkv, T, D)
         records += recs
     _add_speedups(records)
     return records, failures

@@ -17,7 +17,7 @@ import torch
 from labkit import runtime
 from labkit.attention import decode_bytes, get_impl
 from labkit.bench.records import Record
-from labkit.bench.timing import gbps, rotating, rotation_count, time_ms
+from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
 from labkit.checks.core import rel_error
 
 CONTIGUOUS = "triton_splitk"  # flash_decode: the contiguous kernel the paged one is measured against
@@ -104,15 +104,16 @@ def bench_paged(block_sizes=BLOCK_SIZES, *, B: int, Hq: int, Hkv: int, T: int, D
         err = rel_error(fn(*inputs[0]), expected)
         if not err <= TOLERANCE[dtype]:
             raise AssertionError(f"{kernel} at {shape} {dname}: relative error {err:.3g} > {TOLERANCE[dtype]}")
-        ms = time_ms(rotating(fn, inputs), warmup=warmup, rep=rep)
+        ms, timing = time_for_record(rotating(fn, inputs), warmup=warmup, rep=rep)
         bw = gbps(nbytes, ms)
         pct = None if bw is None or not roofline_gbps else 100.0 * bw / roofline_gbps
-        return Record(kernel, dict(shape), dname, nbytes, ms, bw, pct, {"rel_error": err, **extra})
+        return Record(kernel, dict(shape), dname, nbytes, ms, bw, pct, {"rel_error": err, **timing, **extra})
 
     records = []
     flash = _contiguous_impl()
     if flash is not None:
-        records.append(measure("contiguous", lambda q, k, v, n: flash(q, k, v), sets, {"impl": CONTIGUOUS}))
+        # with lengths, as an engine calls it: the same kernel path as the paged one but the addresses
+        records.append(measure("contiguous", lambda q, k, v, n: flash(q, k, v, lengths=n), sets, {"impl": CONTIGUOUS}))
     if sdpa:
         sdpa_fn = get_impl("sdpa")
         records.append(measure("sdpa", lambda q, k, v, n: sdpa_fn(q, k, v), sets, {}))

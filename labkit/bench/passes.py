@@ -17,7 +17,7 @@ from labkit.attention.naive import PASSES, naive_decode, naive_passes, pass_byte
 from labkit.attention.reference import decode_bytes, reference_decode
 from labkit.bench.attention import TOLERANCE, make_decode_inputs
 from labkit.bench.records import Record
-from labkit.bench.timing import gbps, rotating, rotation_count, time_ms
+from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
 from labkit.checks.core import rel_error
 
 # Ops that only relabel memory (views) launch nothing.
@@ -89,13 +89,13 @@ def bench_naive_passes(*, B: int, Hq: int, Hkv: int, T: int, D: int, dtype: torc
     records = []
     for i, name in enumerate(PASSES):
         fn = passes[0][i].fn
-        ms = time_ms(rotating(fn, [p[i].args for p in passes]), warmup=warmup, rep=rep)
+        ms, timing = time_for_record(rotating(fn, [p[i].args for p in passes]), warmup=warmup, rep=rep)
         records.append(_record(name, shape, dname, per_pass[name], ms, roofline_gbps,
-                               {"pass": name, "share_of_bytes": per_pass[name] / total}))
+                               {"pass": name, "share_of_bytes": per_pass[name] / total, **timing}))
     # The whole is reported like every decode kernel: effective GB/s over the fewest bytes decode needs.
-    ms = time_ms(rotating(naive_decode, sets), warmup=warmup, rep=rep)
+    ms, timing = time_for_record(rotating(naive_decode, sets), warmup=warmup, rep=rep)
     records.append(_record("naive", shape, dname, decode_bytes(B, Hq, Hkv, T, D, itemsize), ms, roofline_gbps,
-                           {"pass": "all", "bytes_moved": total, "rel_error": err}))
+                           {"pass": "all", "bytes_moved": total, "rel_error": err, **timing}))
     del sets, passes
     return records
 

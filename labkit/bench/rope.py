@@ -14,7 +14,7 @@ import torch
 from labkit import runtime
 from labkit.attention.reference import decode_bytes, reference_decode
 from labkit.bench.records import Record
-from labkit.bench.timing import gbps, rotating, rotation_count, time_ms
+from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
 from labkit.checks.core import rel_error
 from labkit.rope import apply_rope, rope_tables
 from labkit.rope_fusion import (decode_step_costs, fused_decode_step, reference_decode_step, summarize_costs,
@@ -131,7 +131,8 @@ def bench_rope(*, batches=None, contexts=None, Hq: int | None = None, Hkv: int |
                     nbytes, extra = attn_bytes + (rope_bytes if name.endswith("rope") else 0), {}
                 if not err <= TOLERANCE[dtype]:
                     raise AssertionError(f"{name} at {shape} {dtype}: relative error {err:.3g} > {TOLERANCE[dtype]}")
-                ms = time_ms(rotating(fn, [(s,) for s in sets]), warmup=warmup, rep=rep)
+                ms, timing = time_for_record(rotating(fn, [(s,) for s in sets]), warmup=warmup, rep=rep)
+                extra.update(timing)
                 launches = count_launches(lambda: fn(s0))
                 extra.update(rel_error=err, launches=launches if launches is not None else model_launches[name],
                              launches_from="profiler" if launches is not None else "cost model")

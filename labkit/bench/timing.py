@@ -47,16 +47,53 @@ def rotating(fn: Callable, input_sets: Sequence[tuple]) -> Callable[[], object]:
     return lambda: fn(*next(cycle))
 
 
-def time_ms(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100) -> float | None:
-    """Median time of ``fn()`` in milliseconds, CUDA events via ``triton.testing.do_bench``.
+def time_ms(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100, graph: bool = False) -> float | None:
+    """Median time of ``fn()`` in milliseconds, CUDA events via ``triton.testing``.
 
+    ``graph=False``: ``do_bench``, each call launched from Python, so a call whose kernels
+    finish faster than Python can launch them measures the host (launch overhead and
+    argument checks), not the GPU. ``graph=True``: ``do_bench_cudagraph``, the calls captured
+    once in a CUDA graph and replayed, as a decode engine runs its step (vLLM, gpt-fast): the
+    GPU's time for the kernels, launch gaps between them included, Python's excluded. ``fn``
+    must then be capturable (no host sync, no allocation outside torch's allocator); a
+    rotating ``fn`` is captured over its input sets in turn, so the rotation still holds.
     ``warmup`` and ``rep`` are in milliseconds (do_bench's units). Returns ``None`` in sim mode.
     """
     if runtime.is_sim():
         return None
-    from triton.testing import do_bench
+    from triton.testing import do_bench, do_bench_cudagraph
 
+    if graph:
+        fn()  # compile and allocate workspaces outside the capture
+        torch.cuda.synchronize()
+        return float(do_bench_cudagraph(fn, rep=rep, return_mode="median"))
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def time_both_ms(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100) -> tuple[float | None, float | None, str]:
+    """``(graph_ms, eager_ms, note)``: :func:`time_ms` with and without a CUDA graph.
+
+    When ``fn`` cannot be captured, ``graph_ms`` is ``None`` and ``note`` says why; the
+    eager time is then the only one. ``(None, None, "sim")`` in sim mode.
+    """
+    if runtime.is_sim():
+        return None, None, "sim"
+    eager = time_ms(fn, warmup=warmup, rep=rep)
+    try:
+        return time_ms(fn, rep=rep, graph=True), eager, "graph"
+    except Exception as exc:  # noqa: BLE001 - e.g. a host sync inside fn: capture is not possible
+        torch.cuda.synchronize()
+        return None, eager, f"eager only ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+
+
+def time_for_record(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100) -> tuple[float | None, dict]:
+    """``(ms, extra)`` for a :class:`~labkit.bench.records.Record`: the CUDA-graph time (the
+    eager one where ``fn`` cannot be captured), with ``extra = {"eager_ms", "timing"}`` saying
+    which it is and what Python's launches cost on top. ``(None, {})`` in sim mode."""
+    graph_ms, eager_ms, note = time_both_ms(fn, warmup=warmup, rep=rep)
+    if note == "sim":
+        return None, {}
+    return (graph_ms if graph_ms is not None else eager_ms), {"eager_ms": eager_ms, "timing": note}
 
 
 def copy_roofline_gbps(nbytes: int | None = None) -> float | None:

@@ -44,23 +44,29 @@ def compile_triton_for_t4(kernel, signature: dict, constexprs: dict | None = Non
     return compile_triton_many_for_t4([(kernel, signature, constexprs, num_warps)], num_stages=num_stages)[0]
 
 
-def compile_triton_many_for_t4(requests, *, num_stages: int = 2) -> list[TritonBuild]:
+def compile_triton_many_for_t4(requests, *, num_stages: int = 2, ccs=None) -> list[TritonBuild]:
     """Compile several kernels for sm_75 (one child process in sim mode); see :func:`compile_triton_for_t4`.
 
-    ``requests``: a list of ``(kernel, signature, constexprs, num_warps)``.
+    ``requests``: a list of ``(kernel, signature, constexprs, num_warps)``. ``ccs``: one compute
+    capability per request instead of the T4's, for the code paths only newer GPUs take (the
+    64 KB shared-memory assertion is the T4's and applies to sm_75 builds only).
     """
+    ccs = [tuple(cc) for cc in ccs] if ccs is not None else [T4_CC] * len(requests)
     if os.environ.get("TRITON_INTERPRET") == "1":
-        builds = _compile_triton_in_child(requests, num_stages)
+        builds = _compile_triton_in_child(requests, num_stages, ccs)
     else:
-        builds = [_compile_triton(k, sig, c, w, num_stages) for k, sig, c, w in requests]
-    for build in builds:
+        builds = [_compile_triton(k, sig, c, w, num_stages, cc) for (k, sig, c, w), cc in zip(requests, ccs)]
+    for build, cc in zip(builds, ccs):
+        if cc != T4_CC:
+            continue
         assert build.shared_bytes <= T4_SHARED_BYTES, (
             f"{build.name} needs {build.shared_bytes} bytes of shared memory; a T4 block has {T4_SHARED_BYTES}"
         )
     return builds
 
 
-def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps: int, num_stages: int) -> TritonBuild:
+def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps: int, num_stages: int,
+                    cc=T4_CC) -> TritonBuild:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -68,7 +74,7 @@ def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps:
 
     fn = kernel if isinstance(kernel, JITFunction) else JITFunction(getattr(kernel, "fn", kernel))
     src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs or {}))
-    compiled = triton.compile(src, target=GPUTarget("cuda", T4_CC[0] * 10 + T4_CC[1], 32),
+    compiled = triton.compile(src, target=GPUTarget("cuda", cc[0] * 10 + cc[1], 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     md = compiled.metadata
     return TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), getattr(compiled, "n_regs", None),
@@ -80,9 +86,9 @@ import importlib, importlib.util, json, sys
 from dataclasses import asdict
 import labkit  # sim mode with LABKIT_PTX_ONLY=1: Triton's real compiler, not its interpreter
 from labkit.testing.t4 import _compile_triton
-req, num_stages = json.loads(sys.argv[1])
+req, num_stages, ccs = json.loads(sys.argv[1])
 modules, out = {}, []
-for module, path, attr, signature, constexprs, num_warps in req:
+for (module, path, attr, signature, constexprs, num_warps), cc in zip(req, ccs):
     if (module, path) not in modules:
         try:
             if module == "__main__":
@@ -93,12 +99,12 @@ for module, path, attr, signature, constexprs, num_warps in req:
             modules[module, path] = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(modules[module, path])
     kernel = getattr(modules[module, path], attr)
-    out.append(asdict(_compile_triton(kernel, signature, constexprs, num_warps, num_stages)))
+    out.append(asdict(_compile_triton(kernel, signature, constexprs, num_warps, num_stages, tuple(cc))))
 print(json.dumps(out))
 """
 
 
-def _compile_triton_in_child(requests, num_stages: int) -> list[TritonBuild]:
+def _compile_triton_in_child(requests, num_stages: int, ccs) -> list[TritonBuild]:
     import inspect
 
     req = []
@@ -106,7 +112,7 @@ def _compile_triton_in_child(requests, num_stages: int) -> list[TritonBuild]:
         fn = getattr(kernel, "fn", kernel)
         req.append((fn.__module__, inspect.getsourcefile(fn), fn.__name__, signature, dict(constexprs or {}), num_warps))
     env = dict(os.environ, LABKIT_MODE="sim", LABKIT_PTX_ONLY="1", TRITON_INTERPRET="0", NUMBA_ENABLE_CUDASIM="0")
-    proc = subprocess.run([sys.executable, "-c", _TRITON_CHILD, json.dumps([req, num_stages])], env=env,
+    proc = subprocess.run([sys.executable, "-c", _TRITON_CHILD, json.dumps([req, num_stages, ccs])], env=env,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"Triton compilation for sm_75 failed:\n{proc.stderr[-4000:]}")

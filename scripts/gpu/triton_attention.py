@@ -38,10 +38,11 @@ import torch.nn.functional as F
 from labkit import runtime
 from labkit.attention import reference_decode
 from labkit.attention.sdpa import sdpa_decode
-from labkit.attention.triton_decode import (Config, capability, flash_decode, kernel_config, plan_splits,
-                                            short_context_block, triton_decode)
+from labkit.attention.triton_decode import config_for, default_splits, flash_decode, plan_splits, triton_decode
+from labkit.attention.triton_plan import Config
 from labkit.attention.validate import bf16_supported
-from labkit.bench import Record, copy_roofline_gbps, gbps, rotating, rotation_count, run_meta, save_records, time_ms
+from labkit.bench import Record, copy_roofline_gbps, gbps, rotating, rotation_count, run_meta, save_records
+from labkit.bench.timing import time_both_ms, time_ms
 from labkit.bench.attention import make_decode_inputs
 from labkit.attention.reference import decode_bytes
 from labkit.checks.core import rel_error
@@ -79,6 +80,9 @@ def check_random(rng: random.Random, n: int) -> list[str]:
         use_lengths, use_rope = rng.random() < 0.5, rng.random() < 0.5
         splits = rng.choice((None, None, 1, 2, 7, 64))
         impl = rng.choice(("triton", "flash"))
+        use_dot = rng.choice((None, False, True)) if group > 1 and Dh >= 16 else None
+        if SIM and dtype == torch.bfloat16:
+            use_dot = False  # the interpreter computes bf16 tl.dot wrongly
         q, k, v = make_decode_inputs(B, Hkv * group, Hkv, T, Dh, dtype)
         lengths = torch.randint(1, T + 1, (B,), dtype=torch.int32, device=DEV) if use_lengths else None
         rope = None
@@ -90,13 +94,13 @@ def check_random(rng: random.Random, n: int) -> list[str]:
             q_ref = apply_rope(q.double().cpu(), pos.cpu()[:, None], cos.cpu(), sin.cpu())
         out = torch.full_like(q, float("nan"))
         if impl == "triton":
-            got = triton_decode(q, k, v, lengths=lengths, rope=rope, out=out)
+            got = triton_decode(q, k, v, lengths=lengths, rope=rope, out=out, use_dot=use_dot)
         else:
-            got = flash_decode(q, k, v, lengths=lengths, rope=rope, num_splits=splits, out=out)
+            got = flash_decode(q, k, v, lengths=lengths, rope=rope, num_splits=splits, out=out, use_dot=use_dot)
         sync()
         err = rel_error(got, reference_decode(q_ref, k, v, lengths=lengths))
         line = (f"{impl} B={B} Hq={Hkv * group} Hkv={Hkv} T={T} D={Dh} {str(dtype)[6:]} lengths={use_lengths} "
-                f"rope={use_rope} splits={splits if impl == 'flash' else 1}: rel err {err:.2e}")
+                f"rope={use_rope} splits={splits if impl == 'flash' else 1} use_dot={use_dot}: rel err {err:.2e}")
         if not err <= TOL[dtype] or got.data_ptr() != out.data_ptr():
             failures.append(line)
             print("FAIL", line)
@@ -154,7 +158,8 @@ def check_no_sync_and_graph() -> list[str]:
 
 
 def timed(fn, sets, warmup, rep):
-    return time_ms(rotating(fn, sets), warmup=warmup, rep=rep)
+    """GPU time with the calls captured in a CUDA graph (as a decode engine runs them)."""
+    return time_ms(rotating(fn, sets), warmup=warmup, rep=rep, graph=not SIM)
 
 
 def sdpa_best(sets, expected, gqa: bool, warmup, rep) -> tuple[float | None, str]:
@@ -188,51 +193,46 @@ def sdpa_best(sets, expected, gqa: bool, warmup, rep) -> tuple[float | None, str
     return best, name
 
 
-SWEEP_POINTS = {"llama": (2048, 8192), "llama-gqa": (2048, 32768)}  # (sim: every context)
+SWEEP_POINTS = {"llama": (2048, 8192, 32768), "llama-gqa": (2048, 8192, 32768)}  # (sim: every context)
 
 
 def kernel_configs(quick: bool, gqa: bool) -> list[Config]:
-    """A few configurations around the default (H100: 128 tokens, 4 warps, plain loads); for GQA
-    also 1 and 2 query heads a program (less work per K/V byte, more programs re-reading it)."""
-    configs = [Config(128, 4, 1), Config(64, 4, 1)] + ([] if quick else [Config(128, 8, 1), Config(64, 4, 3)])
+    """Configurations around the default: tiles × warps × stages; GQA also on both scoring paths."""
     if gqa:
-        configs += [Config(128, 4, 1, max_heads=2), Config(128, 4, 1, max_heads=1)]
-    return configs
+        configs = [Config(bt, w, st, use_dot=True, programs_per_sm=4) for bt in (32, 64, 128) for w in (4, 8)
+                   for st in ((1,) if quick else (1, 3))]
+        return configs + [Config(32, 4, 1, use_dot=False, programs_per_sm=2), Config(16, 4, 1, use_dot=False, programs_per_sm=2)]
+    return [Config(bt, w, st) for bt in (32, 64, 128) for w in (4, 8) for st in ((1,) if quick else (1, 2))]
 
 
 def sweep(fn_for, sets, expected, T, Hq, Hkv, quick, warmup, rep, where) -> tuple | None:
-    """Best (ms, Config, splits): every kernel configuration at its heuristic split count, then
-    the two fastest over a range of split counts."""
+    """Best (ms, Config, splits): every kernel configuration at its heuristic split count and at
+    half and twice that; each line printed, so the defaults can be chosen from the log."""
     def measure(cfg, splits):
         fn = fn_for(cfg, splits)
         try:
             if rel_error(fn(*sets[0]), expected) > TOL[torch.float16]:
                 print(f"FAIL sweep {cfg} splits={splits} at {where}")
                 return None
+            return timed(fn, sets, warmup, rep)
         except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory for this tile size
             print(f"  skip {cfg} splits={splits}: {type(exc).__name__}: {str(exc)[:120]}")
             return None
-        return timed(fn, sets, warmup, rep)
 
-    first = []
+    results = []
     for cfg in kernel_configs(quick, Hq != Hkv):
-        s = plan_splits(1, Hq, Hkv, T, D, block_t=cfg.block_t, max_heads=cfg.max_heads)
-        ms = measure(cfg, s)
-        if ms is not None:
-            first.append((ms, cfg, s))
-    first.sort(key=lambda x: x[0])
-    results = list(first[:1])
-    for _, cfg, s0 in first[:2]:
-        for s in sorted({8, 16, 32, 64} - {s0}):
-            s = plan_splits(1, Hq, Hkv, T, D, block_t=cfg.block_t, num_splits=s, max_heads=cfg.max_heads)
+        s0 = plan_splits(1, Hq, Hkv, T, cfg)
+        for s in sorted({max(1, s0 // 2), s0, min(64, 2 * s0)}):
+            s = plan_splits(1, Hq, Hkv, T, cfg, num_splits=s)
             ms = measure(cfg, s)
             if ms is not None:
                 results.append((ms, cfg, s))
+                print(f"  sweep {where}: {cfg} splits={s}: {ms * 1e3:.1f} µs")
     return min(results, key=lambda x: x[0]) if results else None
 
 
 def bench(roofline: float | None, quick: bool) -> list[Record]:
-    warmup, rep = (5, 20) if quick else (10, 30)
+    warmup, rep = (5, 10) if quick else (10, 20)
     records = []
     for name, (Hq, Hkv) in (("llama", HEADS), ("llama-gqa", GQA)):
         for T in CONTEXTS:
@@ -247,27 +247,29 @@ def bench(roofline: float | None, quick: bool) -> list[Record]:
                 pct = 100 * bw / roofline if bw and roofline else None
                 records.append(Record(kernel, dict(shape), "float16", nbytes, ms, bw, pct, {"shape": name, **extra}))
 
-            cfg0 = kernel_config(D, Hq // Hkv, capability())
-            cfg0 = replace(cfg0, block_t=short_context_block(cfg0.block_t, T))  # what flash_decode picks
-            s0 = plan_splits(1, Hq, Hkv, T, D)
+            cfg0 = config_for(D, Hq // Hkv, T)  # what flash_decode picks
+            s0 = default_splits(1, Hq, Hkv, T, D)
             err = rel_error(flash_decode(*sets[0], out=out), expected)
             if err > TOL[torch.float16]:
                 print(f"FAIL flash_decode default at {name} T={T}: rel err {err:.2e}")
-            rec("triton_splitk", timed(lambda q, k, v: flash_decode(q, k, v, out=out), sets, warmup, rep),
-                config=str(cfg0), num_splits=s0, rel_error=err)
+            ms, eager, note = time_both_ms(rotating(lambda q, k, v: flash_decode(q, k, v, out=out), sets),
+                                           warmup=warmup, rep=rep)
+            rec("triton_splitk", ms if ms is not None else eager, config=str(cfg0), num_splits=s0, rel_error=err,
+                eager_ms=eager, timing=note)
             rec("triton", timed(lambda q, k, v: triton_decode(q, k, v, out=out), sets, warmup, rep),
-                config=str(kernel_config(D, Hq // Hkv, capability())), num_splits=1)
+                config=str(config_for(D, Hq // Hkv, T, short_context=False)), num_splits=1)
             if SIM or T in SWEEP_POINTS[name]:
                 def fn_for(cfg, splits):
                     return lambda q, k, v: flash_decode(q, k, v, out=out, block_t=cfg.block_t, num_warps=cfg.num_warps,
-                                                        num_stages=cfg.num_stages, max_heads=cfg.max_heads,
+                                                        num_stages=cfg.num_stages, use_dot=cfg.use_dot,
                                                         num_splits=splits)
                 best = sweep(fn_for, sets, expected, T, Hq, Hkv, quick, warmup, rep, f"{name} T={T}")
                 if best and best[0] is not None:
                     rec("triton_splitk_best", best[0], config=str(best[1]), num_splits=best[2])
             ms, backend = sdpa_best(sets, expected, Hq != Hkv, warmup, rep)
             rec("sdpa_best", ms, backend=backend)
-            rec("sdpa", timed(sdpa_decode, sets, warmup, rep))
+            ms, eager, note = time_both_ms(rotating(sdpa_decode, sets), warmup=warmup, rep=rep)
+            rec("sdpa", ms if ms is not None else eager, eager_ms=eager, timing=note)
             del sets
             if not SIM:
                 torch.cuda.empty_cache()
