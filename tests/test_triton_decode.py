@@ -224,6 +224,20 @@ def test_every_kernel_compiles_for_sm75_within_64kb_of_shared_memory():
         assert build.cubin_bytes > 0
 
 
+def test_default_tiles_do_not_spill_registers():
+    from labkit.testing import compile_triton_many_for_t4
+
+    # A spilled tile goes through local memory: the loads the kernel exists to stream then
+    # compete with spill traffic (a 4-head group at 64 tokens spilled 640 bytes on sm_75).
+    cases = [((7, 5), "fp16", 128, g) for g in (1, 2, 4, 8)] + [((7, 5), "fp32", 128, 1), ((7, 5), "fp16", 256, 4),
+                                                                  ((9, 0), "fp16", 128, 4), ((9, 0), "fp16", 128, 8)]
+    builds = compile_triton_many_for_t4([attend_build(dt, D, g, True, 8192, cc=cc) for cc, dt, D, g in cases],
+                                        ccs=[cc for cc, *_ in cases])
+    for (cc, dt, D, g), build in zip(cases, builds):
+        assert build.spill_bytes is not None, "ptxas -v gave no resource report"
+        assert build.spill_bytes == 0, f"sm_{cc[0]}{cc[1]} {dt} D={D} group={g}: {build.spill_bytes} bytes spilled"
+
+
 def test_the_tensor_core_gqa_path_compiles_for_sm80_and_sm90():
     from labkit.testing import compile_triton_many_for_t4
 

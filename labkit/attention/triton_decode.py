@@ -227,11 +227,10 @@ def launch(q, k, v, out, *, scale: float, T: int, cfg: Config, num_splits: int, 
 def config_for(D: int, group: int, T: int, *, device_index: int | None = None, block_t=None, num_warps=None,
                num_stages=None, use_dot=None, short_context: bool = True) -> Config:
     """This GPU's :func:`kernel_config`, the tile shrunk for short contexts, then any overrides."""
-    cfg = kernel_config(D, group, capability(device_index))
-    changes = {"block_t": block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
-               "num_warps": num_warps or cfg.num_warps, "num_stages": num_stages or cfg.num_stages,
-               "use_dot": cfg.use_dot if use_dot is None else use_dot}
-    return Config(**changes, programs_per_sm=cfg.programs_per_sm)
+    cfg = kernel_config(D, group, capability(device_index), use_dot=use_dot)
+    return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
+                  num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
+                  use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm)
 
 
 def default_splits(B: int, Hq: int, Hkv: int, T: int, D: int, device_index: int | None = None) -> int:

@@ -51,23 +51,29 @@ def capability(device_index: int | None = None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device_index or 0)
 
 
-def kernel_config(head_dim: int, group: int, cc: tuple[int, int] | None = None) -> Config:
+def kernel_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *,
+                  use_dot: bool | None = None) -> Config:
     """The launch configuration for a head dim, a GQA group size and a compute capability.
 
-    Reductions hold the ``heads × BLOCK_T × D`` product in registers: on a T4 64 tokens of
-    D = 128 (16 KB of fp16 per K tile) keep about 100 registers a thread for one head, with
-    no spills; a group of 4 halves the tile. GQA on sm_80+ goes through ``tl.dot`` with
-    64-token tiles. The sm_75 builds are compiled in tests/test_triton_decode.py (64 KB of
-    shared memory at most); the H200 sweep in scripts/gpu/triton_attention.py chose the rest.
+    ``use_dot`` (default: GQA on sm_80+) picks the scoring path. Reductions hold the K and V
+    tiles and the ``heads × BLOCK_T × D`` product in registers; ptxas on sm_75 (4 warps, fp16)
+    fits 64 tokens of D = 128 for one head, and a product of 16K values for a group (4 heads
+    × 32 tokens × 128), at about 255 registers with no spills, and spills 640 bytes at 4 × 64 ×
+    128. So the tile is ``8192 // D`` tokens for one head (``16384 // D`` on sm_90, which the
+    H100 sweep measured fastest) and shrinks with the group. The tensor-core path takes
+    64-token tiles (254 registers, no spills on sm_90a). The sm_75 builds are compiled in
+    tests/test_triton_decode.py (64 KB of shared memory at most).
     """
     cc = cc or capability()
-    if group > 1 and cc >= (8, 0):
+    use_dot = (group > 1 and cc >= (8, 0) and head_dim >= 16) if use_dot is None else use_dot
+    if use_dot:
         return Config(block_t=64, num_warps=4, num_stages=1, use_dot=True, programs_per_sm=4)
-    block_t = max(16, min(128, (16384 if cc >= (9, 0) else 8192) // head_dim))
-    if heads_per_program(group, False) * head_dim > 512:
-        block_t = max(16, block_t // 2)
-    return Config(block_t=block_t, num_warps=4, num_stages=1, use_dot=False,
-                  programs_per_sm=4 if group == 1 else 2)
+    heads = heads_per_program(group, False)
+    block_t = min(128, (16384 if cc >= (9, 0) else 8192) // head_dim)
+    if heads > 1:
+        block_t = min(block_t, 16384 // (heads * head_dim))
+    return Config(block_t=max(16, block_t), num_warps=4, num_stages=1, use_dot=False,
+                  programs_per_sm=4 if heads == 1 else 2)
 
 
 def heads_per_program(group: int, use_dot: bool) -> int:

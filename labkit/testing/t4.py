@@ -29,6 +29,7 @@ class TritonBuild:
     num_warps: int
     registers: int | None
     cubin_bytes: int
+    spill_bytes: int | None = None  # ptxas -v's spill stores (None where ptxas could not be run)
 
 
 def compile_triton_for_t4(kernel, signature: dict, constexprs: dict | None = None, *, num_warps: int = 4,
@@ -77,8 +78,30 @@ def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps:
     compiled = triton.compile(src, target=GPUTarget("cuda", cc[0] * 10 + cc[1], 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     md = compiled.metadata
-    return TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), getattr(compiled, "n_regs", None),
-                       len(compiled.asm["cubin"]))
+    registers, spills = _ptxas_resources(compiled.asm["ptx"], cc)
+    return TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), registers, len(compiled.asm["cubin"]), spills)
+
+
+def _ptxas_resources(ptx: str, cc) -> tuple[int | None, int | None]:
+    """``(registers, spill store bytes)`` from the ptxas that ships with Triton, run with ``-v``
+    (Triton reports registers only once a GPU has loaded the kernel)."""
+    import tempfile
+
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return None, None
+    arch = f"sm_{cc[0]}{cc[1]}" + ("a" if tuple(cc) >= (9, 0) else "")  # Triton emits sm_90a PTX for Hopper
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([ptxas, f"-arch={arch}", "-v", path, "-o", os.path.join(tmp, "kernel.cubin")],
+                              capture_output=True, text=True)
+    regs = re.search(r"Used (\d+) registers", proc.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", proc.stderr)
+    return (int(regs.group(1)) if regs else None), (int(spills.group(1)) if spills else None)
 
 
 _TRITON_CHILD = r"""
