@@ -29,7 +29,7 @@ from labkit import runtime
 warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
 
 _VIEWS: OrderedDict = OrderedDict()  # (device, ptr, shape, strides, dtype) -> DeviceNDArray
-_MAX_VIEWS = 256
+_MAX_VIEWS = 1024  # input sets rotated past the L2 (up to 64 of q, k, v, out) must all stay cached
 SIM_SWITCH_INTERVAL_S = 5e-5  # GIL switch interval while a simulated kernel runs (see launch)
 SIM_SMS = 2  # a pretend SM count in sim mode: enough to exercise split-K, small enough to be quick
 
@@ -135,6 +135,38 @@ def launch(kernel, grid, block, *args) -> None:
         _configured(_specialized(kernel, args, converted), grid, block)(*converted)
 
 
+def resident_blocks(kernel, threads: int, *args) -> int | None:
+    """How many blocks of ``threads`` threads of ``kernel`` (specialized for ``args``) one SM runs at once.
+
+    From the compiled kernel's registers and static shared memory and the GPU's per-SM limits,
+    as the CUDA occupancy calculator counts them (registers are allocated per warp in units of
+    256). ``None`` in sim mode or when the driver cannot say.
+    """
+    if runtime.is_sim():
+        return None
+    converted = [as_numba(a) if isinstance(a, torch.Tensor) else a for a in args]
+    spec = _specialized(kernel, args, converted)
+    key = (spec, threads)
+    if key not in _RESIDENT:
+        try:
+            from numba import cuda
+
+            dev = cuda.get_current_device()
+            warps = -(-threads // 32)
+            regs = spec.get_regs_per_thread()
+            per_warp = -(-max(regs, 1) * 32 // 256) * 256
+            smem = spec.get_shared_mem_per_block()
+            limits = [dev.MAX_THREADS_PER_MULTIPROCESSOR // threads, dev.MAX_BLOCKS_PER_MULTIPROCESSOR,
+                      dev.MAX_REGISTERS_PER_MULTIPROCESSOR // (per_warp * warps)]
+            if smem:
+                limits.append(dev.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR // (smem + 1024))  # 1 KB reserved a block
+            _RESIDENT[key] = max(1, min(limits))
+        except Exception:  # noqa: BLE001 - an older driver or Numba without these attributes: no estimate
+            _RESIDENT[key] = None
+    return _RESIDENT[key]
+
+
+_RESIDENT: dict = {}
 _CONFIGURED: OrderedDict = OrderedDict()  # (kernel, grid, block, stream handle) -> configured launch
 _MAX_CONFIGURED = 256
 
@@ -156,4 +188,4 @@ def _configured(kernel, grid, block):
     return conf
 
 
-__all__ = ["SIM_SMS", "as_numba", "launch", "sm_count", "torch_stream"]
+__all__ = ["SIM_SMS", "as_numba", "launch", "resident_blocks", "sm_count", "torch_stream"]

@@ -12,7 +12,7 @@ from numba import cuda  # after labkit: the simulator in sim mode (a module glob
 from labkit import numba_bridge
 from labkit.attention import decode_attention, decode_bytes, reference_decode
 from labkit.attention import naive, online_softmax
-from labkit.attention.numba_fused import GPU_CONFIG, SIM_CONFIG, launch_one_pass, numba_decode, plan
+from labkit.attention.numba_fused import GPU_CONFIG, SIM_CONFIG, launch_one_pass, numba_decode, plan, workspace
 from labkit.bench.passes import bench_naive_passes, kernel_launches
 from labkit.checks import CheckFailure, nb01, nb02, rel_error
 from labkit.testing import compile_numba_ptx_for_t4
@@ -279,8 +279,8 @@ def test_nb02_solution_kernel_from_the_master_passes_its_check():
 
 # --- the T4: every Numba kernel compiles to PTX for compute capability 7.5 -----------------------
 def _sig(dtype):
-    a3, a4 = f"{dtype}[:, :, ::1]", f"{dtype}[:, :, :, ::1]"
-    return f"void({a3}, {a4}, {a4}, float32, int64, int64, int64, {a3}, float32[:, :, :, ::1], float32[:, :, :, ::1])"
+    a1 = f"{dtype}[::1]"
+    return f"void({a1}, int64[::1], int64[::1], {a1}, float32[::1], int32[::1], float32, int64, int64, int64, int64)"
 
 
 def test_numba_kernels_compile_for_t4(tmp_path, monkeypatch):
@@ -292,28 +292,52 @@ def test_numba_kernels_compile_for_t4(tmp_path, monkeypatch):
     module.write_text(module.read_text().replace("labkit.is_sim()", "False"))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{monkeypatch.delenv('PYTHONPATH', raising=False) or ''}")
     mod = "labkit.attention.numba_fused"
-    requests = [(mod, f"split_kernel_d{D}", _sig(dt)) for D in (64, 128) for dt in ("float16", "float32")]
-    requests += [(mod, "merge_kernel", f"void(float32[:, :, :, ::1], float32[:, :, :, ::1], {dt}[:, :, ::1])")
-                 for dt in ("float16", "float32")]
+    requests = [(mod, f"split_kernel_{dt}_d{D}_g{G}", _sig(dt)) for D in (64, 128) for dt in ("float16", "float32")
+                for G in (1, 4)]
     requests += [("nb02_exercise_kernel", "fused_decode_kernel",
                   f"void({dt}[:, :, ::1], {dt}[:, :, :, ::1], {dt}[:, :, :, ::1], {dt}[:, :, ::1], float32)")
                  for dt in ("float16", "float32")]
     ptx = compile_numba_ptx_for_t4(requests)
     assert len(ptx) == len(requests)
     for key, text in ptx.items():
-        if "split_kernel" in key:  # the running statistics and tile slices stay in registers
+        if "split_kernel" in key:  # the running statistics and the tile's words stay in registers
             assert ".local" not in text, f"{key} spills to local memory"
+            assert "ld.global.u64" in text, f"{key} does not load K and V as 8-byte words"
 
 
 def test_plan_rounds_the_grid_to_whole_waves():
-    # 4 resident blocks on each of 132 SMs: a wave is 528 blocks. B=8 Llama wanted 5 splits (1280 blocks,
-    # a last wave 42% full); whole waves need 4 (1024 blocks, 97% of two waves).
+    # 4 resident blocks on each of 132 SMs: a wave is 528 blocks. Whole waves, or nearly.
     cfg = GPU_CONFIG
-    for B, H, T in ((8, 32, 8192), (8, 32, 32768), (1, 32, 8192), (8, 12, 32768)):
-        p = plan(B, H, H, T, cfg=cfg, sms=132)
+    for B, H, T in ((8, 32, 8192), (8, 32, 32768), (1, 32, 8192), (8, 12, 32768), (1, 12, 32768)):
+        p = plan(B, H, H, T, cfg=cfg, sms=132, resident=4)
         n = p.grid[0] * p.grid[1]
         assert n / (-(-n // 528) * 528) >= 0.95, (B, H, T, p)
-    assert plan(8, 32, 32, 32768, cfg=cfg, sms=132).splits == 4
+
+
+def test_workspace_is_cached_and_counters_stay_zero():
+    q, k, v = inputs(1, 4, 2, 40, 64, torch.float32)
+    numba_decode(q, k, v, splits=3)
+    ws, counters = workspace(q.device, 1, 4, 3, 64, 2)
+    assert ws.numel() == 1 * 4 * 3 * (64 + 2) and torch.equal(counters, torch.zeros(2, dtype=torch.int32))
+    assert workspace(q.device, 1, 4, 3, 64, 2)[0] is ws  # no allocation on the next call
+    numba_decode(q, k, v, splits=3)
+    assert torch.equal(counters, torch.zeros(2, dtype=torch.int32))  # the last block of each group reset it
+
+
+def test_fp16_words_unpack_exactly_including_subnormals_and_signs():
+    # Every finite fp16 bit pattern through the kernel's word unpacking (the simulator runs it as Python).
+    from labkit.attention import numba_kernels as nk
+
+    bits = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16)
+    halves = bits.view(torch.float16)
+    finite = torch.isfinite(halves)
+    f = np.zeros(4, dtype=np.float32)
+    got = np.empty(1 << 16, dtype=np.float32)
+    for i, w in enumerate(halves.view(torch.int64).numpy()):
+        nk._unpack_half.fn(w, f)  # the Python function the simulator runs
+        got[4 * i: 4 * i + 4] = f
+    want = halves.double().numpy() / nk.HALF_SCALE
+    assert np.array_equal(got[finite.numpy()].astype(np.float64), want[finite.numpy()])
 
 
 def test_low_occupancy_warning_is_silenced_even_when_coloured():

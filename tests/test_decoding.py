@@ -242,6 +242,96 @@ def test_real_models_first_token_distribution():
     assert chi_square(counts_of(wrong, V), p)[2] < REJECT_P
 
 
+# ---------------------------------------------------------------- the fused fast path (labkit.decoding.fast)
+
+def test_engine_pass_equals_the_model():
+    """StaticEngine's pass (token-major cache, RoPE as rotations, layer-0 table) == the model's full pass."""
+    from labkit.decoding.engine import StaticEngine
+
+    for tied in (False, True):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=11, d_model=32, n_layers=2, n_heads=4, max_len=64, tied_embeddings=tied,
+                          norm="layernorm" if tied else "rmsnorm")
+        model = Transformer(cfg).eval()
+        x = torch.randint(0, 11, (1, 23))
+        with torch.no_grad():
+            full = model(x)[0]
+        for linear in ("mm", "bmv", "lt"):
+            e = StaticEngine(model, 30, linear=linear)
+            assert e.T == 32  # a multiple of 16
+            pieces, i = [], 0
+            for S in (9, 1, 5, 2, 1, 5):
+                pos = torch.arange(i, i + S)
+                pieces.append(e.forward(x[0, i:i + S], pos, *e.tables(pos)))
+                i += S
+            torch.testing.assert_close(torch.cat(pieces), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("gamma, K, linear", [(1, 1, "mm"), (3, 3, "bmv"), (5, 8, "mm")])
+def test_fast_greedy_equals_generate(gamma, K, linear):
+    from labkit.decoding.fast import fast_generate, fast_speculative_generate
+
+    target, draft = model_pair()
+    prompt = torch.randint(0, 13, (1, 6), generator=torch.Generator().manual_seed(gamma))
+    want = generate(target, prompt, 40)
+    assert fast_generate(target, prompt, 40, steps_per_graph=K).tokens == want.tokens
+    spec = fast_speculative_generate(target, draft, prompt, 40, gamma=gamma, linear=linear)
+    assert spec.tokens == want.tokens
+    assert 0 < spec.alpha < 1 and 1 <= spec.tokens_per_pass <= gamma + 1 and spec.produced >= 40
+    assert spec.evaluated <= spec.proposed == gamma * spec.target_passes
+
+
+def test_fast_identical_draft_and_statistics():
+    from labkit.decoding.fast import fast_speculative_generate
+
+    target, _ = model_pair(seed=2)
+    torch.manual_seed(0)
+    spec = fast_speculative_generate(target, target, [1, 2, 3], 24, gamma=3, temperature=1.0)
+    assert spec.alpha == 1.0 and spec.tokens_per_pass == 4.0 and len(spec.tokens) == 24
+    real, tok = load_model("target", dtype=torch.float32, device="cpu")
+    draft, _ = load_model("draft", dtype=torch.float32, device="cpu")
+    p = tok.encode(heldout_prompts(1, 48, seed=3)[0])
+    ref = speculative_generate(real, draft, p, 48, gamma=4)
+    fast = fast_speculative_generate(real, draft, p, 48, gamma=4)
+    assert fast.tokens == ref.tokens == generate(real, p, 48).tokens
+    assert abs(fast.alpha - ref.alpha) < 0.15  # the same draft; only the round boundaries differ
+
+
+def test_fast_sampling_follows_the_target():
+    """Whole fused rounds (graph-shaped, device acceptance): the first token follows the target's p."""
+    from labkit.decoding.engine import StaticEngine
+    from labkit.decoding.fast import SpeculativeDecoder
+
+    target, draft = model_pair(vocab=5, seed=3, noise=1.0)
+    prompt = torch.tensor([[1, 4, 2, 0]])
+    with torch.no_grad():
+        p = probs(target(prompt)[0, -1], 2.0)
+        q = probs(draft(prompt)[0, -1], 2.0)
+    dec = SpeculativeDecoder(StaticEngine(target, 16), StaticEngine(draft, 16), 2, temperature=2.0)
+    torch.manual_seed(0)
+    firsts = dec.first_tokens(prompt, 300)
+    assert chi_square(counts_of(firsts, 5), p)[2] > ACCEPT_P
+    assert chi_square(counts_of(firsts, 5), q)[2] < ACCEPT_P
+
+
+def test_fast_path_rejects_bad_input():
+    from labkit.decoding.engine import StaticEngine
+    from labkit.decoding.fast import PlainDecoder, fast_speculative_generate
+
+    target, draft = model_pair()
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        fast_speculative_generate(target, draft, [3], 5)
+    with pytest.raises(ValueError, match="max_len"):
+        PlainDecoder(StaticEngine(target, 16)).run([1, 2], 20)
+    with pytest.raises(ValueError, match="linear"):
+        StaticEngine(target, 16, linear="gemv")
+    with pytest.raises(ValueError, match="RoPE"):
+        StaticEngine(Transformer(ModelConfig(vocab_size=7, d_model=16, n_layers=1, n_heads=2, position="learned")), 8)
+    other = Transformer(ModelConfig(vocab_size=9, d_model=32, n_layers=1, n_heads=4, max_len=128))
+    with pytest.raises(ValueError, match="vocabulary"):
+        fast_speculative_generate(target, other, [1, 2], 5)
+
+
 # ---------------------------------------------------------------- notebook 06's checks
 
 def test_nb06_checks_pass_labkit_and_fail_wrong_answers(capsys):

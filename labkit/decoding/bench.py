@@ -8,6 +8,11 @@ there, timings don't). ``bytes`` is the target's weights, which plain decoding m
 once per token, so ``gbps`` is an effective bandwidth: launch-bound small models sit far
 below the copy roofline. ``extra`` holds alpha, tokens per target pass, the formula's
 expectation and the speedup over plain decoding with the same settings.
+
+Two implementations: :func:`bench_speculative` runs the reference loops (the model's own
+forward, one graph per pass, host-side bookkeeping); :func:`bench_fast` runs
+:mod:`labkit.decoding.fast` (``extra["impl"] = "fused"``: one graph per round or per K plain
+steps, everything on the device). Each compares plain and speculative decoding built the same way.
 """
 
 from __future__ import annotations
@@ -125,4 +130,88 @@ def bench_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 5, 9, 17), context
         records.append(Record(kernel=name, shape={"S": S, "context": context}, dtype=dtype, bytes=wbytes,
                               time_ms=ms, gbps=gbps(wbytes, ms), extra={"graphs": graphs,
                                                                         "layers": model.config.n_layers}))
+    return records
+
+
+def bench_engine_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 4, 5, 6, 7), context: int = 128,
+                           linear: str = "mm", graphs: bool | None = None) -> list[Record]:
+    """Like :func:`bench_pass_cost`, for one :class:`~labkit.decoding.engine.StaticEngine` pass
+    (CUDA graph replays). Records: kernel ``name``, shape ``{"S", "context"}``, extra ``impl="fused"``
+    and ``linear``; ``time_ms`` None in sim mode."""
+    from labkit.decoding.engine import StaticEngine
+    from labkit.decoding.fast import _Replay
+
+    graphs = (not runtime.is_sim()) if graphs is None else graphs
+    engine = StaticEngine(model, context + max(new_tokens) + 1, linear=linear)
+    wbytes, dtype, dev = _weight_bytes(model), str(engine.dtype).replace("torch.", ""), engine.device
+    records = []
+    for S in new_tokens:
+        pos = torch.arange(context, context + S, device=dev)
+        tokens = torch.randint(0, model.config.vocab_size, (S,), device=dev)
+        rot, mask = engine.tables(pos)
+        replay = _Replay(lambda: engine.forward(tokens, pos, rot, mask, last_only=S == 1), graphs)
+        ms = time_ms(replay) if graphs else None
+        records.append(Record(kernel=name, shape={"S": S, "context": context}, dtype=dtype, bytes=wbytes,
+                              time_ms=ms, gbps=gbps(wbytes, ms),
+                              extra={"graphs": graphs, "layers": model.config.n_layers, "impl": "fused",
+                                     "linear": linear}))
+    return records
+
+
+def bench_fast(target, draft, prompts, *, gammas=(2, 3, 4, 5, 6), max_new_tokens: int | None = None,
+               temperature: float = 0.0, linear="mm", draft_linear=None, steps_per_graph: int = 8,
+               graphs: bool | None = None, roofline_gbps: float | None = None, seed: int = 0) -> list[Record]:
+    """Plain and speculative decoding through :mod:`labkit.decoding.fast` (one graph per K plain steps
+    or per round), same record schema as :func:`bench_speculative` with ``extra["impl"] = "fused"``.
+
+    ``time_ms`` is the decode loop per token (prefill excluded for both; the per-token time with
+    the prefill is ``extra["ms_per_token_with_prefill"]``). Plain decoding is charged per token it
+    computed (the last graph may overshoot), which favours the baseline. Each configuration runs
+    once untimed first (on GPU), then over all prompts.
+    """
+    from labkit.decoding.engine import StaticEngine
+    from labkit.decoding.fast import PlainDecoder, SpeculativeDecoder
+
+    n = max_new_tokens or runtime.SIZES.model_tokens
+    graphs = (not runtime.is_sim()) if graphs is None else graphs
+    max_len = max(len(p) for p in prompts) + n + max(max(gammas) + 1, steps_per_graph) + 1
+    te = StaticEngine(target, max_len, linear=linear)
+    de = StaticEngine(draft, max_len, linear=linear if draft_linear is None else draft_linear)
+    wbytes, dtype, sampling = _weight_bytes(target), str(te.dtype).replace("torch.", ""), _sampling(temperature)
+
+    def measure(dec):
+        if not runtime.is_sim():
+            dec.run(prompts[0], n)
+        torch.manual_seed(seed)
+        runs = [dec.run(p, n) for p in prompts]
+        produced = sum(r.produced for r in runs)
+        tokens = produced if isinstance(dec, PlainDecoder) else len(prompts) * n
+        secs = sum(r.seconds for r in runs)
+        return runs, secs * 1e3 / tokens, (secs + sum(r.extra["prefill_seconds"] for r in runs)) * 1e3 / tokens
+
+    def record(kernel, gamma, runs, ms, ms_pre, base):
+        ms, ms_pre = (None, None) if runtime.is_sim() else (ms, ms_pre)
+        passes = sum(r.target_passes for r in runs)
+        extra = {"tokens_per_pass": sum(r.produced for r in runs) / max(1, passes), "graphs": graphs,
+                 "impl": "fused", "linear": str(te.linear), "prompts": len(prompts),
+                 "steps_per_graph": steps_per_graph if not gamma else None, "ms_per_token_with_prefill": ms_pre}
+        if gamma:
+            acc, ev = sum(r.accepted for r in runs), sum(r.evaluated for r in runs)
+            alpha = acc / max(1, ev)
+            extra.update(alpha=alpha, expected_tokens_per_pass=expected_tokens_per_pass(alpha, gamma))
+            if ms is not None:
+                extra["speedup"] = base[1] / ms
+                extra["speedup_with_prefill"] = base[2] / ms_pre
+            if temperature == 0:
+                extra["same_tokens_as_target"] = [r.tokens for r in runs] == [r.tokens for r in base[0]]
+        bw = gbps(wbytes, ms)
+        return Record(kernel=kernel, shape={"gamma": gamma, "new_tokens": n, "sampling": sampling}, dtype=dtype,
+                      bytes=wbytes, time_ms=ms, gbps=bw,
+                      pct_roofline=100 * bw / roofline_gbps if bw and roofline_gbps else None, extra=extra)
+
+    base = measure(PlainDecoder(te, temperature=temperature, steps_per_graph=steps_per_graph, graphs=graphs))
+    records = [record("target", 0, *base, None)]
+    for gamma in gammas:
+        res = measure(SpeculativeDecoder(te, de, gamma, temperature=temperature, graphs=graphs))
+        records.append(record("speculative", gamma, *res, base))
     return records

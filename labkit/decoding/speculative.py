@@ -48,6 +48,15 @@ def accept_draft(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor,
     return n, sample(row, generator)
 
 
+def check_pair(target_config, draft_config, gamma: int) -> None:
+    """Raise ``ValueError`` unless ``gamma >= 1`` and the two models share a vocabulary."""
+    if gamma < 1:
+        raise ValueError(f"gamma must be at least 1, got {gamma}")
+    if target_config.vocab_size != draft_config.vocab_size:
+        raise ValueError(f"target and draft must share a vocabulary: {target_config.vocab_size} vs "
+                         f"{draft_config.vocab_size} tokens")
+
+
 def expected_tokens_per_pass(alpha: float, gamma: int) -> float:
     """(1 − α^(γ+1)) / (1 − α): tokens per target pass when each draft token is accepted w.p. α."""
     if alpha >= 1:
@@ -97,11 +106,7 @@ def speculative_generate(target, draft, prompt, max_new_tokens: int, *, gamma: i
     graphs: replay the draft's and the target's passes from CUDA graphs.
     """
     check_sampling(temperature, top_k, top_p)
-    if gamma < 1:
-        raise ValueError(f"gamma must be at least 1, got {gamma}")
-    if target.config.vocab_size != draft.config.vocab_size:
-        raise ValueError(f"target and draft must share a vocabulary: {target.config.vocab_size} vs "
-                         f"{draft.config.vocab_size} tokens")
+    check_pair(target.config, draft.config, gamma)
     device = _device(target)
     prompt = as_prompt(prompt, device)
     max_len = prompt.shape[1] + max_new_tokens + gamma + 1

@@ -3,9 +3,10 @@
     compute-sanitizer --tool memcheck  --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
     compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
 
-Covers both kernels of ``numba_decode`` (split and merge; fp16 and fp32; D 64 and 128; one
-split and several; GQA with a group larger than one block serves; T = 1, under one tile, not a
-multiple of the tile) and notebook 02's exercise kernel. Every output starts as NaN and is
+Covers ``numba_decode``'s kernel in both its variants (rows clamped when T is under one tile;
+the last tile moved back otherwise), fp16 and fp32, D 64 and 128, one split and several (the
+last block's merge), GQA with a group larger than one block serves, T = 1, under one tile, not
+a multiple of the tile; and notebook 02's exercise kernel. Every output starts as NaN and is
 compared with the float64 reference; exits 1 on a wrong answer (the sanitizer's own exit code
 reports memory errors and races).
 """
@@ -33,6 +34,7 @@ CASES = [
     (3, 2, 1, 77, 128, torch.float32, 3),
     (1, 16, 2, 100, 128, torch.float16, 2),  # group 8 > max_group: two blocks per KV head
     (1, 5, 5, 301, 64, torch.float32, None),
+    (2, 8, 4, 1000, 128, torch.float16, 7),  # group 2, seven splits, a ragged last tile in every split
 ]
 
 
