@@ -284,3 +284,77 @@ def test_abort_frees_the_request_and_leaves_the_others_alone():
     assert sorted(r.request_id for r in done) == sorted(r.request_id for r in reqs if r not in victims)
     assert all(r.output == solo.generate(r.prompt, r.max_new_tokens) for r in done)
     assert_drained(engine)
+
+
+def tiny_model(vocab: int = 40, max_len: int = 48, heads=(4, 2)):
+    from labkit.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=vocab, d_model=32, n_layers=1, n_heads=heads[0], n_kv_heads=heads[1],
+                                    max_len=max_len)).eval()
+    with torch.no_grad():  # sharper logits than the init's: greedy choices far from ties
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(8.0)
+    return model
+
+
+def test_real_model_wide_batch_and_static_baseline_equal_model_alone():
+    from labkit.serving.runner import PagedRunner
+
+    model = tiny_model(heads=(2, 1))  # few heads: the simulated kernel runs one program per row and head
+    rng = random.Random(2)
+    reqs = [Request([rng.randrange(40) for _ in range(rng.randint(1, 8))], rng.randint(1, 4), request_id=i)
+            for i in range(12)]
+    solo = {}
+    with torch.no_grad():
+        for r in reqs:
+            tokens = list(r.prompt)
+            for _ in range(r.max_new_tokens):
+                tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
+            solo[r.request_id] = tokens[len(r.prompt):]
+    # max_batch 10: more rows than the runner's first block-table mirror holds (8), so it grows;
+    # 13 blocks of 4 for up to 10 requests of up to 12 tokens: a preemption, and mirror rows reused.
+    runner = PagedRunner(model, num_blocks=13, block_size=4)
+    engine = Engine(runner, max_batch=10, token_budget=24, clock=StepClock())
+    done = engine.run([r.copy() for r in reqs])
+    assert {r.request_id: r.output for r in done} == solo
+    assert sum(r.num_preemptions for r in done) > 0 and max(s.running for s in engine.steps) > 8
+    assert_drained(engine)
+    assert runner._rows == {}, "a finished request kept its block-table mirror row"
+    static = Engine(runner, scheduler=StaticScheduler(runner.blocks, max_batch=4), clock=StepClock())
+    assert {r.request_id: r.output for r in static.run([r.copy() for r in reqs])} == solo
+    assert_drained(static)
+
+
+def test_runner_refuses_tokens_outside_their_blocks():
+    from labkit.serving.runner import PagedRunner, Work
+
+    runner = PagedRunner(tiny_model(heads=(2, 1)), num_blocks=4, block_size=4)
+    r = Request([1, 2, 3, 4, 5], 3, request_id="a")
+    runner.blocks.ensure(r, 4)  # one block: room for 4 of the 5 prompt tokens
+    with pytest.raises(RuntimeError, match="didn't give it the blocks"):
+        runner.forward([Work(r, 0, r.prompt, True)])
+    with pytest.raises(ValueError, match="at least one"):
+        runner.forward([])
+
+
+def test_arrived_requests_stay_a_prefix_of_the_waiting_queue():
+    # The scheduler shows admit() only the head of the queue: that is right only if every
+    # arrived request comes before every one still to arrive, through preemptions and late adds.
+    engine = Engine(ToyRunner(num_blocks=24, block_size=4), max_batch=6, token_budget=16, clock=StepClock())
+    reqs = random_requests(40, 8)
+    for r in reqs[:30]:
+        engine.add_request(r)
+    steps = 0
+    while engine.has_work():
+        engine.step()
+        steps += 1
+        if steps == 10:
+            for r in reqs[30:]:  # submitted late, some with arrival times already past
+                engine.add_request(r)
+        now = engine.clock.now()
+        arrived = [r.arrival_time <= now for r in engine.scheduler.waiting]
+        assert arrived == sorted(arrived, reverse=True), f"step {steps}: an arrived request queues behind a later one"
+    assert sum(r.num_preemptions for r in reqs) > 0
+    assert_drained(engine)

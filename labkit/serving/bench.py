@@ -13,6 +13,7 @@ notebook shows the recorded GPU results (``data/results/serving_*.json``) instea
 from __future__ import annotations
 
 import math
+import time
 
 from labkit import runtime
 from labkit.bench.records import Record
@@ -85,38 +86,59 @@ def to_record(policy: str, metrics: Metrics, *, rate, max_batch: int, token_budg
 
 
 def sweep_rates(runner, make_workload, rates, *, max_batch: int, token_budget: int = 256,
-                progress=None) -> list[Record]:
+                progress=None, deadline: float | None = None) -> list[Record]:
     """Both policies at each arrival rate. ``make_workload(rate)`` returns the requests (``rate``
-    in requests per clock unit; None: all at once). Returns one Record per (policy, rate)."""
+    in requests per clock unit; None: all at once). Returns one Record per (policy, rate).
+    deadline: a ``time.monotonic()`` after which no new rate is started (the rates left are skipped)."""
     from labkit.serving.workloads import describe
 
     dtype = str(runner.cache.dtype).replace("torch.", "") if hasattr(runner, "cache") else "toy"
     records = []
     for rate in rates:
+        if deadline is not None and time.monotonic() > deadline:
+            if progress:
+                progress(None, f"rate {rate}: skipped (out of time)")
+            continue
         requests = make_workload(rate)
         for policy in POLICIES:
             m, _ = serve(runner, requests, policy, max_batch=max_batch, token_budget=token_budget)
             records.append(to_record(policy, m, rate=rate, max_batch=max_batch, token_budget=token_budget,
                                      kv_bytes=runner.memory_bytes(), dtype=dtype, workload=describe(requests)))
             if progress:
-                progress(records[-1])
+                progress(records[-1], f"rate {rate}: {policy} done")
     return records
 
 
+def warm_up(runner, make_workload, *, max_batch: int, token_budget: int) -> None:
+    """Compile and initialise everything a timed run will use: every kernel variant
+    (:meth:`~labkit.serving.runner.PagedRunner.warmup`), then both policies on a few short requests."""
+    if hasattr(runner, "warmup") and not runtime.is_sim():  # the simulators compile nothing
+        runner.warmup(runner.max_context)
+    short = [r.copy(max_new_tokens=min(r.max_new_tokens, 8)) for r in make_workload(16, None, 99)]
+    for policy in POLICIES:
+        serve(runner, short, policy, max_batch=max_batch, token_budget=token_budget)
+
+
 def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, offline_requests: int = 512,
-            rate_fractions=(0.1, 0.25, 0.5, 1.0), per_rate: int = 128, progress=None):
+            rate_fractions=(0.1, 0.25, 0.5, 1.0), per_rate: int = 128, progress=None,
+            deadline: float | None = None):
     """The whole comparison: warm-up, both policies on an offline workload (everything at t=0),
     then both at Poisson rates that are ``rate_fractions`` of the continuous capacity just measured.
 
-    make_workload(n, rate, seed) returns ``n`` requests. Returns ``(records, offline)``:
-    one Record per (policy, rate) (rate None: offline) and ``{policy: Metrics}`` of the offline run.
+    make_workload(n, rate, seed) returns ``n`` requests. progress(record or None, message) is
+    told of each run. deadline (``time.monotonic()``): rates not started by then are skipped.
+    Returns ``(records, offline)``: one Record per (policy, rate) (rate None: offline) and
+    ``{policy: Metrics}`` of the offline run.
     """
     from labkit.serving.workloads import describe
 
-    for policy in POLICIES:  # compile every kernel variant (decode-only and mixed steps) before timing
-        serve(runner, make_workload(16, None, 99), policy, max_batch=max_batch, token_budget=token_budget)
+    warm_up(runner, make_workload, max_batch=max_batch, token_budget=token_budget)
     requests = make_workload(offline_requests, None, 0)
-    offline = compare(runner, requests, max_batch=max_batch, token_budget=token_budget)
+    offline = {}
+    for policy in POLICIES:
+        offline[policy] = serve(runner, requests, policy, max_batch=max_batch, token_budget=token_budget)[0]
+        if progress:
+            progress(None, f"offline: {policy} done ({offline[policy].duration:.3g} {offline[policy].unit})")
     dtype = str(runner.cache.dtype).replace("torch.", "") if hasattr(runner, "cache") else "toy"
     records = [to_record(p, m, rate=None, max_batch=max_batch, token_budget=token_budget,
                          kv_bytes=runner.memory_bytes(), dtype=dtype, workload=describe(requests))
@@ -125,7 +147,7 @@ def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, o
     capacity = c.throughput / (c.output_tokens / c.requests)  # requests per clock unit it sustains
     rates = [float(f"{f * capacity:.3g}") for f in rate_fractions]
     records += sweep_rates(runner, lambda rate: make_workload(per_rate, rate, 1), rates, max_batch=max_batch,
-                           token_budget=token_budget, progress=progress)
+                           token_budget=token_budget, progress=progress, deadline=deadline)
     return records, offline
 
 
@@ -177,6 +199,8 @@ def format_comparison(results: dict[str, Metrics]) -> str:
             ("occupancy", "%", lambda m: m.occupancy, 100.0), ("steps", "", lambda m: m.steps, 1.0),
             ("preemptions", "", lambda m: m.preemptions, 1.0),
             ("recomputed", "tokens", lambda m: m.recomputed_tokens, 1.0)]
+    if unit == "s":  # wall time per step (on the logical clock it is 1, plus any idle time)
+        rows.insert(7, ("per step", t_u, lambda m: m.duration / m.steps, scale))
     names = list(results)
     head = f"{'metric':<14}{'unit':<10}" + "".join(f"{n:>13}" for n in names) + f"{'ratio':>9}"
     lines = [head, "-" * len(head)]

@@ -4,10 +4,11 @@ Each :meth:`Engine.step`:
 
 1. asks the scheduler for a plan at the clock's current time (who runs how many tokens;
    who is admitted, who is preempted: :mod:`labkit.serving.scheduler`);
-2. runs the plan's work through the model runner (one batched decode pass over the paged
-   cache through the paged Triton kernel, plus one pass for the prefill chunks);
-3. reads the clock (after ``torch.cuda.synchronize()`` on a GPU), samples a token for every
-   request whose pending tokens are all computed, streams it (``request.on_token`` and the
+2. runs the plan's work through the model runner (one packed pass over the paged cache for
+   the decodes and prefill chunks together: :mod:`labkit.serving.runner`);
+3. picks a token for every request whose pending tokens are all computed (greedy ones on
+   the device, in one go: the step's one host sync), reads the clock (after
+   ``torch.cuda.synchronize()`` on a GPU), streams each token (``request.on_token`` and the
    events :meth:`step` returns), and finishes requests that are done, freeing their KV
    blocks at once so the next step can give them to someone else.
 
@@ -128,16 +129,19 @@ class Engine:
         work = [Work(r, r.num_computed, r.token_slice(r.num_computed, r.num_computed + n),
                      r.num_computed + n == r.num_tokens) for r, n in plan.scheduled]
         logits = self.runner.forward(work)
+        # The step's one host sync: greedy rows are picked on the device in one go, and the rows
+        # of sampled requests come to the host together (never one transfer per request).
+        greedy = logits.argmax(dim=-1).tolist() if logits.shape[0] else []
+        sampled = [i for i, w in enumerate(x for x in work if x.wants_logits) if not w.request.sampling.greedy]
+        host = dict(zip(sampled, logits[sampled].float().cpu())) if sampled else {}
         end = self.clock.step_done()
         events, done = [], []
-        # Greedy rows are picked on the device in one go: one host sync per step, not one per request.
-        greedy = logits.argmax(dim=-1).tolist() if logits.shape[0] else []
         row = 0
         for w in work:
             w.request.num_computed += len(w.tokens)
             if w.wants_logits:
                 r = w.request
-                token = greedy[row] if r.sampling.greedy else sample(logits[row], r.sampling,
+                token = greedy[row] if r.sampling.greedy else sample(host[row], r.sampling,
                                                                       self._generators.get(r.request_id))
                 events.append(self._emit(r, token, end))
                 row += 1

@@ -8,26 +8,31 @@ so the runner only reads block tables; it never allocates.
 
 A step is **one** forward pass over all its tokens packed into a single row ``[1, N]``, as
 vLLM does: every linear layer and MLP runs once over the decodes and the prefill chunks
-together, so a step that admits a request costs little more than a pure decode step.
-Attention is the only part that must tell the requests apart; :class:`PackedStep` (the
-model's cache protocol, :class:`labkit.kvcache.base.KVCache`, over the packed row) splits it:
+together. Attention too is one launch of the paged Triton kernel
+(:func:`labkit.kvcache.paged_attention.paged_decode`) per layer, because causal attention of
+a prefill chunk *is* decode attention, one query at a time: once the layer has written the
+chunk's keys and values into the pool, the token at position ``p`` attends to positions
+``0 .. p`` of its request, i.e. it is a decode query over a sequence of length ``p + 1``
+through its request's block table. So :class:`PackedStep` gives every token of the row its
+own (block table, length) and a mixed step costs the same kernel launches as a decode step.
 
-* the decode tokens (one per request) go through the paged Triton kernel
-  (:func:`labkit.kvcache.paged_attention.paged_decode`), each over its own block table;
-* the prefill chunks are unpacked into a padded batch, attend over their cached and new
-  keys (gathered through their block tables) with SDPA and a causal mask, and are packed back.
+The model is small, so a step is bound by launches and host work, not by FLOPs: all of a
+step's index arithmetic is done with numpy in a few vectorised calls, the block tables live
+in a host mirror updated only when a request gains blocks, and everything the device needs
+(token ids, positions, pool addresses, tables, lengths, logits rows) goes over in **one**
+pinned host-to-device copy.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from itertools import chain
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from labkit.kvcache.base import KVCache
-from labkit.serving.blocks import BlockLedger
+from labkit.serving.blocks import BlockLedger, blocks_for
 
 
 @dataclass
@@ -41,58 +46,23 @@ class Work:
 
 
 class PackedStep(KVCache):
-    """A step's tokens as one packed row: decodes first (one token each), then prefill chunks.
+    """A step's N tokens as one packed row, behind the model's cache protocol.
 
-    tables: per item, its block ids (covering ``start + len(tokens)``); starts: tokens cached
-    per item before the step; counts: new tokens per item, 1 for the first ``num_decodes``
-    items and more for the rest. All host-side index arithmetic is done here, once, and moved
-    to the device in two copies.
+    positions: [1, N] int64; block, row: [N] int64, where each new token's K/V goes in the pool;
+    tables: [N, W] int32, the block table of each token's request; lengths: [N] int32, each
+    token's position + 1 (the keys it attends to, itself included). All device tensors.
     """
 
-    def __init__(self, cache, tables: list, starts: list, counts: list, num_decodes: int, logits_rows=()):
+    def __init__(self, cache, positions, block, row, tables, lengths):
         self.cache, self.num_layers, self.batch_size = cache, cache.num_layers, 1
         self.num_kv_heads, self.head_dim, self.dtype = cache.num_kv_heads, cache.head_dim, cache.dtype
-        self.device, bs = cache.device, cache.block_size
-        self.N, self.nd = sum(counts), num_decodes
-        pre = range(num_decodes, len(counts))
-        self.bp = len(pre)  # prefill rows
-        self.sp = max((counts[j] for j in pre), default=0)  # their padded length
-        self.tp = max((starts[j] + counts[j] for j in pre), default=0)  # keys they attend over
-        wd = max((len(tables[j]) for j in range(num_decodes)), default=1)
-        wp = max(1, math.ceil(self.tp / bs))
-        # int64: positions, pool block and row of each new token, the prefill pack/unpack indices,
-        # logits rows. int32: tables, lengths.
-        positions, blocks, rows, pad_index, unpad_index, offset = [], [], [], [], [], 0
-        for j, (t, s, n) in enumerate(zip(tables, starts, counts)):
-            positions += range(s, s + n)
-            blocks += [t[p // bs] for p in range(s, s + n)]
-            rows += [p % bs for p in range(s, s + n)]
-            if j >= num_decodes:
-                row = j - num_decodes
-                pad_index += [offset + min(i, n - 1) for i in range(self.sp)]  # padding repeats the last token
-                unpad_index += [row * self.sp + i for i in range(n)]
-            offset += n
-        dec_tables = [t + [0] * (wd - len(t)) for t in tables[:num_decodes]]
-        pre_tables = [tables[j] + [0] * (wp - len(tables[j])) for j in pre]
-        ints = torch.tensor(positions + blocks + rows + pad_index + unpad_index + list(logits_rows), dtype=torch.long)
-        i32 = torch.tensor([x for t in dec_tables for x in t] + [starts[j] + 1 for j in range(num_decodes)]
-                           + [x for t in pre_tables for x in t] + [starts[j] for j in pre], dtype=torch.int32)
-        ints, i32 = ints.to(self.device, non_blocking=True), i32.to(self.device, non_blocking=True)
-        N, nd, bp, sp = self.N, num_decodes, self.bp, self.sp
-        o = 0
-        self.positions = ints[o:o + N].view(1, N); o += N
-        self.block, self.row = ints[o:o + N], ints[o + N:o + 2 * N]; o += 2 * N
-        self.pad_index = ints[o:o + bp * sp]; o += bp * sp
-        self.unpad_index = ints[o:o + N - nd]; o += N - nd
-        self.logits_rows = ints[o:]
-        o = 0
-        self.dec_tables = i32[o:o + nd * wd].view(nd, wd); o += nd * wd
-        self.dec_lengths = i32[o:o + nd]; o += nd  # keys per decode: cached + its new token
-        self.pre_tables = i32[o:o + bp * wp].view(bp, wp); o += bp * wp
-        self.pre_starts = i32[o:o + bp]
-        self.lengths = torch.zeros(1, dtype=torch.int32, device=self.device)  # protocol only: one packed row
-        self._host = [0]
-        self._gather = None  # the prefill rows' key addresses and mask: the same for every layer
+        self.device, self.N = cache.device, positions.shape[1]
+        self.positions, self.block, self.row = positions, block, row
+        self.tables, self.token_lengths = tables, lengths
+
+    @property
+    def lengths(self) -> torch.Tensor:  # the protocol's: one packed row (made only if asked: the model never does)
+        return torch.zeros(1, dtype=torch.int32, device=self.device)
 
     def begin(self, num_new: int) -> torch.Tensor:
         if num_new != self.N:
@@ -100,43 +70,18 @@ class PackedStep(KVCache):
         return self.positions
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        # k, v: [1, Hkv, N, D] -> [N, Hkv, D], one pool slot per token (no padding in a packed row).
-        # Advanced indices on dims 0 and 2 around a slice put their [N] dim first: [N, Hkv, D].
+        # k, v: [1, Hkv, N, D]. Advanced indices on dims 0 and 2 around a slice put their [N] dim
+        # first: the pool is indexed [N, Hkv, D], so the source is k[0] as [N, Hkv, D].
         self.cache.k[layer][self.block, :, self.row] = k[0].transpose(0, 1)
         self.cache.v[layer][self.block, :, self.row] = v[0].transpose(0, 1)
 
     def attend(self, layer: int, q: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
-        qt = q[0].transpose(0, 1)  # [N, Hq, D]
-        parts = []
-        if self.nd:
-            from labkit.kvcache.paged_attention import paged_decode
+        from labkit.kvcache.paged_attention import paged_decode
 
-            parts.append(paged_decode(qt[: self.nd].contiguous(), self.cache.k[layer], self.cache.v[layer],
-                                      self.dec_tables, self.dec_lengths, scale=scale, check_values=False))
-        if self.bp:
-            parts.append(self._prefill(layer, qt, scale))
-        return torch.cat(parts).transpose(0, 1).unsqueeze(0) if len(parts) > 1 else \
-            parts[0].transpose(0, 1).unsqueeze(0)
-
-    def _prefill(self, layer: int, qt: torch.Tensor, scale: float | None) -> torch.Tensor:
-        bp, sp, T, bs = self.bp, self.sp, self.tp, self.cache.block_size
-        Hq, D = qt.shape[1], qt.shape[2]
-        q = qt.index_select(0, self.pad_index).view(bp, sp, Hq, D).transpose(1, 2)  # [bp, Hq, sp, D]
-        if self._gather is None:
-            pos = torch.arange(T, device=self.device)
-            block = self.pre_tables[:, pos // bs].long()  # [bp, T]; past a row's blocks: block 0, masked below
-            query_pos = self.pre_starts.long()[:, None] + pos[None, :sp]  # [bp, sp]
-            mask = pos[None, None, :] <= query_pos[:, :, None]  # [bp, sp, T]: causal over cached + new
-            self._gather = block, pos % bs, mask[:, None]
-        block, row, mask = self._gather
-        k = self.cache.k[layer][block, :, row].transpose(1, 2)  # [bp, Hkv, T, D]
-        v = self.cache.v[layer][block, :, row].transpose(1, 2)
-        if Hq != self.num_kv_heads:
-            k = k.repeat_interleave(Hq // self.num_kv_heads, dim=1)
-            v = v.repeat_interleave(Hq // self.num_kv_heads, dim=1)
-        scale = 1.0 / math.sqrt(D) if scale is None else scale
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [bp, Hq, sp, D]
-        return o.transpose(1, 2).reshape(bp * sp, Hq, D).index_select(0, self.unpad_index)
+        qt = q[0].transpose(0, 1).contiguous()  # [N, Hq, D]: one decode query per token
+        out = paged_decode(qt, self.cache.k[layer], self.cache.v[layer], self.tables, self.token_lengths,
+                           scale=scale, check_values=False)
+        return out.transpose(0, 1).unsqueeze(0)  # [1, Hq, N, D]
 
     def commit(self) -> None:
         pass  # the ledger already holds the step's tokens; nothing in the pool changes
@@ -145,7 +90,7 @@ class PackedStep(KVCache):
         raise NotImplementedError("a packed step is built for one pass; the engine never rolls it back")
 
     def host_lengths(self) -> list[int]:
-        return list(self._host)
+        return [0]
 
 
 class PagedRunner:
@@ -153,6 +98,7 @@ class PagedRunner:
 
     num_blocks, block_size: the pool (K and V of every layer, in the model's dtype, on its
     device). max_context: most tokens per sequence (default and at most the model's max_len).
+    Call :meth:`warmup` before timing anything: it compiles every kernel variant a step may need.
     """
 
     def __init__(self, model, *, num_blocks: int, block_size: int = 16, max_context: int | None = None):
@@ -163,27 +109,117 @@ class PagedRunner:
         self.max_context = min(cfg.max_len, max_context or cfg.max_len)
         self.cache = PagedKVCache(cfg.n_layers, cfg.kv_heads, cfg.head_dim, num_blocks=num_blocks,
                                   block_size=block_size, dtype=p.dtype, device=p.device)
-        self.blocks = BlockLedger(block_size=block_size, allocator=self.cache.allocator)
+        self.blocks = BlockLedger(block_size=block_size, allocator=self.cache.allocator, on_release=self._release)
         self.device = p.device
+        # Host mirror of the running requests' block tables, one row each (fixed width: the
+        # kernel's table stride never changes, so it is compiled once).
+        self.width = blocks_for(self.max_context, block_size)
+        self._mirror = np.zeros((0, self.width), dtype=np.int32)
+        self._filled = np.zeros(0, dtype=np.int64)  # entries of each mirror row that hold the request's blocks
+        self._rows: dict[object, int] = {}  # request_id -> mirror row
+        self._spare: list[int] = []
+        self._staging = torch.empty(0, dtype=torch.uint8)
+        self._copied = None  # CUDA event: the last copy out of the staging buffer is done
 
     def memory_bytes(self) -> int:
         return self.cache.memory_bytes()
+
+    def _release(self, request_id) -> None:
+        row = self._rows.pop(request_id, None)  # its blocks went back: forget its mirror row
+        if row is not None:
+            self._filled[row] = 0
+            self._spare.append(row)
+
+    def _row(self, request) -> int:
+        """The request's mirror row, brought up to date with the blocks it got since the last step."""
+        rid = request.request_id
+        row = self._rows.get(rid)
+        if row is None:
+            if not self._spare:  # grow the mirror (to twice as many rows)
+                old, n = len(self._filled), max(8, 2 * len(self._filled))
+                self._mirror = np.concatenate([self._mirror, np.zeros((n - old, self.width), np.int32)])
+                self._filled = np.concatenate([self._filled, np.zeros(n - old, np.int64)])
+                self._spare = list(range(n - 1, old - 1, -1))
+            row = self._rows[rid] = self._spare.pop()
+        table, have = self.blocks.tables.get(rid, ()), int(self._filled[row])
+        if len(table) > have:  # tables only grow while a request runs: copy the new entries only
+            self._mirror[row, have:len(table)] = table[have:]
+            self._filled[row] = len(table)
+        return row
+
+    def _stage(self, nbytes: int) -> np.ndarray:
+        """The staging buffer (pinned on a GPU) as numpy bytes, once its last copy is done."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        if self._staging.numel() < nbytes:
+            pin = self.device.type == "cuda"
+            self._staging = torch.empty(max(nbytes, 2 * self._staging.numel()), dtype=torch.uint8, pin_memory=pin)
+        return self._staging.numpy()
 
     @torch.inference_mode()
     def forward(self, work: list) -> torch.Tensor:
         """Run the step's work in one packed pass; return logits [n, V] (float32) for the items
         with ``wants_logits``, in the order of ``work``."""
-        order = sorted(range(len(work)), key=lambda i: len(work[i].tokens) > 1)  # decodes first, stable
-        items = [work[i] for i in order]
-        counts = [len(w.tokens) for w in items]
-        ends, total = {}, 0
-        for i, n in zip(order, counts):
-            total += n
-            ends[i] = total - 1  # item i's last token in the packed row
-        rows = [ends[i] for i, w in enumerate(work) if w.wants_logits]
-        step = PackedStep(self.cache, [self.blocks.table(w.request) for w in items], [w.start for w in items],
-                          counts, num_decodes=sum(n == 1 for n in counts), logits_rows=rows)
-        tokens = torch.tensor([t for w in items for t in w.tokens], dtype=torch.long)
-        tokens = tokens.to(self.device, non_blocking=True).view(1, -1)
-        logits = self.model.forward_positions(tokens, step.begin(step.N), step)[0]  # [N, V]
-        return logits.index_select(0, step.logits_rows).float()  # [n, V]
+        if not work:
+            raise ValueError("forward needs at least one Work item")
+        R, bs, W = len(work), self.blocks.block_size, self.width
+        rows = np.fromiter((self._row(w.request) for w in work), np.int64, R)
+        counts = np.fromiter((len(w.tokens) for w in work), np.int64, R)
+        starts = np.fromiter((w.start for w in work), np.int64, R)
+        ends = np.cumsum(counts)  # item i's tokens are ends[i] - counts[i] .. ends[i] - 1 of the row
+        N = int(ends[-1])
+        if N == R:  # a decode-only step: one token per request
+            positions, tables, filled = starts, self._mirror[rows], self._filled[rows]
+        else:
+            item = np.repeat(np.arange(R), counts)
+            positions = np.arange(N) - np.repeat(ends - counts - starts, counts)
+            tables, filled = self._mirror[rows[item]], self._filled[rows[item]]
+        block_index = positions // bs
+        if (block_index >= filled).any():
+            i = int(np.argmax(block_index >= filled))
+            raise RuntimeError(f"a token at position {int(positions[i])} is past its request's {int(filled[i])} "
+                               f"block(s) of {bs}: the scheduler didn't give it the blocks for this step")
+        logit_rows = ends[[i for i, w in enumerate(work) if w.wants_logits]] - 1
+        # One staging buffer, one copy to the device, typed views of it: int64 tokens, positions,
+        # pool block and row, logits rows; int32 lengths and tables. Every section starts on a
+        # 16-byte boundary, as Triton assumes of the pointers it was compiled for.
+        sizes = (N, N, N, N, len(logit_rows), N, N * W)
+        offsets = np.cumsum([0] + [-(-n * (8 if k < 5 else 4) // 16) * 16 for k, n in enumerate(sizes)])
+        buf = self._stage(int(offsets[-1]))
+        host = [buf[offsets[k]:offsets[k + 1]].view(np.int64 if k < 5 else np.int32)[:n] for k, n in enumerate(sizes)]
+        host[0][:] = np.fromiter(chain.from_iterable(w.tokens for w in work), np.int64, N)
+        host[1][:] = positions
+        host[2][:] = tables[np.arange(N), block_index]
+        host[3][:] = positions % bs
+        host[4][:] = logit_rows
+        host[5][:] = positions + 1
+        host[6][:] = tables.reshape(-1)
+        dev = self._staging[:int(offsets[-1])].to(self.device, non_blocking=True, copy=True)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        tokens, pos, block, row, rows_out, lengths, tab = (
+            dev[offsets[k]:offsets[k + 1]].view(torch.int64 if k < 5 else torch.int32)[:n] for k, n in enumerate(sizes))
+        step = PackedStep(self.cache, pos.view(1, N), block, row, tab.view(N, W), lengths)
+        logits = self.model.forward_positions(tokens.view(1, N), step.positions, step)[0]  # [N, V]
+        return logits.index_select(0, rows_out).float()  # [n, V]
+
+    def warmup(self, max_tokens: int) -> None:
+        """Run one pass of 1, 2, 3, 4, 6, 8, ... up to ``max_tokens`` tokens, so that every variant
+        of the kernels a step of any size needs (the paged kernel's split count depends on the
+        number of queries) is compiled before anything is timed. Leaves the pool as it was."""
+        from labkit.serving.request import Request
+
+        sizes, n = set(), 1.0
+        while n < max_tokens:
+            sizes.add(int(n))
+            n = max(n + 1, n * 1.41)
+        sizes.add(max_tokens)
+        for i, n in enumerate(sorted(sizes)):
+            n = min(n, self.max_context)
+            request = Request([0] * n, 1, request_id=("warmup", i))
+            self.blocks.ensure(request, n)
+            try:
+                self.forward([Work(request, 0, [0] * n, True)])
+            finally:
+                self.blocks.free(request)

@@ -28,6 +28,7 @@ The policies are plain functions so that notebook 07's exercises can replace the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice, takewhile
 
 from labkit.kvcache.allocator import OutOfBlocks
 from labkit.serving.request import Request, Status
@@ -151,9 +152,13 @@ class Scheduler:
             self.waiting.insert(0, victim)
         plan = StepPlan(scheduled=list(scheduled), preempted=list(preempted))
         if not preempted:  # no room to grow the running requests: none to start new ones either
-            arrived = [r for r in self.waiting if r.arrival_time <= now]
+            # The arrived requests are a prefix of the queue (preempted ones go in front, the rest
+            # keep arrival order). First-come first-served admits at most one per free slot, so
+            # the policy is shown only that many: a queue of hundreds costs nothing per step.
+            slots = self.max_batch - len(self.running)
+            arrived = list(islice(takewhile(lambda r: r.arrival_time <= now, self.waiting), max(slots, 0)))
             budget = self.token_budget - plan.num_tokens
-            admitted = self._admit(arrived, budget=budget, free_slots=self.max_batch - len(self.running),
+            admitted = self._admit(arrived, budget=budget, free_slots=slots,
                                    blocks=self.blocks, watermark=self.watermark)
             self._check(admitted, arrived, "admit")
             for request, _ in admitted:
@@ -187,11 +192,12 @@ class Scheduler:
         # A policy is user code (notebook exercises): catch a malformed plan here, with its name.
         if not isinstance(pairs, (list, tuple)):
             raise TypeError(f"{who} must return a list of (request, num_tokens) pairs, got {pairs!r}")
+        allowed = {id(r) for r in allowed}
         for item in pairs:
             if not (isinstance(item, tuple) and len(item) == 2):
                 raise TypeError(f"{who} must return (request, num_tokens) pairs, got {item!r}")
             request, n = item
-            if request not in allowed:
+            if id(request) not in allowed:
                 raise ValueError(f"{who} scheduled request {getattr(request, 'request_id', request)!r}, "
                                  f"which is not one of the requests it was given")
             if not isinstance(n, int) or not 1 <= n <= request.num_pending:
