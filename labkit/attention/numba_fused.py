@@ -19,7 +19,7 @@ import torch
 
 from labkit import runtime
 from labkit.attention.numba_kernels import KernelConfig, layout, make_split_kernel
-from labkit.attention.validate import FP16_FP32, check_tensor, validate_decode
+from labkit.attention.validate import FP16_FP32, check_out, validate_decode
 from labkit.numba_bridge import launch, resident_blocks, sm_count
 
 HEAD_DIMS = (64, 128)
@@ -157,12 +157,7 @@ def numba_decode(q, k, v, *, scale: float | None = None, splits: int | None = No
     B, Hq, Hkv, T, D = validate_decode(q, k, v, dtypes=FP16_FP32, head_dims=HEAD_DIMS, device=runtime.device())
     cfg = config or default_config()
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if out is None:
-        out = torch.empty_like(q)
-    else:
-        check_tensor("out", out, ndim=3, dtypes=(q.dtype,), device=runtime.device())
-        if out.shape != q.shape:
-            raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+    out = check_out(out, q)
     args = [q.view(-1), _words("k", k), _words("v", v), out.view(-1)]
     kernel = split_kernel(D, heads_per_block(Hq // Hkv, cfg), q.dtype, cfg, clamp=T < cfg.tile)
     tail = [np.float32(scale * LOG2E), T, Hkv, Hq // Hkv]

@@ -12,7 +12,7 @@ import math
 import torch
 
 from labkit import runtime
-from labkit.attention.validate import check_tensor, validate_decode
+from labkit.attention.validate import check_out, check_tensor, validate_decode
 
 
 def check_rope(rope, B: int, D: int, device) -> tuple:
@@ -34,16 +34,6 @@ def check_rope(rope, B: int, D: int, device) -> tuple:
         if lo < 0 or hi >= cos.shape[0]:
             raise ValueError(f"rope positions must lie in [0, {cos.shape[0]}), got {lo} to {hi}")
     return cos, sin, positions
-
-
-def check_out(out, q):
-    """``out`` if it is a [B, Hq, D] tensor of q's dtype on q's device, else a new one."""
-    if out is None:
-        return torch.empty_like(q)
-    check_tensor("out", out, ndim=3, dtypes=(q.dtype,), device=q.device)
-    if out.shape != q.shape:
-        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
-    return out
 
 
 def prepare(q, k, v, scale, lengths, rope, out, head_dims):

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from labkit import runtime
-from labkit.attention.splits import MAX_SPLITS, num_splits_heuristic, sm_count
+from labkit.attention.splits import MAX_SPLITS
 from labkit.attention.triton_args import prepare
 from labkit.attention.triton_plan import (HEAD_DIMS, Config, capability, heads_per_program, kernel_config, plan_splits,
                                           short_context_block, workspace)
@@ -88,7 +88,7 @@ def _attend_kernel(
     offs_g = tl.arange(0, HEADS)[:, None]  # query-head rows
     offs_d = tl.arange(0, HEAD_DIM)[None, :]  # head dims, contiguous: 16-byte loads
     offs_t = tl.arange(0, BLOCK_T)  # tokens of a tile
-    mask_g = (head0 + offs_g < (hk + 1) * GROUP) & (offs_g < GROUP)  # pad rows and a partial last chunk
+    mask_g = head0 + offs_g < (hk + 1) * GROUP  # pad rows (tl.dot's 16) and a partial last chunk
     q_rows = (b * (HKV * GROUP) + head0 + offs_g).to(tl.int64) * HEAD_DIM
     q = tl.load(Q + q_rows + offs_d, mask=mask_g, other=0.0).to(tl.float32)
     if HAS_ROPE:
@@ -226,7 +226,13 @@ def launch(q, k, v, out, *, scale: float, T: int, cfg: Config, num_splits: int, 
 
 def config_for(D: int, group: int, T: int, *, device_index: int | None = None, block_t=None, num_warps=None,
                num_stages=None, use_dot=None, short_context: bool = True) -> Config:
-    """This GPU's :func:`kernel_config`, the tile shrunk for short contexts, then any overrides."""
+    """This GPU's :func:`kernel_config`, the tile shrunk for short contexts, then any overrides.
+
+    A tile of fewer than 16 tokens is scored by reductions unless ``use_dot`` says otherwise:
+    ``tl.dot`` needs 16 columns.
+    """
+    if use_dot is None and block_t is not None and block_t < 16:
+        use_dot = False
     cfg = kernel_config(D, group, capability(device_index), use_dot=use_dot)
     return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
                   num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
@@ -275,5 +281,4 @@ def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None
 
 
 __all__ = ["HEAD_DIMS", "LOG2E", "MAX_SPLITS", "Config", "capability", "config_for", "default_splits", "flash_decode", "heads_per_program",
-           "kernel_config", "launch", "num_splits_heuristic", "plan_splits", "short_context_block", "sm_count",
-           "triton_decode", "workspace"]
+           "kernel_config", "launch", "plan_splits", "short_context_block", "triton_decode", "workspace"]

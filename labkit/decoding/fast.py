@@ -25,6 +25,7 @@ import time
 import torch
 
 from labkit.decoding.engine import StaticEngine
+from labkit.decoding.graphs import capture
 from labkit.decoding.generate import Generation, _device, as_prompt
 from labkit.decoding.sampling import check_sampling, probs, sample
 from labkit.decoding.speculative import accept_draft, check_pair
@@ -34,17 +35,8 @@ class _Replay:
     """``fn()`` replayed from a CUDA graph (captured after two warm-up calls), or called eagerly."""
 
     def __init__(self, fn, graph: bool):
-        self.fn, self.graph = fn, None
-        if graph:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
-                for _ in range(2):  # cuBLAS workspaces, lazy inits; the state is reset before each run
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.no_grad():
-                fn()
+        self.fn = fn
+        self.graph = capture(fn)[0] if graph else None  # the state is reset before each run
 
     def __call__(self):
         if self.graph is not None:

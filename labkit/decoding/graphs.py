@@ -13,6 +13,27 @@ from __future__ import annotations
 import torch
 
 
+def capture(fn, *, warmup=None, warmups: int = 2, before=None):
+    """``(graph, result)``: ``fn()`` captured in a CUDA graph, and what the captured call returned.
+
+    ``warmup`` (default ``fn``) runs ``warmups`` times on a side stream first, outside the
+    capture: cuBLAS workspaces and lazy initialisations must not happen inside it. ``before``
+    runs last, outside the capture (host bookkeeping the captured call relies on).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(warmups):
+            (warmup or fn)()
+    torch.cuda.current_stream().wait_stream(side)
+    if before is not None:
+        before()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        result = fn()
+    return graph, result
+
+
 class Step:
     """``step(tokens [B, S]) -> logits [B, S', V]``: one cached forward pass, eager or replayed.
 
@@ -40,20 +61,13 @@ class Step:
         self.tokens = torch.zeros(cache.batch_size, S, dtype=torch.long, device=cache.device)
         self._arange = torch.arange(S, device=cache.device)
         saved = cache.host_lengths()
-        # Warm-up on a side stream (cuBLAS workspaces, lazy inits), then capture. A pass
-        # begun and never committed writes only past each row's length: invisible.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(2):
-                cache.begin(S)
-                self._body()
-                cache.truncate(saved)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        cache.begin(S)
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.logits = self._body()
+
+        def warmup():  # a pass begun and never committed writes only past each row's length: invisible
+            cache.begin(S)
+            self._body()
+            cache.truncate(saved)
+
+        self.graph, self.logits = capture(self._body, warmup=warmup, before=lambda: cache.begin(S))
         cache.truncate(saved)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:

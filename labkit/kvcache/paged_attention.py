@@ -23,9 +23,8 @@ import torch
 
 from labkit import runtime
 from labkit.attention.reference import reference_decode
-from labkit.attention.triton_args import check_out
 from labkit.attention.triton_decode import config_for, launch, plan_splits
-from labkit.attention.validate import check_tensor, supported_dtypes
+from labkit.attention.validate import check_out, check_tensor, supported_dtypes
 
 HEAD_DIMS = (8, 16, 32, 64, 128, 256)  # powers of two: a row of the pool is one contiguous load
 
@@ -96,8 +95,7 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
     if block_n is not None and (block_n < 1 or block_n & (block_n - 1)):
         raise ValueError(f"block_n must be a power of two, got {block_n}")
     capacity = max_blocks * BS
-    cfg = config_for(D, Hq // Hkv, capacity, device_index=q.device.index, block_t=block_n, num_warps=num_warps,
-                     use_dot=False if D < 16 or (block_n or 16) < 16 else None)
+    cfg = config_for(D, Hq // Hkv, capacity, device_index=q.device.index, block_t=block_n, num_warps=num_warps)
     splits = plan_splits(B, Hq, Hkv, capacity, cfg, num_splits=num_splits, device_index=q.device.index)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     return launch(q, k_pool, v_pool, check_out(out, q), scale=scale, T=capacity, cfg=cfg, num_splits=splits,

@@ -38,6 +38,7 @@ from labkit.attention.numba_fused import GPU_CONFIG, SIM_CONFIG, numba_decode, p
 from labkit.bench import Record, copy_roofline_gbps, gbps, rotating, rotation_count, run_meta, save_records, time_ms
 from labkit.bench.attention import bench_decode, make_decode_inputs
 from labkit.checks.core import rel_error
+from labkit.decoding.graphs import capture
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM = runtime.is_sim()
@@ -88,10 +89,8 @@ def check_graph() -> list[str]:
     out = torch.empty_like(q)
     numba_decode(q, k, v, out=out)  # compile and create the workspace outside the capture
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
-            numba_decode(q, k, v, out=out)
+        graph, _ = capture(lambda: numba_decode(q, k, v, out=out), warmups=1)
     except Exception as exc:  # noqa: BLE001
         return [f"numba_decode cannot be captured in a CUDA graph: {type(exc).__name__}: {exc}"]
     errs = []

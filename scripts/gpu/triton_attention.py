@@ -42,10 +42,11 @@ from labkit.attention.triton_decode import config_for, default_splits, flash_dec
 from labkit.attention.triton_plan import Config
 from labkit.attention.validate import bf16_supported
 from labkit.bench import Record, copy_roofline_gbps, gbps, rotating, rotation_count, run_meta, save_records
-from labkit.bench.timing import time_both_ms, time_ms
+from labkit.bench.timing import time_for_record, time_ms
 from labkit.bench.attention import make_decode_inputs
 from labkit.attention.reference import decode_bytes
 from labkit.checks.core import rel_error
+from labkit.decoding.graphs import capture
 from labkit.rope import apply_rope, rope_tables
 
 DEV = runtime.device()
@@ -130,14 +131,7 @@ def check_no_sync_and_graph() -> list[str]:
         failures.append(f"host synchronisation on the hot path: {exc}")
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
+    graph, _ = capture(call, warmups=1)
     for trial in range(3):  # new values in the same buffers, then replay
         q.normal_(); k.normal_(); v.normal_()  # noqa: E702
         lengths.copy_(torch.randint(1, T + 1, (B,), dtype=torch.int32, device=DEV))
@@ -252,10 +246,9 @@ def bench(roofline: float | None, quick: bool) -> list[Record]:
             err = rel_error(flash_decode(*sets[0], out=out), expected)
             if err > TOL[torch.float16]:
                 print(f"FAIL flash_decode default at {name} T={T}: rel err {err:.2e}")
-            ms, eager, note = time_both_ms(rotating(lambda q, k, v: flash_decode(q, k, v, out=out), sets),
-                                           warmup=warmup, rep=rep)
-            rec("triton_splitk", ms if ms is not None else eager, config=str(cfg0), num_splits=s0, rel_error=err,
-                eager_ms=eager, timing=note)
+            ms, timing = time_for_record(rotating(lambda q, k, v: flash_decode(q, k, v, out=out), sets),
+                                         warmup=warmup, rep=rep)
+            rec("triton_splitk", ms, config=str(cfg0), num_splits=s0, rel_error=err, **timing)
             rec("triton", timed(lambda q, k, v: triton_decode(q, k, v, out=out), sets, warmup, rep),
                 config=str(config_for(D, Hq // Hkv, T, short_context=False)), num_splits=1)
             if SIM or T in SWEEP_POINTS[name]:
@@ -268,8 +261,8 @@ def bench(roofline: float | None, quick: bool) -> list[Record]:
                     rec("triton_splitk_best", best[0], config=str(best[1]), num_splits=best[2])
             ms, backend = sdpa_best(sets, expected, Hq != Hkv, warmup, rep)
             rec("sdpa_best", ms, backend=backend)
-            ms, eager, note = time_both_ms(rotating(sdpa_decode, sets), warmup=warmup, rep=rep)
-            rec("sdpa", ms if ms is not None else eager, eager_ms=eager, timing=note)
+            ms, timing = time_for_record(rotating(sdpa_decode, sets), warmup=warmup, rep=rep)
+            rec("sdpa", ms, **timing)
             del sets
             if not SIM:
                 torch.cuda.empty_cache()
