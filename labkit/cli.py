@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _doctor(args) -> int:
@@ -46,7 +47,7 @@ def _grade(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from labkit.course.release import ROOT
+    ROOT = Path(__file__).resolve().parents[1]  # the checkout: solutions/ and notebooks/ beside labkit/
 
     parser = argparse.ArgumentParser(prog="labkit", description="GPU kernels for LLM decoding: course tools")
     sub = parser.add_subparsers(dest="command", required=True)

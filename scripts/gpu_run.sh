@@ -51,9 +51,11 @@ for stage in "${STAGES[@]}"; do
       run env bash -c 'nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv;
         python3 -m labkit doctor' ;;
     bench) run bench python3 -m labkit bench ;;
-    nbval)
-      run nbval python3 -m pytest -p no:cacheprovider ${NBVAL_NOTEBOOKS:-solutions} --nbval-lax --nbval-current-env \
-        --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -q -o addopts="" ;;
+    nbval)  # one notebook at a time: each gets its own log, packed as soon as it finishes
+      for nb in ${NBVAL_NOTEBOOKS:-solutions/*.ipynb}; do
+        run "nbval_$(basename "$nb" .ipynb)" python3 -m pytest -p no:cacheprovider "$nb" --nbval-lax --nbval-current-env \
+          --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -q -o addopts=""
+      done ;;
     sanitize)
       if [ -f scripts/gpu/sanitize_numba.py ]; then
         run sanitize_memcheck compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py

@@ -179,6 +179,20 @@ def test_num_splits_heuristic_properties():
     assert num_splits_heuristic(1, 32, 32768, 132, block_t=64) * 32 >= 4 * 132 * 0.8  # fills an H100
 
 
+def test_num_splits_heuristic_avoids_a_partial_last_wave():
+    # 8 × 32 programs on 132 SMs × 4: 3 splits would make 1.45 waves, 2 make one full wave
+    assert num_splits_heuristic(8, 32, 4096, 132, block_t=128) == 2
+    rng = random.Random(fresh_seed())
+    for _ in range(200):
+        B, H, T, sms = rng.randint(1, 16), rng.choice([1, 8, 12, 32]), rng.randint(1, 70000), rng.choice([40, 132])
+        s = num_splits_heuristic(B, H, T, sms, block_t=64)
+        tiles = math.ceil(T / 64)
+        want = math.ceil(4 * sms / (B * H))
+        for other in range(1, min(want, tiles, MAX_SPLITS) + 1):  # no count within one wave does better
+            other = math.ceil(tiles / math.ceil(tiles / other))
+            assert sm_utilisation(B * H * s, sms, 4) >= sm_utilisation(B * H * other, sms, 4)
+
+
 def test_chunks_and_reference_partials_merge_back():
     q, k, v = inputs(2, 4, 2, 11, 16)
     assert chunk_bounds(11, 4) == [(0, 3), (3, 6), (6, 9), (9, 11)]

@@ -30,6 +30,11 @@ LOG2E = 1.4426950408889634
 # no spills (sm_75 and sm_90), so 4 blocks (1024 threads) are resident per SM.
 GPU_CONFIG = KernelConfig(tile=64, threads=256, lanes=32, max_group=4, blocks_per_sm=8, min_tiles=2,
                           resident_per_sm=4)
+# sm_90 (H100/H200): the H200 sweep (data/results/numba_tuning_nvidia-h200.json) measured
+# 128-token tiles at 4 blocks per SM within 3% of the best configuration in every cell. Its
+# 35 KB of shared memory per block would leave a T4's 64 KB SM one block, so the T4 keeps 64.
+SM90_CONFIG = KernelConfig(tile=128, threads=256, lanes=32, max_group=4, blocks_per_sm=4, min_tiles=2,
+                           resident_per_sm=4)
 # The simulator runs one Python thread per CUDA thread: small blocks keep it quick.
 SIM_CONFIG = KernelConfig(tile=8, threads=16, lanes=8, max_group=4, blocks_per_sm=2, min_tiles=1,
                           resident_per_sm=2)
@@ -53,7 +58,10 @@ for _D in HEAD_DIMS:
 
 
 def default_config() -> KernelConfig:
-    return SIM_CONFIG if runtime.is_sim() else GPU_CONFIG
+    """The simulator's small blocks, :data:`SM90_CONFIG` on sm_90 and later, else the T4's :data:`GPU_CONFIG`."""
+    if runtime.is_sim():
+        return SIM_CONFIG
+    return SM90_CONFIG if torch.cuda.get_device_capability() >= (9, 0) else GPU_CONFIG
 
 
 @dataclass(frozen=True)
@@ -184,5 +192,5 @@ def launch_one_pass(kernel, q, k, v, *, scale: float | None = None, threads: int
     return out
 
 
-__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "launch_one_pass", "layout",
+__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "SM90_CONFIG", "launch_one_pass", "layout",
            "heads_per_block", "make_split_kernel", "numba_decode", "plan", "split_kernel", "workspace"]

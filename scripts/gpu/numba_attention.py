@@ -34,7 +34,7 @@ import torch
 from labkit import runtime
 from labkit.attention import decode_bytes, reference_decode
 from labkit.attention.naive import naive_decode
-from labkit.attention.numba_fused import GPU_CONFIG, SIM_CONFIG, numba_decode, plan
+from labkit.attention.numba_fused import GPU_CONFIG, SIM_CONFIG, default_config, numba_decode, plan
 from labkit.bench import Record, copy_roofline_gbps, gbps, rotating, rotation_count, run_meta, save_records, time_ms
 from labkit.bench.attention import bench_decode, make_decode_inputs
 from labkit.checks.core import rel_error
@@ -300,7 +300,7 @@ def main() -> int:
     if not SIM:
         print("compiled Numba kernels:")
         kernel_resources()
-    print(f"\nconfig: {cfg}{'  (GPU_CONFIG)' if cfg == GPU_CONFIG else '  <- differs from GPU_CONFIG'}")
+    print(f"\nconfig: {cfg}{'  (the default)' if cfg == default_config() else '  <- differs from default_config()'}")
     print(table(records) if not SIM else "sim mode: no timings")
     print(f"done in {time.time() - t0:.0f} s; failures: {len(failures)}")
     for f in failures:
