@@ -240,8 +240,7 @@ def test_paged_decode_ignores_table_entries_past_each_length():
 def test_paged_kernel_compiles_for_the_t4():
     # The paged path of the shared decode kernel, as paged_decode launches it on a T4 (reductions)
     # and on sm_90 (GQA through tl.dot), at block size 16.
-    from test_triton_decode import attend_build
-
+    from labkit.testing.attend_builds import attend_build
     from labkit.testing.t4 import compile_triton_many_for_t4
 
     requests = [attend_build(dt, 128, g, True, 8192, cc=cc, paged=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-from dataclasses import replace
 
 import labkit  # noqa: F401  (first: it switches Triton to its interpreter before triton is imported)
 from labkit import runtime
@@ -18,12 +17,13 @@ import triton.language as tl
 from labkit.attention import decode_attention, reference_decode
 from labkit.attention.splits import (chunk_bounds, flash_attn_num_splits, merge_reference, num_splits_heuristic,
                                      reference_partials, sm_utilisation)
-from labkit.attention.triton_decode import (HEAD_DIMS, MAX_SPLITS, _attend_kernel, _merge_kernel, flash_decode,
+from labkit.attention.triton_decode import (HEAD_DIMS, MAX_SPLITS, _merge_kernel, flash_decode,
                                             heads_per_program, kernel_config, plan_splits, short_context_block,
                                             triton_decode, workspace)
 from labkit.attention.triton_plan import Config
 from labkit.checks.core import CheckFailure, fresh_seed, rel_error
 from labkit.rope import apply_rope, rope_tables
+from labkit.testing.attend_builds import attend_build
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
@@ -203,24 +203,6 @@ def test_chunks_and_reference_partials_merge_back():
 
 
 # --- compiles for the T4 -----------------------------------------------------------------------
-def _attend_signature(dt):
-    p = f"*{dt}"
-    return {"Q": p, "K": p, "V": p, "BlockTables": "*i32", "Lengths": "*i32", "Cos": "*fp32", "Sin": "*fp32",
-            "Positions": "*i32", "Out": p, "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32",
-            "T": "i32", "num_splits": "i32", "stride_bt": "i32"}
-
-
-def attend_build(dt, D, group, split, T, cc=(7, 5), paged=False):
-    """The (kernel, signature, constexprs, num_warps) request the launcher would make on ``cc``."""
-    cfg = kernel_config(D, group, cc=cc)
-    cfg = replace(cfg, block_t=short_context_block(cfg.block_t, T))  # short contexts take smaller tiles
-    heads = heads_per_program(group, cfg.use_dot)
-    c = dict(HKV=8, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
-             BLOCK_T=cfg.block_t, BS=16, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=split or paged, HAS_ROPE=split,
-             SPLIT=split, PAGED=paged, USE_DOT=cfg.use_dot)
-    return (_attend_kernel, _attend_signature(dt), c, cfg.num_warps)
-
-
 def test_every_kernel_compiles_for_sm75_within_64kb_of_shared_memory():
     from labkit.testing import compile_triton_many_for_t4
 
