@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, rule
 
-from labkit.attention import reference_decode
-from labkit.checks.core import rel_error
+from labkit.attention import masked_attention, reference_decode
+from labkit.checks.core import fresh_seed, rel_error
 from labkit.kvcache import (BlockAllocator, ContiguousKVCache, DoubleFree, OutOfBlocks, PagedBatch, PagedKVCache,
                             UnknownSequence)
 from labkit.kvcache.paged_attention import gather_paged, paged_decode, paged_reference
@@ -559,3 +559,20 @@ def test_paged_plots_render_records():
     speeds = {k: {t: round(x, 6) for t, x in row.items()} for k, row in relative_speeds(records).items()}
     assert speeds == {"paged bs=16": {1024: 0.8, 4096: 0.8}, "sdpa": {1024: 0.5, 4096: 0.5}}
     assert plot_block_sizes(records) is not None
+
+
+def test_masked_attention_matches_per_query_decode_with_gqa():
+    # S queries under a causal mask over ragged lengths = S single-query decodes, each over its prefix.
+    torch.manual_seed(fresh_seed())
+    B, Hq, Hkv, S, T, D = 3, 6, 2, 4, 13, 16
+    q, k, v = torch.randn(B, Hq, S, D), torch.randn(B, Hkv, T, D), torch.randn(B, Hkv, T, D)
+    lengths = torch.tensor([9, 5, 13 - S])  # keys before the pass; query i also sees keys up to lengths + i
+    pos = torch.arange(T)
+    mask = pos[None, None, :] <= (lengths[:, None] + torch.arange(S)[None, :])[:, :, None]  # [B, S, T]
+    out = masked_attention(q, k, v, mask[:, None], scale=0.3)
+    for b in range(B):
+        for i in range(S):
+            n = int(lengths[b]) + i + 1
+            want = reference_decode(q[b:b + 1, :, i], k[b:b + 1, :, :n], v[b:b + 1, :, :n], scale=0.3)
+            assert rel_error(out[b:b + 1, :, i], want) <= 1e-5
+

@@ -6,7 +6,8 @@ benchmarks and the notebooks switch kernels by name::
     out = decode_attention(q, k, v, impl="triton_splitk")   # q [B, Hq, D]; k, v [B, Hkv, T, D]
 
 Implementations are imported on first use: asking for the float64 reference never compiles
-a kernel.
+a kernel. Passes of several queries per sequence (prefill, verification) go through
+:func:`masked_attention`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ IMPLEMENTATIONS = {
     "triton": "labkit.attention.triton_decode:triton_decode",
     "triton_splitk": "labkit.attention.triton_decode:flash_decode",
 }
+
+
+def masked_attention(q, k, v, mask, *, scale: float | None = None):
+    """S queries per sequence under a boolean mask (see :func:`labkit.attention.sdpa.masked_attention`)."""
+    from labkit.attention.sdpa import masked_attention as attend
+
+    return attend(q, k, v, mask, scale=scale)
 
 
 def get_impl(name: str):
@@ -44,4 +52,5 @@ def decode_attention(q, k, v, *, impl: str = "triton_splitk", scale: float | Non
     return get_impl(impl)(q, k, v, scale=scale, **kwargs)
 
 
-__all__ = ["IMPLEMENTATIONS", "decode_attention", "decode_bytes", "get_impl", "reference_decode", "validate_decode"]
+__all__ = ["IMPLEMENTATIONS", "decode_attention", "decode_bytes", "get_impl", "masked_attention", "reference_decode",
+           "validate_decode"]

@@ -1,4 +1,6 @@
-"""PyTorch's ``scaled_dot_product_attention``: the honest baseline every kernel is reported beside."""
+"""PyTorch's ``scaled_dot_product_attention``: the honest baseline every kernel is reported beside,
+and the path for passes of several queries per sequence (prefill, chunked prefill, speculative
+verification), which decode kernels do not serve."""
 
 from __future__ import annotations
 
@@ -21,3 +23,19 @@ def sdpa_decode(q, k, v, *, scale: float | None = None, expand_kv: bool = True) 
         v = v.repeat_interleave(Hq // Hkv, dim=1)
         return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, scale=scale).squeeze(2)
     return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, scale=scale, enable_gqa=Hq != Hkv).squeeze(2)
+
+
+def masked_attention(q, k, v, mask, *, scale: float | None = None) -> torch.Tensor:
+    """Attention of ``S`` queries per sequence under a boolean mask, through SDPA.
+
+    q: [B, Hq, S, D]; k, v: [B, Hkv, T, D] with Hq a multiple of Hkv; mask: bool, broadcastable
+    to [B, Hq, S, T], True where a query may see a key. Returns [B, Hq, S, D] in q's dtype.
+    The model's prefill, the caches' multi-token passes and the speculative verify all come
+    here, so one function owns how several queries attend. With GQA the KV heads are repeated:
+    SDPA's fused kernels need equal head counts under a mask.
+    """
+    Hq, Hkv = q.shape[1], k.shape[1]
+    if Hq != Hkv:
+        k = k.repeat_interleave(Hq // Hkv, dim=1)
+        v = v.repeat_interleave(Hq // Hkv, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

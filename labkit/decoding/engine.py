@@ -25,6 +25,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from labkit.attention import masked_attention
+
 # mm: one GEMM over the S new tokens (cuBLAS); bmv: S matrix-vector products in one batched call
 # (cuBLAS's M = 1 kernels); lt: one GEMM through cuBLASLt (other heuristics). On the CPU all are mm.
 LINEAR_MODES = ("mm", "bmv", "lt")
@@ -146,7 +148,7 @@ class StaticEngine:
             q = r[:, 0].unsqueeze(0).transpose(1, 2)  # [1, H, S, D]
             k = self.kv[i, :, 0].unsqueeze(0).transpose(1, 2)  # [1, H, T, D], token-major underneath
             v = self.kv[i, :, 1].unsqueeze(0).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            o = masked_attention(q, k, v, attn_mask)
             self._add_linear_(x, o.transpose(1, 2).reshape(S, H * D), block.attn.proj, mode)
             u = F.gelu(self._linear(block.norm2(x), block.mlp.fc, mode), approximate=block.mlp.approximate)
             self._add_linear_(x, u, block.mlp.proj, mode)

@@ -11,8 +11,8 @@ import inspect
 import math
 
 import torch
-import torch.nn.functional as F
 
+from labkit.attention import masked_attention
 from labkit.kvcache.base import KVCache, as_length_list
 
 # Implementations that attend through torch's scaled_dot_product_attention with a mask.
@@ -120,11 +120,8 @@ class ContiguousKVCache(KVCache):
         mask = self._this_pass()[1]  # [B, 1, S, T]: query i of row b sees keys 0 .. lengths[b] + i
         T = mask.shape[-1]
         k, v = self.k[layer][:, :, :T], self.v[layer][:, :, :T]
-        if Hq != self.num_kv_heads:
-            k = k.repeat_interleave(Hq // self.num_kv_heads, dim=1)
-            v = v.repeat_interleave(Hq // self.num_kv_heads, dim=1)
         scale = 1.0 / math.sqrt(D) if scale is None else scale
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return masked_attention(q, k, v, mask, scale=scale)
 
     def commit(self) -> None:
         if not self._pending:

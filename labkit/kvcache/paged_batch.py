@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
+from labkit.attention import masked_attention
 from labkit.kvcache.allocator import OutOfBlocks
 from labkit.kvcache.base import KVCache, as_length_list
 from labkit.kvcache.paged import PagedKVCache
@@ -134,11 +134,8 @@ class PagedBatch(KVCache):
         v = self.cache.v[layer][block, :, row].transpose(1, 2)
         query_pos = self.lengths.long()[:, None] + pos[None, :S]  # [B, S]
         mask = pos[None, None, :] <= query_pos[:, :, None]  # [B, S, T]
-        if Hq != self.num_kv_heads:
-            k = k.repeat_interleave(Hq // self.num_kv_heads, dim=1)
-            v = v.repeat_interleave(Hq // self.num_kv_heads, dim=1)
         scale = 1.0 / math.sqrt(D) if scale is None else scale
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)
+        return masked_attention(q, k, v, mask[:, None], scale=scale)
 
     def commit(self) -> None:
         if not self._pending:
