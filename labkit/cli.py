@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def _doctor(args) -> int:
@@ -47,7 +46,7 @@ def _grade(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ROOT = Path(__file__).resolve().parents[1]  # the checkout: solutions/ and notebooks/ beside labkit/
+    from labkit.paths import ROOT
 
     parser = argparse.ArgumentParser(prog="labkit", description="GPU kernels for LLM decoding: course tools")
     sub = parser.add_subparsers(dest="command", required=True)

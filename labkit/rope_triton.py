@@ -15,7 +15,7 @@ import labkit  # noqa: F401  (decides the mode before triton is imported)
 import triton
 import triton.language as tl
 
-from labkit.attention.validate import check_tensor, supported_dtypes
+from labkit.attention.validate import check_out, check_tensor, supported_dtypes
 
 
 @triton.jit
@@ -73,12 +73,7 @@ def rope_triton(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin
     if N and (int(positions.min()) < 0 or int(positions.max()) >= cos.shape[0]):
         raise ValueError(f"positions must lie in [0, {cos.shape[0]}) (the tables' rows), got values "
                          f"{int(positions.min())} … {int(positions.max())}")
-    if out is None:
-        out = torch.empty_like(x)
-    else:
-        check_tensor("out", out, ndim=3, dtypes=(x.dtype,), device=x.device)
-        if out.shape != x.shape:
-            raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+    out = check_out(out, x, "x")
     if N == 0:
         return out
     block_half = triton.next_power_of_2(D // 2)

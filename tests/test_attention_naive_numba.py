@@ -291,7 +291,7 @@ def test_numba_kernels_compile_for_t4(tmp_path, monkeypatch):
     write_exercise_module("02_numba_fused", "02.fused_kernel", module, preamble=nb02.KERNEL_PREAMBLE)
     module.write_text(module.read_text().replace("labkit.is_sim()", "False"))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{monkeypatch.delenv('PYTHONPATH', raising=False) or ''}")
-    mod = "labkit.attention.numba_fused"
+    mod = "labkit.testing.numba_builds"
     requests = [(mod, f"split_kernel_{dt}_d{D}_g{G}", _sig(dt)) for D in (64, 128) for dt in ("float16", "float32")
                 for G in (1, 4)]
     requests += [("nb02_exercise_kernel", "fused_decode_kernel",
@@ -317,9 +317,11 @@ def test_plan_rounds_the_grid_to_whole_waves():
 def test_workspace_is_cached_and_counters_stay_zero():
     q, k, v = inputs(1, 4, 2, 40, 64, torch.float32)
     numba_decode(q, k, v, splits=3)
-    ws, counters = workspace(q.device, 1, 4, 3, 64, 2)
+    p = plan(1, 4, 2, 40, splits=3)  # the launch numba_decode made: its workspace's key
+    assert (p.splits, p.grid[0]) == (3, 2)
+    ws, counters = workspace(q.device, 1, 4, p.splits, 64, p.grid[0])
     assert ws.numel() == 1 * 4 * 3 * (64 + 2) and torch.equal(counters, torch.zeros(2, dtype=torch.int32))
-    assert workspace(q.device, 1, 4, 3, 64, 2)[0] is ws  # no allocation on the next call
+    assert workspace(q.device, 1, 4, p.splits, 64, p.grid[0])[0] is ws  # no allocation on the next call
     numba_decode(q, k, v, splits=3)
     assert torch.equal(counters, torch.zeros(2, dtype=torch.int32))  # the last block of each group reset it
 

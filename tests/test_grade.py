@@ -330,7 +330,7 @@ def alive(pid: int) -> bool:
 
 def test_a_real_master_scores_full_points_and_its_release_zero(tmp_path):
     from labkit.course.grade import grade
-    from labkit.course.release import ROOT
+    from labkit.paths import ROOT
 
     master = ROOT / "solutions" / "00_setup.ipynb"
     (tmp_path / "teacher").mkdir()

@@ -97,28 +97,18 @@ def test_continuous_beats_static_on_mixed_output_lengths():
 
 
 def test_real_model_over_paged_cache_equals_model_alone():
-    from labkit.model import ModelConfig, Transformer
     from labkit.serving.runner import PagedRunner
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, max_len=48)
-    model = Transformer(cfg).eval()
-    with torch.no_grad():  # sharper logits than the init's: greedy choices far from ties
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8.0)
+    model = tiny_model()
     rng = random.Random(1)
     reqs = [Request([rng.randrange(40) for _ in range(n)], m, arrival_time=t, request_id=i)
             for i, (n, m, t) in enumerate([(13, 6, 0), (1, 9, 0), (7, 1, 1), (21, 5, 2), (3, 8, 3), (30, 4, 6)])]
     runner = PagedRunner(model, num_blocks=9, block_size=4)  # 36 slots: the 34-token request forces preemption
     engine = Engine(runner, max_batch=3, token_budget=8, clock=StepClock())
     done = engine.run([r.copy() for r in reqs])
-    with torch.no_grad():
-        for r in done:
-            tokens = list(r.prompt)
-            for _ in range(r.max_new_tokens):
-                tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
-            assert r.output == tokens[len(r.prompt):], f"request {r.request_id}"
+    solo = solo_outputs(model, done)
+    for r in done:
+        assert r.output == solo[r.request_id], f"request {r.request_id}"
     assert sum(r.num_preemptions for r in done) > 0
     assert any(s.prefill_tokens and s.decodes for s in engine.steps), "no step mixed prefill and decode"
     assert_drained(engine)
@@ -286,17 +276,30 @@ def test_abort_frees_the_request_and_leaves_the_others_alone():
     assert_drained(engine)
 
 
-def tiny_model(vocab: int = 40, max_len: int = 48, heads=(4, 2)):
+def tiny_model(heads=(4, 2)):
+    """A 1-layer model of 40 tokens and 48 positions, logits sharpened so greedy choices sit far from ties."""
     from labkit.model import ModelConfig, Transformer
 
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=vocab, d_model=32, n_layers=1, n_heads=heads[0], n_kv_heads=heads[1],
-                                    max_len=max_len)).eval()
+    model = Transformer(ModelConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=heads[0], n_kv_heads=heads[1],
+                                    max_len=48)).eval()
     with torch.no_grad():  # sharper logits than the init's: greedy choices far from ties
         for p in model.parameters():
             if p.dim() > 1:
                 p.mul_(8.0)
     return model
+
+
+def solo_outputs(model, requests) -> dict:
+    """``{request_id: greedy tokens}`` of the model run alone on each request, no cache."""
+    solo = {}
+    with torch.no_grad():
+        for r in requests:
+            tokens = list(r.prompt)
+            for _ in range(r.max_new_tokens):
+                tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
+            solo[r.request_id] = tokens[len(r.prompt):]
+    return solo
 
 
 def test_real_model_wide_batch_and_static_baseline_equal_model_alone():
@@ -306,13 +309,7 @@ def test_real_model_wide_batch_and_static_baseline_equal_model_alone():
     rng = random.Random(2)
     reqs = [Request([rng.randrange(40) for _ in range(rng.randint(1, 8))], rng.randint(1, 4), request_id=i)
             for i in range(12)]
-    solo = {}
-    with torch.no_grad():
-        for r in reqs:
-            tokens = list(r.prompt)
-            for _ in range(r.max_new_tokens):
-                tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
-            solo[r.request_id] = tokens[len(r.prompt):]
+    solo = solo_outputs(model, reqs)
     # max_batch 10: more rows than the runner's first block-table mirror holds (8), so it grows;
     # 13 blocks of 4 for up to 10 requests of up to 12 tokens: a preemption, and mirror rows reused.
     runner = PagedRunner(model, num_blocks=13, block_size=4)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 
 from labkit.attention.reference import decode_bytes, reference_decode
+from labkit.attention.sdpa import masked_attention
 from labkit.attention.validate import validate_decode
 
 IMPLEMENTATIONS = {
@@ -25,13 +26,6 @@ IMPLEMENTATIONS = {
     "triton": "labkit.attention.triton_decode:triton_decode",
     "triton_splitk": "labkit.attention.triton_decode:flash_decode",
 }
-
-
-def masked_attention(q, k, v, mask, *, scale: float | None = None):
-    """S queries per sequence under a boolean mask (see :func:`labkit.attention.sdpa.masked_attention`)."""
-    from labkit.attention.sdpa import masked_attention as attend
-
-    return attend(q, k, v, mask, scale=scale)
 
 
 def get_impl(name: str):

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from labkit import runtime
-from labkit.attention.numba_kernels import KernelConfig, layout, make_split_kernel
+from labkit.attention.splits import LOG2E, sm_utilisation
+from labkit.attention.numba_kernels import KernelConfig, make_split_kernel
 from labkit.attention.validate import FP16_FP32, check_out, validate_decode
 from labkit.numba_bridge import launch, resident_blocks, sm_count
 
 HEAD_DIMS = (64, 128)
-LOG2E = 1.4426950408889634
 
 # 64-token tiles, 256 threads: a warp loads whole rows (32 lanes × 8 bytes for D = 128 fp16),
 # 8 rows at a time, 8 rows per thread per tile. ptxas: 56-72 registers for one head per block,
@@ -48,13 +48,6 @@ def split_kernel(D: int, G: int, dtype: torch.dtype, cfg: KernelConfig, clamp: b
     if key not in _KERNELS:
         _KERNELS[key] = make_split_kernel(D, G, dtype == torch.float16, cfg, clamp)
     return _KERNELS[key]
-
-
-# The default GPU kernels as module attributes (compiled on first launch): the T4 PTX tests use them.
-for _D in HEAD_DIMS:
-    for _G in (1, 4):
-        for _dt in (torch.float16, torch.float32):
-            globals()[f"split_kernel_{str(_dt)[6:]}_d{_D}_g{_G}"] = split_kernel(_D, _G, _dt, GPU_CONFIG)
 
 
 def default_config() -> KernelConfig:
@@ -116,11 +109,10 @@ def _wave_splits(blocks: int, T: int, cfg: KernelConfig, sms: int, resident: int
     cap = max(1, T // (cfg.min_tiles * cfg.tile))
     if want >= cap:
         return cap
-    slots = sms * resident
 
     def score(s):
         n = blocks * math.ceil(T / _chunk(T, s, cfg.tile))  # the grid after rounding chunks to tiles
-        return (-n / (math.ceil(n / slots) * slots), abs(s - want), s)
+        return (-sm_utilisation(n, sms, resident), abs(s - want), s)
 
     return min(range(max(1, (want + 1) // 2), min(2 * want, cap) + 1), key=score)
 
@@ -192,5 +184,5 @@ def launch_one_pass(kernel, q, k, v, *, scale: float | None = None, threads: int
     return out
 
 
-__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "SM90_CONFIG", "launch_one_pass", "layout",
-           "heads_per_block", "make_split_kernel", "numba_decode", "plan", "split_kernel", "workspace"]
+__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "SM90_CONFIG", "launch_one_pass",
+           "heads_per_block", "numba_decode", "plan", "split_kernel", "workspace"]

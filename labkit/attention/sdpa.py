@@ -19,20 +19,20 @@ def sdpa_decode(q, k, v, *, scale: float | None = None, expand_kv: bool = True) 
     """
     B, Hq, Hkv, T, D = validate_decode(q, k, v)
     if Hq != Hkv and expand_kv:
-        k = k.repeat_interleave(Hq // Hkv, dim=1)
-        v = v.repeat_interleave(Hq // Hkv, dim=1)
-        return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, scale=scale).squeeze(2)
+        return masked_attention(q.unsqueeze(2), k, v, None, scale=scale).squeeze(2)
     return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, scale=scale, enable_gqa=Hq != Hkv).squeeze(2)
 
 
-def masked_attention(q, k, v, mask, *, scale: float | None = None) -> torch.Tensor:
-    """Attention of ``S`` queries per sequence under a boolean mask, through SDPA.
+def masked_attention(q, k, v, mask=None, *, scale: float | None = None) -> torch.Tensor:
+    """Attention of ``S`` queries per sequence under a mask, through SDPA.
 
-    q: [B, Hq, S, D]; k, v: [B, Hkv, T, D] with Hq a multiple of Hkv; mask: bool, broadcastable
-    to [B, Hq, S, T], True where a query may see a key. Returns [B, Hq, S, D] in q's dtype.
-    The model's prefill, the caches' multi-token passes and the speculative verify all come
-    here, so one function owns how several queries attend. With GQA the KV heads are repeated:
-    SDPA's fused kernels need equal head counts under a mask.
+    q: [B, Hq, S, D]; k, v: [B, Hkv, T, D] with Hq a multiple of Hkv; mask: broadcastable to
+    [B, Hq, S, T], either bool (True where a query may see a key) or additive in q's dtype
+    (0 or -inf; the caches build it once a pass rather than have SDPA convert a bool mask in
+    every layer), or None. Returns [B, Hq, S, D] in q's dtype. The caches' multi-token passes
+    (prefill, chunked prefill, speculative verification) come here, so one function owns how
+    several queries attend to a cache. With GQA the KV heads are repeated: SDPA's fused kernels
+    need equal head counts under a mask.
     """
     Hq, Hkv = q.shape[1], k.shape[1]
     if Hq != Hkv:

@@ -18,6 +18,7 @@ import torch
 from labkit import runtime
 
 MAX_SPLITS = 64  # bounds the workspace and the merge kernel's tile
+LOG2E = 1.4426950408889634  # the kernels score in the log2 domain: exp(x) = exp2(x · log2 e)
 GPU_SMS = {"T4": 40, "A100": 108, "H100": 132}
 
 
@@ -40,15 +41,13 @@ def sm_utilisation(programs: int, sms: int, resident_per_sm: int = 1) -> float:
 
 
 def num_splits_heuristic(batch: int, kv_heads: int, T: int, sm_count: int, *, block_t: int = 64,
-                         programs_per_sm: int = 4, min_tiles_per_split: int = 1,
-                         max_splits: int = MAX_SPLITS) -> int:
+                         programs_per_sm: int = 4, max_splits: int = MAX_SPLITS) -> int:
     """How many chunks to split each sequence's KV range into.
 
     Decode attention is pure streaming, so the GPU is fast only when every SM has several
     programs resident, each with loads in flight. One wave holds ``programs_per_sm ×
     sm_count`` programs; we try every split count up to the one that fills that wave (never
-    more splits than ``T`` has tiles of ``block_t`` tokens over ``min_tiles_per_split``, nor
-    ``max_splits``), round each to the number of equal whole-tile chunks it produces (so no
+    more splits than ``T`` has tiles of ``block_t`` tokens, nor ``max_splits``), round each to the number of equal whole-tile chunks it produces (so no
     split is left empty), and keep the one with the best :func:`sm_utilisation`, the larger
     on a tie. Wave quantisation matters: 8 sequences × 32 heads on 132 SMs at 4 programs
     each make 768 programs with 3 splits, a wave and a half (73% busy); 2 splits make 512,
@@ -62,7 +61,7 @@ def num_splits_heuristic(batch: int, kv_heads: int, T: int, sm_count: int, *, bl
     tiles = max(1, math.ceil(T / block_t))
     base = max(1, batch * kv_heads)
     want = math.ceil(programs_per_sm * sm_count / base)
-    cap = max(1, min(want, tiles // min_tiles_per_split, max_splits))
+    cap = max(1, min(want, tiles, max_splits))
     best, best_util = 1, 0.0
     for s in range(1, cap + 1):
         s = math.ceil(tiles / math.ceil(tiles / s))  # equal chunks of whole tiles

@@ -23,19 +23,14 @@ changes. ``rope=(cos, sin, positions)`` rotates the query as it is loaded (rotat
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from labkit import runtime
-from labkit.attention.splits import MAX_SPLITS
+from labkit.attention.splits import LOG2E, MAX_SPLITS
 from labkit.attention.triton_args import prepare
 from labkit.attention.triton_plan import (HEAD_DIMS, Config, capability, heads_per_program, kernel_config, plan_splits,
                                           short_context_block, workspace)
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -191,6 +186,15 @@ def _merge_kernel(
     tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
+def constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, has_rope: bool,
+               split: bool, paged: bool) -> dict:
+    """``_attend_kernel``'s compile-time arguments for a launch (the T4 compile tests build the same)."""
+    heads = heads_per_program(group, cfg.use_dot)
+    return dict(HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
+                BLOCK_T=cfg.block_t, BS=bs, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=has_lengths,
+                HAS_ROPE=has_rope, SPLIT=split, PAGED=paged, USE_DOT=cfg.use_dot)
+
+
 def launch(q, k, v, out, *, scale: float, T: int, cfg: Config, num_splits: int, lengths=None, rope=None,
            block_tables=None) -> torch.Tensor:
     """Launch the kernel (and the merge when ``num_splits > 1``) on validated inputs.
@@ -200,12 +204,12 @@ def launch(q, k, v, out, *, scale: float, T: int, cfg: Config, num_splits: int, 
     """
     B, Hq, D = q.shape
     Hkv = k.shape[1]
-    group = Hq // Hkv
-    heads = heads_per_program(group, cfg.use_dot)
-    head_chunks = triton.cdiv(group, heads)
     cos, sin, positions = rope if rope is not None else (None, None, None)
     ws = workspace(q.device, B, Hq, num_splits, D) if num_splits > 1 else (out, out, out)  # unused if not SPLIT
-    _attend_kernel[(B * Hkv * head_chunks, num_splits)](
+    meta = constexprs(Hkv, Hq // Hkv, D, cfg, bs=k.shape[2] if block_tables is not None else 1,
+                      has_lengths=lengths is not None, has_rope=rope is not None, split=num_splits > 1,
+                      paged=block_tables is not None)
+    _attend_kernel[(B * Hkv * meta["HEAD_CHUNKS"], num_splits)](
         q, k, v,
         block_tables if block_tables is not None else q,
         lengths if lengths is not None else q,
@@ -213,10 +217,7 @@ def launch(q, k, v, out, *, scale: float, T: int, cfg: Config, num_splits: int, 
         positions if positions is not None else q,
         out, *ws,
         scale * LOG2E, T, num_splits, block_tables.stride(0) if block_tables is not None else 0,
-        HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=head_chunks, HEAD_DIM=D, BLOCK_T=cfg.block_t,
-        BS=k.shape[2] if block_tables is not None else 1, NUM_STAGES=cfg.num_stages,
-        HAS_LENGTHS=lengths is not None, HAS_ROPE=cos is not None, SPLIT=num_splits > 1,
-        PAGED=block_tables is not None, USE_DOT=cfg.use_dot, num_warps=cfg.num_warps,
+        **meta, num_warps=cfg.num_warps,
     )
     if num_splits > 1:
         _merge_kernel[(B * Hq,)](*ws, out, num_splits, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(num_splits),
@@ -224,16 +225,17 @@ def launch(q, k, v, out, *, scale: float, T: int, cfg: Config, num_splits: int, 
     return out
 
 
-def config_for(D: int, group: int, T: int, *, device_index: int | None = None, block_t=None, num_warps=None,
-               num_stages=None, use_dot=None, short_context: bool = True) -> Config:
-    """This GPU's :func:`kernel_config`, the tile shrunk for short contexts, then any overrides.
+def config_for(D: int, group: int, T: int, *, device_index: int | None = None, cc: tuple[int, int] | None = None,
+               block_t=None, num_warps=None, num_stages=None, use_dot=None, short_context: bool = True) -> Config:
+    """This GPU's (or compute capability ``cc``'s) :func:`kernel_config`, the tile shrunk for
+    short contexts, then any overrides.
 
     A tile of fewer than 16 tokens is scored by reductions unless ``use_dot`` says otherwise:
     ``tl.dot`` needs 16 columns.
     """
     if use_dot is None and block_t is not None and block_t < 16:
         use_dot = False
-    cfg = kernel_config(D, group, capability(device_index), use_dot=use_dot)
+    cfg = kernel_config(D, group, cc or capability(device_index), use_dot=use_dot)
     return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
                   num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
                   use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm)
@@ -280,5 +282,5 @@ def flash_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None
     return launch(q, k, v, out, scale=scale, T=T, cfg=cfg, num_splits=splits, lengths=lengths, rope=rope)
 
 
-__all__ = ["HEAD_DIMS", "LOG2E", "MAX_SPLITS", "Config", "capability", "config_for", "default_splits", "flash_decode", "heads_per_program",
+__all__ = ["HEAD_DIMS", "MAX_SPLITS", "config_for", "constexprs", "default_splits", "flash_decode", "heads_per_program",
            "kernel_config", "launch", "plan_splits", "short_context_block", "triton_decode", "workspace"]

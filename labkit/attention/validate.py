@@ -42,13 +42,14 @@ def check_tensor(name: str, t, *, ndim: int, dtypes=None, device: torch.device |
         raise ValueError(f"{name} must be contiguous (call .contiguous()); got strides {t.stride()}")
 
 
-def check_out(out, q):
-    """``out`` if it is a [B, Hq, D] tensor of q's dtype on q's device, else a new one like ``q``."""
+def check_out(out, q, name: str = "q"):
+    """``out`` if it is a 3-d tensor of the shape, dtype and device of ``q`` (called ``name`` in
+    errors), else a new one like ``q``."""
     if out is None:
         return torch.empty_like(q)
     check_tensor("out", out, ndim=3, dtypes=(q.dtype,), device=q.device)
     if out.shape != q.shape:
-        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+        raise ValueError(f"out must have {name}'s shape {tuple(q.shape)}, got {tuple(out.shape)}")
     return out
 
 

@@ -17,8 +17,9 @@ from importlib import metadata
 from pathlib import Path
 
 from labkit import runtime
+from labkit.paths import ROOT
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "data" / "results"
+RESULTS_DIR = ROOT / "data" / "results"
 
 
 @dataclass

@@ -70,30 +70,20 @@ def time_ms(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100, graph
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
-def time_both_ms(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100) -> tuple[float | None, float | None, str]:
-    """``(graph_ms, eager_ms, note)``: :func:`time_ms` with and without a CUDA graph.
-
-    When ``fn`` cannot be captured, ``graph_ms`` is ``None`` and ``note`` says why; the
-    eager time is then the only one. ``(None, None, "sim")`` in sim mode.
-    """
+def time_for_record(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100) -> tuple[float | None, dict]:
+    """``(ms, extra)`` for a :class:`~labkit.bench.records.Record`: :func:`time_ms` with and
+    without a CUDA graph. ``ms`` is the graph time, or the eager one where ``fn`` cannot be
+    captured (e.g. a host sync inside it); ``extra = {"eager_ms", "timing"}`` says which it is,
+    why, and what Python's launches cost on top. ``(None, {})`` in sim mode."""
     if runtime.is_sim():
-        return None, None, "sim"
+        return None, {}
     eager = time_ms(fn, warmup=warmup, rep=rep)
     try:
-        return time_ms(fn, rep=rep, graph=True), eager, "graph"
-    except Exception as exc:  # noqa: BLE001 - e.g. a host sync inside fn: capture is not possible
+        return time_ms(fn, rep=rep, graph=True), {"eager_ms": eager, "timing": "graph"}
+    except Exception as exc:  # noqa: BLE001 - capture is not possible: the eager time stands
         torch.cuda.synchronize()
-        return None, eager, f"eager only ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
-
-
-def time_for_record(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100) -> tuple[float | None, dict]:
-    """``(ms, extra)`` for a :class:`~labkit.bench.records.Record`: the CUDA-graph time (the
-    eager one where ``fn`` cannot be captured), with ``extra = {"eager_ms", "timing"}`` saying
-    which it is and what Python's launches cost on top. ``(None, {})`` in sim mode."""
-    graph_ms, eager_ms, note = time_both_ms(fn, warmup=warmup, rep=rep)
-    if note == "sim":
-        return None, {}
-    return (graph_ms if graph_ms is not None else eager_ms), {"eager_ms": eager_ms, "timing": note}
+        note = f"eager only ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+        return eager, {"eager_ms": eager, "timing": note}
 
 
 def copy_roofline_gbps(nbytes: int | None = None) -> float | None:

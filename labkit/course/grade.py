@@ -34,7 +34,7 @@ import nbformat
 from labkit.course.gradebook import NotebookResult, error_rows, read_log, safe_name, score, write_outputs
 from labkit.course.nbval_hooks import LOG_ENV
 from labkit.course.prepare import Check, GradeError, Masters, find_submissions, restore_checks
-from labkit.course.release import ROOT
+from labkit.paths import ROOT
 
 
 def _cores() -> int:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parents[2]
+from labkit.paths import ROOT
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 _MARK = re.compile(r"^(\s*)### (BEGIN|END) SOLUTION\s*$")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import nbformat
 
-from labkit.course.release import ROOT, cell_meta
+from labkit.course.release import cell_meta
+from labkit.paths import ROOT
 
 
 def exercise_source(notebook: str, exercise: str, *, masters: str | Path = ROOT / "solutions") -> str:

@@ -139,7 +139,7 @@ def bench_engine_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 4, 5, 6, 7)
     (CUDA graph replays). Records: kernel ``name``, shape ``{"S", "context"}``, extra ``impl="fused"``
     and ``linear``; ``time_ms`` None in sim mode."""
     from labkit.decoding.engine import StaticEngine
-    from labkit.decoding.fast import _Replay
+    from labkit.decoding.graphs import Replay
 
     graphs = (not runtime.is_sim()) if graphs is None else graphs
     engine = StaticEngine(model, context + max(new_tokens) + 1, linear=linear)
@@ -149,7 +149,7 @@ def bench_engine_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 4, 5, 6, 7)
         pos = torch.arange(context, context + S, device=dev)
         tokens = torch.randint(0, model.config.vocab_size, (S,), device=dev)
         rot, mask = engine.tables(pos)
-        replay = _Replay(lambda: engine.forward(tokens, pos, rot, mask, last_only=S == 1), graphs)
+        replay = Replay(lambda: engine.forward(tokens, pos, rot, mask, last_only=S == 1), graphs)
         ms = time_ms(replay) if graphs else None
         records.append(Record(kernel=name, shape={"S": S, "context": context}, dtype=dtype, bytes=wbytes,
                               time_ms=ms, gbps=gbps(wbytes, ms),

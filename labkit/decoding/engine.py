@@ -164,5 +164,3 @@ class StaticEngine:
         pos = torch.arange(tokens.numel(), device=self.device)
         self.forward(tokens, pos, *self.tables(pos), last_only=True)
 
-    def num_params(self) -> int:
-        return self.model.num_params()

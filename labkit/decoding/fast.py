@@ -25,25 +25,10 @@ import time
 import torch
 
 from labkit.decoding.engine import StaticEngine
-from labkit.decoding.graphs import capture
+from labkit.decoding.graphs import Replay
 from labkit.decoding.generate import Generation, _device, as_prompt
 from labkit.decoding.sampling import check_sampling, probs, sample
 from labkit.decoding.speculative import accept_draft, check_pair
-
-
-class _Replay:
-    """``fn()`` replayed from a CUDA graph (captured after two warm-up calls), or called eagerly."""
-
-    def __init__(self, fn, graph: bool):
-        self.fn = fn
-        self.graph = capture(fn)[0] if graph else None  # the state is reset before each run
-
-    def __call__(self):
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            with torch.no_grad():
-                self.fn()
 
 
 def _pick(logits: torch.Tensor, temperature: float, out: torch.Tensor) -> torch.Tensor | None:
@@ -82,7 +67,7 @@ class PlainDecoder:
         self.n = torch.full((), 1, dtype=torch.long, device=dev)  # tokens in seq
         self.blk = torch.zeros(steps_per_graph + 1, dtype=torch.long, device=dev)
         self.offsets = torch.arange(-1, steps_per_graph - 1, device=dev)
-        self.replay = _Replay(self._block, dev.type == "cuda" if graphs is None else graphs)
+        self.replay = Replay(self._block, dev.type == "cuda" if graphs is None else graphs)
 
     def _block(self) -> None:
         e, K = self.e, self.K
@@ -138,7 +123,7 @@ class SpeculativeDecoder:
         self.counts = torch.zeros(g + 2, dtype=torch.long, device=dev)  # counts[k]: rounds that yielded k
         self.one = torch.ones(1, dtype=torch.long, device=dev)
         self.q = torch.zeros(g, target.config.vocab_size, dtype=torch.float32, device=dev)
-        self.replay = _Replay(self._round, dev.type == "cuda" if graphs is None else graphs)
+        self.replay = Replay(self._round, dev.type == "cuda" if graphs is None else graphs)
 
     def _round(self) -> None:
         t, d, g, temp = self.t, self.d, self.gamma, self.temperature

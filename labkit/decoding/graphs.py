@@ -34,6 +34,25 @@ def capture(fn, *, warmup=None, warmups: int = 2, before=None):
     return graph, result
 
 
+class Replay:
+    """``fn()`` replayed from a CUDA graph (:func:`capture`, two warm-up calls), or called eagerly.
+
+    For a whole fixed-shape pass or round whose inputs live in tensors updated in place; the
+    caller resets any state the warm-up calls changed before the first replay.
+    """
+
+    def __init__(self, fn, graph: bool):
+        self.fn = fn
+        self.graph = capture(fn)[0] if graph else None
+
+    def __call__(self):
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            with torch.no_grad():
+                self.fn()
+
+
 class Step:
     """``step(tokens [B, S]) -> logits [B, S', V]``: one cached forward pass, eager or replayed.
 

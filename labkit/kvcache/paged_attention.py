@@ -23,10 +23,13 @@ import torch
 
 from labkit import runtime
 from labkit.attention.reference import reference_decode
+from labkit.attention.triton_decode import HEAD_DIMS as DECODE_HEAD_DIMS
 from labkit.attention.triton_decode import config_for, launch, plan_splits
 from labkit.attention.validate import check_out, check_tensor, supported_dtypes
 
-HEAD_DIMS = (8, 16, 32, 64, 128, 256)  # powers of two: a row of the pool is one contiguous load
+# The decode kernel's head dims, and 8 (the serving tests' tiny model): a tile of 8 columns
+# takes the reduction path, which needs no 16-wide tl.dot operand.
+HEAD_DIMS = (8, *DECODE_HEAD_DIMS)
 
 
 def validate_paged(q, k_pool, v_pool, block_tables, lengths, *, check_values: bool = True) -> tuple[int, ...]:

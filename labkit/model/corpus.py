@@ -6,8 +6,10 @@ import os
 import random
 from pathlib import Path
 
+from labkit.paths import ROOT
+
 # The repository's data/ folder; LABKIT_DATA points elsewhere (an install without the repository).
-DATA_DIR = Path(os.environ.get("LABKIT_DATA") or Path(__file__).resolve().parents[2] / "data")
+DATA_DIR = Path(os.environ.get("LABKIT_DATA") or ROOT / "data")
 TEXT_PATH = DATA_DIR / "tinyshakespeare.txt"
 HELDOUT_FRACTION = 0.1  # the last 10% is never trained on
 

@@ -70,9 +70,15 @@ def serve(runner, requests, policy: str, *, max_batch: int, token_budget: int = 
     return summarize(done, engine.steps, max_batch=max_batch, unit=engine.clock.unit), engine
 
 
-def compare(runner, requests, *, max_batch: int, token_budget: int = 256) -> dict[str, Metrics]:
-    """``{policy: Metrics}`` for both policies on the same workload (each on a fresh clock)."""
-    return {p: serve(runner, requests, p, max_batch=max_batch, token_budget=token_budget)[0] for p in POLICIES}
+def compare(runner, requests, *, max_batch: int, token_budget: int = 256, after=None) -> dict[str, Metrics]:
+    """``{policy: Metrics}`` for both policies on the same workload (each on a fresh clock);
+    ``after(policy, metrics)`` is called as each finishes."""
+    out = {}
+    for policy in POLICIES:
+        out[policy] = serve(runner, requests, policy, max_batch=max_batch, token_budget=token_budget)[0]
+        if after is not None:
+            after(policy, out[policy])
+    return out
 
 
 def to_record(policy: str, metrics: Metrics, *, rate, max_batch: int, token_budget: int, kv_bytes: int,
@@ -120,25 +126,32 @@ def warm_up(runner, make_workload, *, max_batch: int, token_budget: int) -> None
 
 
 def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, offline_requests: int = 512,
-            rate_fractions=(0.1, 0.25, 0.5, 1.0), per_rate: int = 128, progress=None,
-            deadline: float | None = None):
+            rate_fractions=(0.1, 0.25, 0.5, 1.0), per_rate: int = 128, warm: bool = True, progress=None,
+            on_offline=None, deadline: float | None = None):
     """The whole comparison: warm-up, both policies on an offline workload (everything at t=0),
     then both at Poisson rates that are ``rate_fractions`` of the continuous capacity just measured.
 
-    make_workload(n, rate, seed) returns ``n`` requests. progress(record or None, message) is
-    told of each run. deadline (``time.monotonic()``): rates not started by then are skipped.
+    make_workload(n, rate, seed) returns ``n`` requests. warm: run :func:`warm_up` first (a
+    caller that warms up itself passes False). progress(record or None, message) is told of
+    each run; on_offline(policy, metrics) as each offline run finishes. deadline
+    (``time.monotonic()``): rates not started by then are skipped. With ``progress``, a failed
+    rate sweep is reported to it and the offline results are still returned.
     Returns ``(records, offline)``: one Record per (policy, rate) (rate None: offline) and
     ``{policy: Metrics}`` of the offline run.
     """
     from labkit.serving.workloads import describe
 
-    warm_up(runner, make_workload, max_batch=max_batch, token_budget=token_budget)
+    if warm:
+        warm_up(runner, make_workload, max_batch=max_batch, token_budget=token_budget)
     requests = make_workload(offline_requests, None, 0)
-    offline = {}
-    for policy in POLICIES:
-        offline[policy] = serve(runner, requests, policy, max_batch=max_batch, token_budget=token_budget)[0]
+
+    def after(policy, m):
         if progress:
-            progress(None, f"offline: {policy} done ({offline[policy].duration:.3g} {offline[policy].unit})")
+            progress(None, f"offline: {policy} done ({m.duration:.3g} {m.unit})")
+        if on_offline:
+            on_offline(policy, m)
+
+    offline = compare(runner, requests, max_batch=max_batch, token_budget=token_budget, after=after)
     dtype = str(runner.cache.dtype).replace("torch.", "") if hasattr(runner, "cache") else "toy"
     records = [to_record(p, m, rate=None, max_batch=max_batch, token_budget=token_budget,
                          kv_bytes=runner.memory_bytes(), dtype=dtype, workload=describe(requests))
@@ -146,8 +159,13 @@ def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, o
     c = offline["continuous"]
     capacity = c.throughput / (c.output_tokens / c.requests)  # requests per clock unit it sustains
     rates = [float(f"{f * capacity:.3g}") for f in rate_fractions]
-    records += sweep_rates(runner, lambda rate: make_workload(per_rate, rate, 1), rates, max_batch=max_batch,
-                           token_budget=token_budget, progress=progress, deadline=deadline)
+    try:
+        records += sweep_rates(runner, lambda rate: make_workload(per_rate, rate, 1), rates, max_batch=max_batch,
+                               token_budget=token_budget, progress=progress, deadline=deadline)
+    except Exception as exc:  # noqa: BLE001 - reported; the offline comparison stands on its own
+        if progress is None:
+            raise
+        progress(None, f"rate sweep failed: {type(exc).__name__}: {exc}")
     return records, offline
 
 

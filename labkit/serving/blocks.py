@@ -31,13 +31,13 @@ class BlockLedger:
 
     Requests are keyed by ``request.request_id``. ``allocator`` defaults to a fresh
     :class:`BlockAllocator` of ``num_blocks``; pass the paged cache's own to share its pool.
-    ``on_free(blocks)`` is called with a request's blocks just before they go back, and
-    ``on_release(request_id)`` once they have (a runner's cue to forget what it cached about
-    the request's table: a preempted request comes back with new blocks).
+    ``on_free(request_id, blocks)`` is called with a request's blocks just before they go back:
+    a runner's cue to forget what it cached about the request's table (a preempted request
+    comes back with new blocks), or to poison the freed memory.
     """
 
     def __init__(self, num_blocks: int | None = None, block_size: int = 16, *,
-                 allocator: BlockAllocator | None = None, on_free=None, on_release=None):
+                 allocator: BlockAllocator | None = None, on_free=None):
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}")
         if allocator is None:
@@ -45,8 +45,7 @@ class BlockLedger:
                 raise ValueError("give num_blocks or an allocator")
             allocator = BlockAllocator(num_blocks)
         self.allocator, self.block_size = allocator, block_size
-        self.on_free = on_free  # called with a request's block ids just before they are freed
-        self.on_release = on_release  # called with a request's id once its blocks are freed
+        self.on_free = on_free  # called with a request's id and block ids just before they are freed
         self.tables: dict[object, list[int]] = {}
 
     @property
@@ -80,11 +79,9 @@ class BlockLedger:
         """Give back every block ``request`` holds; return how many."""
         table = self.tables.pop(request.request_id, [])
         if table and self.on_free is not None:
-            self.on_free(table)
+            self.on_free(request.request_id, table)
         for b in table:
             self.allocator.free(b)
-        if self.on_release is not None:
-            self.on_release(request.request_id)
         return len(table)
 
     def num_used(self) -> int:

@@ -129,11 +129,12 @@ class Engine:
         work = [Work(r, r.num_computed, r.token_slice(r.num_computed, r.num_computed + n),
                      r.num_computed + n == r.num_tokens) for r, n in plan.scheduled]
         logits = self.runner.forward(work)
-        # The step's one host sync: greedy rows are picked on the device in one go, and the rows
-        # of sampled requests come to the host together (never one transfer per request).
+        # Greedy rows are picked on the device in one go and come back in one transfer; the rows
+        # of sampled requests (float32 from the runner) come in a second, together, never one
+        # transfer per request.
         greedy = logits.argmax(dim=-1).tolist() if logits.shape[0] else []
         sampled = [i for i, w in enumerate(x for x in work if x.wants_logits) if not w.request.sampling.greedy]
-        host = dict(zip(sampled, logits[sampled].float().cpu())) if sampled else {}
+        host = dict(zip(sampled, logits[sampled].cpu())) if sampled else {}
         end = self.clock.step_done()
         events, done = [], []
         row = 0

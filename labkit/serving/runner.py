@@ -109,7 +109,7 @@ class PagedRunner:
         self.max_context = min(cfg.max_len, max_context or cfg.max_len)
         self.cache = PagedKVCache(cfg.n_layers, cfg.kv_heads, cfg.head_dim, num_blocks=num_blocks,
                                   block_size=block_size, dtype=p.dtype, device=p.device)
-        self.blocks = BlockLedger(block_size=block_size, allocator=self.cache.allocator, on_release=self._release)
+        self.blocks = BlockLedger(block_size=block_size, allocator=self.cache.allocator, on_free=self._release)
         self.device = p.device
         # Host mirror of the running requests' block tables, one row each (fixed width: the
         # kernel's table stride never changes, so it is compiled once).
@@ -124,8 +124,8 @@ class PagedRunner:
     def memory_bytes(self) -> int:
         return self.cache.memory_bytes()
 
-    def _release(self, request_id) -> None:
-        row = self._rows.pop(request_id, None)  # its blocks went back: forget its mirror row
+    def _release(self, request_id, blocks: list) -> None:
+        row = self._rows.pop(request_id, None)  # its blocks go back: forget its mirror row
         if row is not None:
             self._filled[row] = 0
             self._spare.append(row)
@@ -168,12 +168,9 @@ class PagedRunner:
         starts = np.fromiter((w.start for w in work), np.int64, R)
         ends = np.cumsum(counts)  # item i's tokens are ends[i] - counts[i] .. ends[i] - 1 of the row
         N = int(ends[-1])
-        if N == R:  # a decode-only step: one token per request
-            positions, tables, filled = starts, self._mirror[rows], self._filled[rows]
-        else:
-            item = np.repeat(np.arange(R), counts)
-            positions = np.arange(N) - np.repeat(ends - counts - starts, counts)
-            tables, filled = self._mirror[rows[item]], self._filled[rows[item]]
+        item = np.repeat(np.arange(R), counts)  # which work item each of the step's N tokens belongs to
+        positions = np.arange(N) - np.repeat(ends - counts - starts, counts)
+        tables, filled = self._mirror[rows[item]], self._filled[rows[item]]
         block_index = positions // bs
         if (block_index >= filled).any():
             i = int(np.argmax(block_index >= filled))

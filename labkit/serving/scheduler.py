@@ -69,7 +69,9 @@ def schedule_running(running: list, *, budget: int, blocks) -> tuple[list, list]
 def admit(waiting: list, *, budget: int, free_slots: int, blocks, watermark: int = 0) -> list:
     """Admit waiting requests first-come first-served; return ``[(request, num_tokens)]``.
 
-    waiting: requests that have arrived, in queue order. budget: tokens left this step.
+    waiting: the first ``free_slots`` requests that have arrived, in queue order (the
+    :class:`Scheduler` shows an admission policy no more than it could admit, so a long queue
+    costs nothing per step). budget: tokens left this step.
     free_slots: how many more requests may run (max_batch minus running). A request is
     admitted with ``num_tokens = min(request.num_pending, budget left)`` (its first prefill
     chunk) when a slot is free and allocating its chunk's blocks leaves at least
@@ -153,10 +155,10 @@ class Scheduler:
         plan = StepPlan(scheduled=list(scheduled), preempted=list(preempted))
         if not preempted:  # no room to grow the running requests: none to start new ones either
             # The arrived requests are a prefix of the queue (preempted ones go in front, the rest
-            # keep arrival order). First-come first-served admits at most one per free slot, so
-            # the policy is shown only that many: a queue of hundreds costs nothing per step.
+            # keep arrival order). No policy can admit more than one per free slot, so it is shown
+            # only that many (the admit contract): a queue of hundreds costs nothing per step.
             slots = self.max_batch - len(self.running)
-            arrived = list(islice(takewhile(lambda r: r.arrival_time <= now, self.waiting), max(slots, 0)))
+            arrived = list(islice(takewhile(lambda r: r.arrival_time <= now, self.waiting), slots))
             budget = self.token_budget - plan.num_tokens
             admitted = self._admit(arrived, budget=budget, free_slots=slots,
                                    blocks=self.blocks, watermark=self.watermark)

@@ -39,7 +39,7 @@ class ToyRunner:
         self.passes = 0  # forward passes run (one per step in which work was scheduled)
         self.tokens_run = 0  # tokens whose "KV" was computed, recomputations included
 
-    def _poison(self, blocks: list) -> None:
+    def _poison(self, request_id, blocks: list) -> None:
         self.pool[blocks] = POISON
 
     def memory_bytes(self) -> int:

@@ -3,17 +3,14 @@
 :func:`labkit.testing.t4.compile_triton_many_for_t4` takes ``(kernel, signature, constexprs,
 num_warps)`` tuples; :func:`attend_build` builds the one that
 :func:`labkit.attention.triton_decode.launch` would compile for a dtype, head dim, GQA group,
-context and compute capability, contiguous or paged, so the tests compile exactly what runs.
+context and compute capability, contiguous or paged. The configuration and the constexprs come
+from the launcher's own :func:`~labkit.attention.triton_decode.config_for` and
+:func:`~labkit.attention.triton_decode.constexprs`, so the tests compile exactly what runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import triton
-
-from labkit.attention.triton_decode import _attend_kernel
-from labkit.attention.triton_plan import heads_per_program, kernel_config, short_context_block
+from labkit.attention.triton_decode import _attend_kernel, config_for, constexprs
 
 
 def attend_signature(dt: str) -> dict[str, str]:
@@ -28,16 +25,14 @@ def attend_build(dt: str, D: int, group: int, split: bool, T: int, cc: tuple[int
                  paged: bool = False) -> tuple:
     """The ``(kernel, signature, constexprs, num_warps)`` request the launcher makes on ``cc``.
 
-    ``split``: flash-decoding (partials, lengths and RoPE, as the benchmarks and engines call it)
-    or the one-pass kernel; ``paged``: K and V read through a block table of 16-token blocks.
+    ``split``: flash-decoding (partials, lengths and RoPE, as the benchmarks and engines call
+    it; short contexts take smaller tiles) or the one-pass kernel (its tile at any context);
+    ``paged``: K and V read through a block table of 16-token blocks.
     """
-    cfg = kernel_config(D, group, cc=cc)
-    cfg = replace(cfg, block_t=short_context_block(cfg.block_t, T))  # short contexts take smaller tiles
-    heads = heads_per_program(group, cfg.use_dot)
-    constexprs = dict(HKV=8, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
-                      BLOCK_T=cfg.block_t, BS=16, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=split or paged,
-                      HAS_ROPE=split, SPLIT=split, PAGED=paged, USE_DOT=cfg.use_dot)
-    return (_attend_kernel, attend_signature(dt), constexprs, cfg.num_warps)
+    cfg = config_for(D, group, T, cc=cc, short_context=split or paged)
+    meta = constexprs(8, group, D, cfg, bs=16 if paged else 1, has_lengths=split or paged, has_rope=split,
+                      split=split, paged=paged)
+    return (_attend_kernel, attend_signature(dt), meta, cfg.num_warps)
 
 
 __all__ = ["attend_build", "attend_signature"]

@@ -87,12 +87,14 @@ def _ptxas_resources(ptx: str, cc) -> tuple[int | None, int | None]:
     (Triton reports registers only once a GPU has loaded the kernel)."""
     import tempfile
 
-    import triton
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
+    capability = 10 * cc[0] + cc[1]
+    try:
+        ptxas = get_ptxas(capability).path  # the ptxas Triton itself runs (honours TRITON_PTXAS_PATH)
+    except Exception:  # noqa: BLE001 - no usable ptxas: registers unknown, as on a machine without one
         return None, None
-    arch = f"sm_{cc[0]}{cc[1]}" + ("a" if tuple(cc) >= (9, 0) else "")  # Triton emits sm_90a PTX for Hopper
+    arch = sm_arch_from_capability(capability)  # sm_90a on Hopper, as Triton compiles it
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.ptx")
         with open(path, "w") as f:

@@ -19,7 +19,8 @@ from pathlib import Path
 import labkit  # noqa: F401  (decides the mode before anything else loads)
 import nbformat
 from labkit.course.grade import grade
-from labkit.course.release import ROOT, master_paths, student_notebook
+from labkit.course.release import master_paths, student_notebook
+from labkit.paths import ROOT
 
 
 def main() -> int:

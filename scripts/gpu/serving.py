@@ -36,8 +36,7 @@ import torch
 from labkit import runtime
 from labkit.bench import run_meta, save_records
 from labkit.serving import Engine, Request, RequestError, StaticScheduler, StepClock
-from labkit.serving.bench import (POLICIES, format_comparison, load_runner, pool_blocks, serve, sweep_rates,
-                                  to_record, warm_up)
+from labkit.serving.bench import format_comparison, load_runner, measure, pool_blocks, warm_up
 from labkit.serving.plots import format_sweep
 from labkit.serving.runner import PagedRunner
 from labkit.serving.workloads import SERVING_MIX, SMALL_SERVING_MIX, describe, make_requests
@@ -177,22 +176,6 @@ class ForwardTimer:
         return out
 
 
-def summary_table(offline: dict) -> str:
-    s, c = offline["static"], offline["continuous"]
-    wall = c.unit == "s"
-    t_u, k = ("ms", 1e3) if wall else ("steps", 1.0)
-    rate_u = "tok/s" if wall else "tok/step"
-    rows = [("throughput", rate_u, lambda m: m.throughput, 1.0), ("TTFT p50", t_u, lambda m: m.ttft_p50, k),
-            ("TTFT p99", t_u, lambda m: m.ttft_p99, k), ("TPOT p50", t_u, lambda m: m.tpot_p50, k),
-            ("TPOT p99", t_u, lambda m: m.tpot_p99, k), ("steps", "", lambda m: m.steps, 1.0),
-            (f"{t_u}/step", t_u, lambda m: m.duration / m.steps, k), ("occupancy", "%", lambda m: m.occupancy, 100.0)]
-    lines = [f"{'':<12}{'unit':<9}{'static':>11}{'continuous':>12}{'ratio':>8}"]
-    for name, u, get, scale in rows:
-        a, b = get(s) * scale, get(c) * scale
-        lines.append(f"{name:<12}{u:<9}{a:11.2f}{b:12.2f}{b / a if a else float('nan'):7.2f}x")
-    return "\n".join(lines)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/results", help="where to write serving_<gpu>.json")
@@ -241,25 +224,17 @@ def main() -> int:
     log("measuring: warm-up, both policies offline (every request at t=0), then both over arrival rates")
     timer = ForwardTimer(runner)
     warm_up(runner, workload, max_batch=N, token_budget=args.budget)
-    offline, forward_ms = {}, {}
-    for policy in POLICIES:
-        timer.times.clear()
-        offline[policy] = serve(runner, requests, policy, max_batch=N, token_budget=args.budget)[0]
+    timer.times.clear()
+    forward_ms = {}
+
+    def offline_done(policy, metrics):  # the mean model pass of this policy's offline run
         forward_ms[policy] = 1e3 * sum(timer.times) / len(timer.times)
-        log(f"  offline: {policy} done ({offline[policy].duration:.3g} {offline[policy].unit})")
-    dtype = str(runner.cache.dtype).replace("torch.", "")
-    records = [to_record(p, m, rate=None, max_batch=N, token_budget=args.budget, kv_bytes=kv, dtype=dtype,
-                         workload=describe(requests)) for p, m in offline.items()]
-    c = offline["continuous"]
-    capacity = c.throughput / (c.output_tokens / c.requests)  # requests per clock unit it sustains
-    rates = [float(f"{f * capacity:.3g}") for f in fractions]
-    try:  # a failure here must not lose the offline results
-        records += sweep_rates(runner, lambda rate: workload(per_rate, rate, 1), rates, max_batch=N,
-                               token_budget=args.budget, deadline=T0 + args.time_budget,
-                               progress=lambda r, msg: log("  " + msg))
-    except Exception as e:
-        print(f"rate sweep failed: {type(e).__name__}: {e}")
-    print(format_comparison(offline))
+        timer.times.clear()
+
+    records, offline = measure(runner, workload, max_batch=N, token_budget=args.budget, offline_requests=n_requests,
+                               rate_fractions=fractions, per_rate=per_rate, warm=False,
+                               progress=lambda r, msg: log("  " + msg), on_offline=offline_done,
+                               deadline=T0 + args.time_budget)
     s, c = offline["static"], offline["continuous"]
     speedup = c.throughput / s.throughput
     print("\nover arrival rate (fractions of the continuous capacity; 'all@0' is the offline run):")
@@ -275,7 +250,7 @@ def main() -> int:
     log(f"saved {path}")
 
     print(f"\nSUMMARY ({'GPU, wall clock' if c.unit == 's' else 'sim mode, logical clock'}): {describe(requests)}")
-    print(summary_table(offline))
+    print(format_comparison(offline))
     if c.unit == "s":
         for p, m in offline.items():
             step = 1e3 * m.duration / m.steps

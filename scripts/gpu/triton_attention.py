@@ -29,7 +29,6 @@ import argparse
 import random
 import sys
 import time
-from dataclasses import replace
 
 import labkit  # noqa: F401  (decides the mode before triton is imported)
 import torch
@@ -153,7 +152,7 @@ def check_no_sync_and_graph() -> list[str]:
 
 def timed(fn, sets, warmup, rep):
     """GPU time with the calls captured in a CUDA graph (as a decode engine runs them)."""
-    return time_ms(rotating(fn, sets), warmup=warmup, rep=rep, graph=not SIM)
+    return time_ms(rotating(fn, sets), warmup=warmup, rep=rep, graph=True)
 
 
 def sdpa_best(sets, expected, gqa: bool, warmup, rep) -> tuple[float | None, str]:
@@ -249,8 +248,9 @@ def bench(roofline: float | None, quick: bool) -> list[Record]:
             ms, timing = time_for_record(rotating(lambda q, k, v: flash_decode(q, k, v, out=out), sets),
                                          warmup=warmup, rep=rep)
             rec("triton_splitk", ms, config=str(cfg0), num_splits=s0, rel_error=err, **timing)
-            rec("triton", timed(lambda q, k, v: triton_decode(q, k, v, out=out), sets, warmup, rep),
-                config=str(config_for(D, Hq // Hkv, T, short_context=False)), num_splits=1)
+            ms, timing = time_for_record(rotating(lambda q, k, v: triton_decode(q, k, v, out=out), sets),
+                                         warmup=warmup, rep=rep)
+            rec("triton", ms, config=str(config_for(D, Hq // Hkv, T, short_context=False)), num_splits=1, **timing)
             if SIM or T in SWEEP_POINTS[name]:
                 def fn_for(cfg, splits):
                     return lambda q, k, v: flash_decode(q, k, v, out=out, block_t=cfg.block_t, num_warps=cfg.num_warps,
