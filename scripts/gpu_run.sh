@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything the course claims about a GPU, in one script: environment and doctor, correctness
-# sweeps, benchmarks, nbval of the notebooks in gpu mode, compute-sanitizer on the Numba kernel.
+# sweeps, benchmarks, nbval of the notebooks in gpu mode, compute-sanitizer on the Numba and Triton kernels.
 #
 #   scripts/gpu_run.sh [STAGE ...]      (default: all stages)
-#   stages: env bench nbval numba sanitize triton rope paged train speculative serving
+#   stages: env bench nbval numba sanitize sanitize_triton triton rope paged train speculative serving
 #   NUMBA_ARGS, TRITON_ARGS, ROPE_ARGS, PAGED_ARGS, SPECULATIVE_ARGS, SERVING_ARGS (e.g. "--quick")
 #   pass options to one stage's script.
 #   NBVAL_NOTEBOOKS="solutions/00_setup.ipynb ..." limits the nbval stage to some notebooks.
@@ -25,7 +25,8 @@ else
 fi
 export PYTHONUNBUFFERED=1 LABKIT_MODE=gpu
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(env bench numba sanitize triton rope paged speculative serving nbval)
+# sanitize last: whatever a sanitizer run compiles goes to its own Triton cache (SANITIZE_CACHE), never the timed one
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(env bench numba triton rope paged speculative serving nbval sanitize)
 status=0
 
 run() {  # run NAME CMD...: log to $OUT/NAME.log, remember failures
@@ -45,6 +46,7 @@ pack() {
   rm -rf data/results/.logs
 }
 
+SANITIZE_CACHE=$(mktemp -d)
 for stage in "${STAGES[@]}"; do
   case $stage in
     env)
@@ -56,11 +58,15 @@ for stage in "${STAGES[@]}"; do
         run "nbval_$(basename "$nb" .ipynb)" python3 -m pytest -p no:cacheprovider "$nb" --nbval-lax --nbval-current-env \
           --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -q -o addopts=""
       done ;;
+    sanitize_triton) TRITON_CACHE_DIR=$SANITIZE_CACHE run sanitize_triton compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 3 \
+        python3 scripts/gpu/sanitize_triton.py ;;
     sanitize)
       if [ -f scripts/gpu/sanitize_numba.py ]; then
         run sanitize_memcheck compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
         run sanitize_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
-      fi ;;
+      fi
+      [ -f scripts/gpu/sanitize_triton.py ] && TRITON_CACHE_DIR=$SANITIZE_CACHE run sanitize_triton compute-sanitizer --tool memcheck \
+        --report-api-errors no --error-exitcode 3 python3 scripts/gpu/sanitize_triton.py ;;
     train) [ -f scripts/gpu/train_models.sh ] && run train bash scripts/gpu/train_models.sh data/models ;;
     numba)       [ -f scripts/gpu/numba_attention.py ] && run numba python3 scripts/gpu/numba_attention.py --out data/results ${NUMBA_ARGS:-} ;;
     triton)      [ -f scripts/gpu/triton_attention.py ] && run triton python3 scripts/gpu/triton_attention.py --out data/results ${TRITON_ARGS:-} ;;

@@ -12,7 +12,8 @@ from numba import cuda  # after labkit: the simulator in sim mode (a module glob
 from labkit import numba_bridge
 from labkit.attention import decode_attention, decode_bytes, reference_decode
 from labkit.attention import naive, online_softmax
-from labkit.attention.numba_fused import GPU_CONFIG, SIM_CONFIG, launch_one_pass, numba_decode, plan, workspace
+from labkit.attention.numba_fused import (GPU_CONFIG, SIM_CONFIG, SM90_CONFIG, launch_one_pass, launch_plan, numba_decode,
+                                         plan, workspace)
 from labkit.bench.passes import bench_naive_passes, kernel_launches
 from labkit.checks import CheckFailure, nb01, nb02, rel_error
 from labkit.testing import compile_numba_ptx_for_t4
@@ -108,7 +109,8 @@ def test_numba_split_results_agree_with_one_split():
 def test_plan_fills_the_gpu_and_never_leaves_a_split_empty():
     p = plan(1, 32, 32, 8192, cfg=GPU_CONFIG, sms=132)
     assert p.grid == (32, p.splits) and p.splits * p.chunk >= 8192 and (p.splits - 1) * p.chunk < 8192
-    assert p.grid[0] * p.grid[1] >= 4 * 132  # several blocks per SM
+    n = p.grid[0] * p.grid[1]
+    assert n >= 3 * 132 and n / (-(-n // 528) * 528) >= 0.95  # several blocks per SM, in whole waves of 4
     assert plan(1, 32, 32, 8192, cfg=GPU_CONFIG, sms=40).splits < p.splits  # fewer SMs, fewer splits
     assert plan(1, 32, 8, 100, cfg=GPU_CONFIG, sms=132).heads_per_block == 4  # one read of K/V per group
     assert plan(1, 12, 1, 100, cfg=GPU_CONFIG, sms=132).heads_per_block == 4  # group 12: 3 blocks of 4
@@ -312,6 +314,23 @@ def test_plan_rounds_the_grid_to_whole_waves():
         p = plan(B, H, H, T, cfg=cfg, sms=132, resident=4)
         n = p.grid[0] * p.grid[1]
         assert n / (-(-n // 528) * 528) >= 0.95, (B, H, T, p)
+
+
+def test_plan_scores_the_cap_and_prefers_fewer_blocks_on_a_tie():
+    # 32 heads at T = 4096 allow 16 splits of 2 tiles: 512 blocks, two waves of 2 × 132 (an
+    # SM holds 3, the plan fills 2). 8 splits make one full wave and won on the H200.
+    assert plan(1, 32, 32, 4096, cfg=SM90_CONFIG, sms=132, resident=3).splits == 8
+    assert plan(8, 32, 32, 4096, cfg=SM90_CONFIG, sms=132, resident=3).splits == 1  # 256 blocks: one wave
+    p = plan(1, 12, 12, 8192, cfg=SM90_CONFIG, sms=132, resident=3)
+    assert p.grid[0] * p.grid[1] == 2 * 132 and p.resident == 3
+
+
+def test_launch_plan_is_what_numba_decode_launches():
+    q, k, v = inputs(2, 4, 2, 45, 64, torch.float32)
+    assert launch_plan(q, k, v) == plan(2, 4, 2, 45)  # sim mode: no compiled kernel to ask
+    assert launch_plan(q, k, v, splits=5).splits == 3  # chunks of whole tiles (8 in sim)
+    with pytest.raises(ValueError, match="head dim"):
+        launch_plan(q[..., :32].contiguous(), k[..., :32].contiguous(), v[..., :32].contiguous())
 
 
 def test_workspace_is_cached_and_counters_stay_zero():

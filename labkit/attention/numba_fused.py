@@ -31,9 +31,11 @@ HEAD_DIMS = (64, 128)
 GPU_CONFIG = KernelConfig(tile=64, threads=256, lanes=32, max_group=4, blocks_per_sm=8, min_tiles=2,
                           resident_per_sm=4)
 # sm_90 (H100/H200): the H200 sweep (data/results/numba_tuning_nvidia-h200.json) measured
-# 128-token tiles at 4 blocks per SM within 3% of the best configuration in every cell. Its
-# 35 KB of shared memory per block would leave a T4's 64 KB SM one block, so the T4 keeps 64.
-SM90_CONFIG = KernelConfig(tile=128, threads=256, lanes=32, max_group=4, blocks_per_sm=4, min_tiles=2,
+# 128-token tiles within 3% of the best configuration in every cell. Its 35 KB of shared memory
+# per block would leave a T4's 64 KB SM one block, so the T4 keeps 64. Forced split counts
+# (numba_splits_nvidia-h200.json) were fastest at about 2 blocks per SM, though 3 fit: two
+# already keep an SM's loads in flight, and every extra split is one more partial to merge.
+SM90_CONFIG = KernelConfig(tile=128, threads=256, lanes=32, max_group=4, blocks_per_sm=2, min_tiles=2,
                            resident_per_sm=4)
 # The simulator runs one Python thread per CUDA thread: small blocks keep it quick.
 SIM_CONFIG = KernelConfig(tile=8, threads=16, lanes=8, max_group=4, blocks_per_sm=2, min_tiles=1,
@@ -66,6 +68,7 @@ class Plan:
     chunk: int  # tokens per split (a multiple of the tile)
     grid: tuple[int, int]
     threads: int
+    resident: int  # blocks of this kernel one SM can hold (from the compiled kernel, else the config's)
 
 
 def heads_per_block(group: int, cfg: KernelConfig) -> int:
@@ -78,20 +81,22 @@ def plan(B: int, Hq: int, Hkv: int, T: int, *, splits: int | None = None, cfg: K
     """The launch for one shape: heads per block, then splits from the SM count (or ``splits``).
 
     Splits are chosen so the grid holds about ``cfg.blocks_per_sm`` blocks per SM in whole
-    waves of ``sms * resident`` blocks (``resident`` defaults to ``cfg.resident_per_sm``),
+    waves of ``sms * min(resident, cfg.blocks_per_sm)`` blocks (``resident``, the blocks an SM
+    can hold, defaults to ``cfg.resident_per_sm``),
     every split walking at least ``cfg.min_tiles`` tiles; the chunk is rounded up to whole
     tiles and the split count recomputed, so no split is empty.
     """
     cfg = cfg or default_config()
     g = heads_per_block(Hq // Hkv, cfg)
     blocks = B * Hkv * (Hq // Hkv // g)
+    resident = resident or cfg.resident_per_sm
     if splits is None:
-        splits = _wave_splits(blocks, T, cfg, sms or sm_count(), resident or cfg.resident_per_sm)
+        splits = _wave_splits(blocks, T, cfg, sms or sm_count(), min(resident, cfg.blocks_per_sm))
     if splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
     chunk = _chunk(T, splits, cfg.tile)
     splits = math.ceil(T / chunk)
-    return Plan(g, splits, chunk, (blocks, splits), cfg.threads)
+    return Plan(g, splits, chunk, (blocks, splits), cfg.threads, resident)
 
 
 def _chunk(T: int, splits: int, tile: int) -> int:
@@ -103,18 +108,18 @@ def _wave_splits(blocks: int, T: int, cfg: KernelConfig, sms: int, resident: int
 
     A wave is ``sms * resident`` blocks; a grid of 2.4 waves runs its last wave mostly empty.
     Among half to twice the wanted split count (each split at least ``cfg.min_tiles`` tiles),
-    take the one with the fullest waves, then the nearest to the wanted count, then the fewest.
+    take the one with the fullest waves, then the fewest. The cap on splits is scored like the
+    rest: 32 heads × 16 splits are 512 blocks, two waves of 2 × 132, and 8 splits are faster.
     """
     want = math.ceil(cfg.blocks_per_sm * sms / blocks)
     cap = max(1, T // (cfg.min_tiles * cfg.tile))
-    if want >= cap:
-        return cap
+    low = max(1, (min(want, cap) + 1) // 2)
 
     def score(s):
         n = blocks * math.ceil(T / _chunk(T, s, cfg.tile))  # the grid after rounding chunks to tiles
-        return (-sm_utilisation(n, sms, resident), abs(s - want), s)
+        return (-round(sm_utilisation(n, sms, resident), 2), n)
 
-    return min(range(max(1, (want + 1) // 2), min(2 * want, cap) + 1), key=score)
+    return min(range(low, min(2 * want, cap) + 1), key=score)
 
 
 _WORKSPACES: dict = {}
@@ -158,13 +163,28 @@ def numba_decode(q, k, v, *, scale: float | None = None, splits: int | None = No
     cfg = config or default_config()
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     out = check_out(out, q)
+    p, kernel, args, tail = _prepare(q, k, v, out, scale, splits, cfg)
+    launch(kernel, p.grid, p.threads, *args, *workspace(q.device, B, Hq, p.splits, D, p.grid[0]), *tail, p.chunk)
+    return out
+
+
+def _prepare(q, k, v, out, scale, splits, cfg):
+    """The kernel, its plan (splits from the compiled kernel's residency) and its arguments but the workspace."""
+    B, Hq, D = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
     args = [q.view(-1), _words("k", k), _words("v", v), out.view(-1)]
     kernel = split_kernel(D, heads_per_block(Hq // Hkv, cfg), q.dtype, cfg, clamp=T < cfg.tile)
     tail = [np.float32(scale * LOG2E), T, Hkv, Hq // Hkv]
     resident = resident_blocks(kernel, cfg.threads, *args, *workspace(q.device, 1, 1, 1, D, 1), *tail, cfg.tile)
-    p = plan(B, Hq, Hkv, T, splits=splits, cfg=cfg, resident=resident)
-    launch(kernel, p.grid, p.threads, *args, *workspace(q.device, B, Hq, p.splits, D, p.grid[0]), *tail, p.chunk)
-    return out
+    return plan(B, Hq, Hkv, T, splits=splits, cfg=cfg, resident=resident), kernel, args, tail
+
+
+def launch_plan(q, k, v, *, splits: int | None = None, config: KernelConfig | None = None) -> Plan:
+    """The :class:`Plan` :func:`numba_decode` launches for these inputs: its split count comes
+    from the compiled kernel's registers and shared memory (blocks resident per SM), which
+    only the GPU's compiler knows; benchmarks record it from here."""
+    validate_decode(q, k, v, dtypes=FP16_FP32, head_dims=HEAD_DIMS, device=runtime.device())
+    return _prepare(q, k, v, q, 1.0, splits, config or default_config())[0]
 
 
 def launch_one_pass(kernel, q, k, v, *, scale: float | None = None, threads: int, max_head_dim: int = 128):
@@ -185,4 +205,4 @@ def launch_one_pass(kernel, q, k, v, *, scale: float | None = None, threads: int
 
 
 __all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "SM90_CONFIG", "launch_one_pass",
-           "heads_per_block", "numba_decode", "plan", "split_kernel", "workspace"]
+           "heads_per_block", "launch_plan", "numba_decode", "plan", "split_kernel", "workspace"]

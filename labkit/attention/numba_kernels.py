@@ -247,16 +247,24 @@ def make_split_kernel(D: int, G: int, half: bool, cfg: KernelConfig, clamp: bool
         for r in range(OWN):
             idx = tid + r * TPB
             if idx < G * D:
+                # One online pass over the splits, two per step: each step's six loads are issued
+                # together, so the merge waits on S / 2 memory round trips, not 2 S.
                 base = (qrow + idx // D) * S * (D + 2)
                 mx = float32(M_INIT)
-                for s in range(S):
-                    mx = max(mx, ws[U(base + s * (D + 2) + D)])
                 den = float32(0.0)
                 num = float32(0.0)
-                for s in range(S):
-                    w = math.exp2(ws[U(base + s * (D + 2) + D)] - mx)
-                    den += w * ws[U(base + s * (D + 2) + D + 1)]
-                    num += w * ws[U(base + s * (D + 2) + idx % D)]
+                for s in range(0, S, 2):
+                    a = base + s * (D + 2)
+                    b = a + (D + 2) if s + 1 < S else a  # an odd S reads the last split twice...
+                    ma, la, va = ws[U(a + D)], ws[U(a + D + 1)], ws[U(a + idx % D)]
+                    mb, lb, vb = ws[U(b + D)], ws[U(b + D + 1)], ws[U(b + idx % D)]
+                    if s + 1 >= S:
+                        lb, vb = float32(0.0), float32(0.0)  # ...and gives the copy no weight
+                    m_new = max(mx, max(ma, mb))
+                    c, wa, wb = math.exp2(mx - m_new), math.exp2(ma - m_new), math.exp2(mb - m_new)
+                    den = den * c + wa * la + wb * lb
+                    num = num * c + wa * va + wb * vb
+                    mx = m_new
                 out[U(qrow * D + idx)] = num / den
 
     return split_kernel

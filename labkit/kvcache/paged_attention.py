@@ -79,7 +79,7 @@ def validate_paged(q, k_pool, v_pool, block_tables, lengths, *, check_values: bo
 
 def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | None = None, out=None,
                  check_values: bool = True, block_n: int | None = None, num_splits: int | None = None,
-                 num_warps: int | None = None) -> torch.Tensor:
+                 num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
     """Decode attention over a paged KV cache.
 
     q: [B, Hq, D] fp16/fp32 (bf16 where the GPU has it); k_pool, v_pool: one layer's pools
@@ -89,8 +89,8 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
     each sequence's tokens, scale = 1/sqrt(D) by default.
 
     ``check_values=False`` skips the value checks (and their device sync) for callers that built
-    the tables themselves. ``block_n`` (tokens per tile), ``num_splits`` and ``num_warps``
-    override the contiguous kernel's configuration for this GPU (for tuning and tests); the
+    the tables themselves. ``block_n`` (tokens per tile), ``num_splits``, ``num_warps`` and
+    ``num_stages`` override the contiguous kernel's configuration for this GPU (for tuning and tests); the
     splits default to the heuristic over the tables' capacity, ``max_blocks × BS``.
     """
     B, Hq, Hkv, BS, D, _, max_blocks = validate_paged(q, k_pool, v_pool, block_tables, lengths,
@@ -98,7 +98,8 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
     if block_n is not None and (block_n < 1 or block_n & (block_n - 1)):
         raise ValueError(f"block_n must be a power of two, got {block_n}")
     capacity = max_blocks * BS
-    cfg = config_for(D, Hq // Hkv, capacity, device_index=q.device.index, block_t=block_n, num_warps=num_warps)
+    cfg = config_for(D, Hq // Hkv, capacity, device_index=q.device.index, block_t=block_n, num_warps=num_warps,
+                     num_stages=num_stages)
     splits = plan_splits(B, Hq, Hkv, capacity, cfg, num_splits=num_splits, device_index=q.device.index)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     return launch(q, k_pool, v_pool, check_out(out, q), scale=scale, T=capacity, cfg=cfg, num_splits=splits,

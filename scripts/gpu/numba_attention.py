@@ -34,7 +34,7 @@ import torch
 from labkit import runtime
 from labkit.attention import decode_bytes, reference_decode
 from labkit.attention.naive import naive_decode
-from labkit.attention.numba_fused import GPU_CONFIG, SIM_CONFIG, default_config, numba_decode, plan
+from labkit.attention.numba_fused import default_config, launch_plan, numba_decode, plan
 from labkit.bench import Record, copy_roofline_gbps, gbps, rotating, rotation_count, run_meta, save_records, time_ms
 from labkit.bench.attention import bench_decode, make_decode_inputs
 from labkit.checks.core import rel_error
@@ -47,7 +47,7 @@ SHAPES = {"gpt2": (12, 12, 64, torch.float32), "llama": (32, 32, 128, torch.floa
 CONTEXTS = (16, 48) if SIM else (512, 2048, 4096, 8192, 32768)
 BATCHES = (1, 2) if SIM else (1, 8)
 REP, WARMUP = 20, 10  # ms per timing (do_bench units): the whole run stays near 90 s on an H200
-BASE = SIM_CONFIG if SIM else GPU_CONFIG
+BASE = default_config()  # what a user's call gets on this GPU
 KERNELS = [BASE] if SIM else [BASE, dataclasses.replace(BASE, tile=128), dataclasses.replace(BASE, tile=32),
                               dataclasses.replace(BASE, threads=128)]
 PLANS = [(8, 2), (4, 2), (16, 2), (8, 1), (8, 4)]  # (blocks_per_sm, min_tiles) of the split heuristic
@@ -134,7 +134,8 @@ def _time_cell(name: str, B: int, T: int, cfgs, roof) -> list[Record]:
     expected = reference_decode(*sets[0])
     records = []
     for cfg in cfgs:
-        extra = {"shape": name, **dataclasses.asdict(cfg), "splits": plan(B, Hq, Hkv, T, cfg=cfg).splits}
+        p = launch_plan(*sets[0], config=cfg)
+        extra = {"shape": name, **dataclasses.asdict(cfg), "splits": p.splits, "resident": p.resident}
         try:
             err = rel_error(numba_decode(*sets[0], config=cfg), expected)
             if not err <= TOL[dtype]:
@@ -183,6 +184,39 @@ def sweep(roof) -> tuple[object, list[Record]]:
     return chosen, records
 
 
+SPLIT_CELLS = [("llama", 1, 48)] if SIM else [
+    ("gpt2", 1, 2048), ("gpt2", 1, 4096), ("gpt2", 1, 8192), ("gpt2", 1, 32768), ("gpt2", 8, 512), ("gpt2", 8, 4096),
+    ("llama", 1, 512), ("llama", 1, 2048), ("llama", 1, 4096), ("llama", 1, 8192), ("llama", 1, 32768),
+    ("llama", 8, 4096)]
+SPLIT_COUNTS = (1, 2, 3, 4, 6, 8, 11, 12, 16, 22, 24, 32, 43, 44, 64)
+
+
+def split_sweep(roof, cfg) -> list[Record]:
+    """Forced split counts at fixed cells (the blocks resident per SM printed beside them):
+    the data the split heuristic is judged against -> ``numba_splits_<gpu>.json``."""
+    t0, records = time.time(), []
+    for name, B, T in SPLIT_CELLS:
+        Hq, Hkv, D, dtype = dims(name)
+        nbytes = decode_bytes(B, Hq, Hkv, T, D, torch.empty((), dtype=dtype).element_size())
+        sets = [make_decode_inputs(B, Hq, Hkv, T, D, dtype) for _ in range(rotation_count(nbytes))]
+        chosen = launch_plan(*sets[0], config=cfg)
+        line = f"  {name} B={B} T={T} (resident {chosen.resident}/SM, heuristic {chosen.splits}):"
+        for s in sorted({launch_plan(*sets[0], splits=s, config=cfg).splits for s in SPLIT_COUNTS if s <= T // cfg.tile}
+                        | {chosen.splits}):
+            ms = time_ms(rotating(lambda q, k, v, s=s: numba_decode(q, k, v, config=cfg, splits=s), sets),
+                         warmup=WARMUP, rep=REP, graph=True)
+            bw = gbps(nbytes, ms)
+            records.append(Record("numba", {"B": B, "Hq": Hq, "Hkv": Hkv, "T": T, "D": D}, str(dtype)[6:], nbytes, ms,
+                                  bw, 100 * bw / roof if bw and roof else None,
+                                  {"shape": name, "splits": s, "resident": chosen.resident,
+                                   "heuristic": s == chosen.splits}))
+            line += f" {s}{'*' if s == chosen.splits else ''}=" + (f"{ms * 1e3:.1f}" if ms else "—")
+        print(line + " µs", flush=True)
+        del sets
+    print(f"split sweep: {time.time() - t0:.0f} s")
+    return records
+
+
 def benchmarks(roof, cfg) -> tuple[list[Record], list[str]]:
     records, failures = [], []
     for name in SHAPES:
@@ -197,10 +231,12 @@ def benchmarks(roof, cfg) -> tuple[list[Record], list[str]]:
                     failures.append(f"bench {name} B={B} T={T}: {type(exc).__name__}: {str(exc)[:300]}")
                     print("FAIL", failures[-1])
                     continue
+                p = launch_plan(*make_decode_inputs(B, Hq, Hkv, min(T, 1024), D, dtype), config=cfg)  # residency
+                p = plan(B, Hq, Hkv, T, cfg=cfg, resident=p.resident)
                 for r in recs:
                     r.extra["shape"] = name
                     if r.kernel == "numba":
-                        r.extra.update(splits=plan(B, Hq, Hkv, T, cfg=cfg).splits, config=dataclasses.asdict(cfg))
+                        r.extra.update(splits=p.splits, resident=p.resident, config=dataclasses.asdict(cfg))
                 records += recs
     return records, failures
 
@@ -291,6 +327,7 @@ def main() -> int:
     if not args.quick:
         cfg, tuning = sweep(roof)
         print("saved", save_records(tuning, "numba_tuning", meta, args.out))
+    print("saved", save_records(split_sweep(roof, cfg), "numba_splits", meta, args.out))
     print(f"benchmarking with {cfg} ({time.time() - t0:.0f} s)", flush=True)
     host_overhead(cfg)
     records, bench_failures = benchmarks(roof, cfg)

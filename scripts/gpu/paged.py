@@ -108,7 +108,7 @@ def check_protocol(rng: random.Random, n: int, max_prefill: int = 100) -> list[s
 
 
 def tune() -> None:
-    print("\n--tune: paged bs=16, time in µs over BLOCK_N x num_warps (splits from the heuristic)")
+    print("\n--tune: paged bs=16, time in µs over BLOCK_N/num_warps/num_stages (splits from the heuristic)")
     for B, Hkv in ((1, 32), (1, 8), (8, 8)):
         Hq, T, D = 32, 8192, 128
         k = torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16)
@@ -117,14 +117,15 @@ def tune() -> None:
         q = torch.randn(B, Hq, D, device=DEV, dtype=torch.float16)
         n = torch.full((B,), T, dtype=torch.int32, device=DEV)
         line = f"B={B} Hq={Hq} Hkv={Hkv} T={T}:"
-        for block_n in (16, 32, 64, 128):
-            for warps in (2, 4, 8):
-                try:
-                    ms = time_ms(lambda: paged_decode(q, kp, vp, table, n, check_values=False, block_n=block_n,
-                                                      num_warps=warps))
-                    line += f" {block_n}/{warps}={ms * 1e3:.1f}"
-                except Exception as exc:  # noqa: BLE001 - a config that doesn't compile is just reported
-                    line += f" {block_n}/{warps}=fail({type(exc).__name__})"
+        for block_n in (32, 64, 128):
+            for warps in (4, 8):
+                for stages in (1, 2, 3):
+                    try:
+                        ms = time_ms(lambda: paged_decode(q, kp, vp, table, n, check_values=False, block_n=block_n,
+                                                          num_warps=warps, num_stages=stages), graph=True)
+                        line += f" {block_n}/{warps}/{stages}={ms * 1e3:.1f}"
+                    except Exception as exc:  # noqa: BLE001 - a config that doesn't compile is just reported
+                        line += f" {block_n}/{warps}/{stages}=fail({type(exc).__name__})"
         print(line, flush=True)
 
 

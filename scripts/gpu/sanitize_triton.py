@@ -1,0 +1,71 @@
+"""Run the Triton decode kernels at small, odd shapes: a target for compute-sanitizer's memcheck.
+
+    compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/gpu/sanitize_triton.py
+
+Covers ``flash_decode`` with the merge in its last program (more splits than tiles, splits left
+empty by short ``lengths``, GQA on both scoring paths, RoPE), the one-pass kernel, and
+``paged_decode`` through block tables of a shuffled pool; fp16 and fp32, D 64 and 128, T = 1
+and T not a multiple of any tile. Each case runs twice (the merge counters must be back at
+zero) into an output poisoned with NaN and is compared with the float64 reference; exits 1 on
+a wrong answer (the sanitizer's exit code reports memory errors).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import labkit  # noqa: F401  (decides the mode before triton is imported)
+import torch
+
+from labkit import runtime
+from labkit.attention import reference_decode
+from labkit.attention.triton_decode import flash_decode, triton_decode
+from labkit.bench.attention import make_decode_inputs
+from labkit.bench.paged import to_paged
+from labkit.checks.core import rel_error
+from labkit.kvcache.paged_attention import paged_decode
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+# (B, Hq, Hkv, T, D, dtype, splits, block_t)
+CASES = [
+    (1, 2, 2, 1, 64, torch.float16, None, None),
+    (2, 4, 4, 37, 128, torch.float32, 50, 16),  # more splits asked than tiles
+    (3, 8, 2, 300, 128, torch.float16, 7, None),  # GQA 4: tl.dot on sm_80+
+    (2, 32, 8, 1000, 128, torch.float16, None, None),
+    (1, 12, 12, 777, 64, torch.float32, 64, 16),  # the largest merge tile
+]
+
+
+def main() -> int:
+    print(runtime.summary())
+    bad = 0
+    for B, Hq, Hkv, T, D, dtype, splits, block_t in CASES:
+        q, k, v = make_decode_inputs(B, Hq, Hkv, T, D, dtype)
+        lengths = torch.randint(1, T + 1, (B,), dtype=torch.int32, device=q.device)
+        lengths[0] = T
+        expected = reference_decode(q, k, v, lengths=lengths)
+        kp, table = to_paged(k, 16)
+        vp, _ = to_paged(v, 16, tables=table)
+        runs = {
+            "flash_decode": lambda: flash_decode(q, k, v, lengths=lengths, num_splits=splits, block_t=block_t,
+                                                 out=torch.full_like(q, float("nan"))),
+            "triton_decode": lambda: triton_decode(q, k, v, lengths=lengths, out=torch.full_like(q, float("nan"))),
+            "paged_decode": lambda: paged_decode(q, kp, vp, table, lengths, num_splits=splits,
+                                                 out=torch.full_like(q, float("nan"))),
+        }
+        for name, run in runs.items():
+            for _ in range(2):
+                got = run()
+                if runtime.MODE == "gpu":
+                    torch.cuda.synchronize()
+                err = rel_error(got, expected)
+                ok = err <= TOL[dtype]
+                bad += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {name} B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} {str(dtype)[6:]} "
+                  f"splits={splits}: rel err {err:.2e}")
+    print(f"{bad} wrong result(s)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
