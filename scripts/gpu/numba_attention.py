@@ -9,9 +9,11 @@
 2. Sweep: kernel shapes (tile, threads, lanes) and split heuristics on both shapes at a few
    contexts, timed with the call in a CUDA graph; the fastest (geometric mean over the cells)
    is printed and used below -> ``numba_tuning_<gpu>.json``.
+   Then forced split counts at fixed cells, the blocks an SM holds beside them (what the split
+   plan is judged against) -> ``numba_splits_<gpu>.json``; this runs with ``--quick`` too.
 3. Benchmarks, copy roofline first: GPT-2-small (12 heads, d 64, fp32) and Llama (32 heads,
    d 128, fp16), batch 1 and 8, contexts 512 ... 32768: naive, numba, sdpa through
-   ``bench_decode`` (graph time as ``time_ms``, eager in ``extra``) -> ``numba_attention_<gpu>.json``;
+   ``bench_decode`` (graph time as ``time_ms``, eager in ``extra``, the launched plan's splits and residency) -> ``numba_attention_<gpu>.json``;
    the naive passes one by one -> ``naive_passes_<gpu>.json``.
 4. A table and the targets (numba >= 60% of the roofline at T >= 8192, faster than naive everywhere).
 
