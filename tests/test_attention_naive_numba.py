@@ -17,8 +17,8 @@ from labkit.attention.numba_fused import (GPU_CONFIG, SIM_CONFIG, SM90_CONFIG, l
 from labkit.bench.passes import bench_naive_passes, kernel_launches
 from labkit.checks import CheckFailure, nb01, nb02, rel_error
 from labkit.testing import compile_numba_ptx_for_t4
+from labkit.checks.core import TOLERANCE
 
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 
 
 def inputs(B, Hq, Hkv, T, D, dtype, seed=None):
@@ -33,9 +33,9 @@ def test_naive_matches_reference(B, Hq, Hkv, T, D, dtype):
     q, k, v = inputs(B, Hq, Hkv, T, D, dtype)
     out = naive.naive_decode(q, k, v)
     assert out.dtype == dtype and out.shape == (B, Hq, D)
-    assert rel_error(out, reference_decode(q, k, v)) <= TOL[dtype]
+    assert rel_error(out, reference_decode(q, k, v)) <= TOLERANCE[dtype]
     scaled = decode_attention(q, k, v, impl="naive", scale=0.3)
-    assert rel_error(scaled, reference_decode(q, k, v, scale=0.3)) <= TOL[dtype]
+    assert rel_error(scaled, reference_decode(q, k, v, scale=0.3)) <= TOLERANCE[dtype]
 
 
 def test_naive_passes_chain_to_the_whole_and_bytes_add_up():
@@ -88,7 +88,7 @@ def test_numba_matches_reference_and_writes_every_element(B, Hq, Hkv, T, D, spli
     got = numba_decode(q, k, v, splits=splits, out=out)
     assert got.data_ptr() == out.data_ptr() and got.dtype == dtype
     assert torch.isfinite(got).all()
-    assert rel_error(got, reference_decode(q, k, v)) <= TOL[dtype]
+    assert rel_error(got, reference_decode(q, k, v)) <= TOLERANCE[dtype]
 
 
 def test_numba_scale_and_registry():

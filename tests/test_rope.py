@@ -11,13 +11,12 @@ import triton
 import triton.language as tl
 
 from labkit import checks
-from labkit.checks.core import CheckFailure, rel_error
+from labkit.checks.core import CheckFailure, TOLERANCE, rel_error
 from labkit.kvcache.rope_write import write_decode_kv, write_kv_rope, write_kv_rope_kernel
 from labkit.rope import (apply_rope, apply_rope_interleaved, interleaved_permutation, rope_angles, rope_ops,
                          rope_tables)
 from labkit.rope_triton import rope_kernel, rope_triton
 
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 MAX_LEN = 4096
 
 
@@ -65,7 +64,7 @@ def test_rope_ops_match_the_reference(dtype):
     x = torch.randn(4, 6, D).to(dtype)
     pos = torch.randint(0, MAX_LEN, (4, 1))
     got = rope_ops(x, pos, cos, sin)
-    assert got.dtype == dtype and rel_error(got, expected(x, pos, cos, sin)) < TOL[dtype]
+    assert got.dtype == dtype and rel_error(got, expected(x, pos, cos, sin)) < TOLERANCE[dtype]
 
 
 def test_reference_rejects_odd_head_dims_and_positions_past_the_tables():
@@ -87,7 +86,7 @@ def test_rope_triton_matches_the_reference(dtype, N, H, D, block_h):
     pos = torch.cat([torch.tensor([MAX_LEN - 1]), torch.randint(0, MAX_LEN, (N - 1,))])[:N]
     out = torch.full_like(x, float("nan"))
     rope_triton(x, pos, cos, sin, out=out, block_h=block_h)
-    assert rel_error(out, expected(x, pos[:, None], cos, sin)) < TOL[dtype]
+    assert rel_error(out, expected(x, pos[:, None], cos, sin)) < TOLERANCE[dtype]
 
 
 def test_rope_triton_rejects_bad_input_by_name():
@@ -113,7 +112,7 @@ def test_write_decode_kv_contiguous_cache_sequences_at_different_lengths(dtype):
     pos = torch.tensor([0, T - 1, 17, 5], dtype=torch.int32)
     write_decode_kv(k_new, v_new, k_cache, v_cache, pos, (cos, sin))
     rows = torch.arange(B)
-    assert rel_error(k_cache[rows, :, pos], expected(k_new, pos[:, None], cos, sin)) < TOL[dtype]
+    assert rel_error(k_cache[rows, :, pos], expected(k_new, pos[:, None], cos, sin)) < TOLERANCE[dtype]
     assert torch.equal(v_cache[rows, :, pos], v_new)
     k_want, v_want = k0.clone(), v0.clone()
     k_want[rows, :, pos], v_want[rows, :, pos] = k_cache[rows, :, pos], v_new
@@ -133,7 +132,7 @@ def test_write_kv_rope_paged_pool_far_positions(dtype, rope):
     v_cache = torch.full_like(k_cache, float("nan"))
     write_kv_rope(k_new, v_new, k_cache, v_cache, rows, slots, (cos, sin, pos) if rope else None, block_h=2)
     want = expected(k_new, pos[:, None], cos, sin) if rope else k_new
-    assert rel_error(k_cache[rows, :, slots.long()], want) < TOL[dtype]
+    assert rel_error(k_cache[rows, :, slots.long()], want) < TOLERANCE[dtype]
     assert torch.equal(v_cache[rows, :, slots.long()], v_new)
     assert int(torch.isfinite(k_cache).sum()) == N * H * D  # exactly the N slots written
 
@@ -205,7 +204,7 @@ def test_attention_rotates_q_as_it_loads_it(impl, dtype, Hq, Hkv):
     kw = dict(num_splits=3) if impl == "flash_decode" else {}
     got = getattr(td, impl)(q, k, v, lengths=lengths, rope=(cos, sin, pos), **kw)
     want = reference_decode(expected(q, pos[:, None].long(), cos, sin), k, v, lengths=lengths)
-    assert rel_error(got, want) < TOL[dtype]
+    assert rel_error(got, want) < TOLERANCE[dtype]
 
 
 # --- the decode step, unfused and fused --------------------------------------------------------
@@ -221,9 +220,9 @@ def test_unfused_and_fused_steps_match_the_reference(dtype):
     out, k_want, v_want = reference_decode_step(q, k_new, v_new, k_cache, v_cache, pos, cos, sin)
     for step in (unfused_decode_step, fused_decode_step):
         k_c, v_c = k_cache.clone(), v_cache.clone()
-        assert rel_error(step(q, k_new, v_new, k_c, v_c, pos, cos, sin), out) < TOL[dtype], step.__name__
+        assert rel_error(step(q, k_new, v_new, k_c, v_c, pos, cos, sin), out) < TOLERANCE[dtype], step.__name__
         slot = (torch.arange(B), slice(None), pos.long())  # the slots the step writes
-        assert rel_error(k_c[slot], k_want[slot]) < TOL[dtype], step.__name__
+        assert rel_error(k_c[slot], k_want[slot]) < TOLERANCE[dtype], step.__name__
         assert torch.equal(v_c, v_want.to(dtype)), step.__name__
         k_c[slot] = k_cache[slot]  # put the old slots back: nothing else may have changed
         assert torch.equal(k_c, k_cache), step.__name__

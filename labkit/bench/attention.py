@@ -11,9 +11,8 @@ from labkit import runtime
 from labkit.attention import decode_bytes, get_impl, reference_decode
 from labkit.bench.records import Record
 from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
-from labkit.checks.core import rel_error
+from labkit.checks.core import TOLERANCE, rel_error
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
 def make_decode_inputs(B: int, Hq: int, Hkv: int, T: int, D: int, dtype: torch.dtype, *, device=None,

@@ -18,10 +18,9 @@ from labkit import runtime
 from labkit.attention import decode_bytes, get_impl
 from labkit.bench.records import Record
 from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
-from labkit.checks.core import rel_error
+from labkit.checks.core import TOLERANCE, rel_error
 
 CONTIGUOUS = "triton_splitk"  # flash_decode: the contiguous kernel the paged one is measured against
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 BLOCK_SIZES = (8, 16, 32, 64)
 
 

@@ -15,12 +15,11 @@ from labkit import runtime
 from labkit.attention.reference import decode_bytes, reference_decode
 from labkit.bench.records import Record
 from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
-from labkit.checks.core import rel_error
+from labkit.checks.core import TOLERANCE, rel_error
 from labkit.rope import apply_rope, rope_tables
 from labkit.rope_fusion import (decode_step_costs, fused_decode_step, reference_decode_step, summarize_costs,
                                 unfused_decode_step)
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 KERNELS = ("sdpa", "flash", "flash+rope", "unfused step", "fused step")
 GPU_CONTEXTS = (512, 1024, 2048, 4096)
 LLAMA = dict(Hq=32, Hkv=32, D=128)  # Llama-2-7B's attention shape

@@ -9,9 +9,8 @@ import torch
 from labkit import runtime
 from labkit.attention.naive import pass_bytes
 from labkit.attention.reference import decode_bytes, reference_decode
-from labkit.checks.core import assert_close, assert_equal, fresh_seed, run_check
+from labkit.checks.core import TOLERANCE, assert_close, assert_equal, fresh_seed, run_check
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 
 
 def _inputs(rng: random.Random, B: int, Hq: int, Hkv: int, T: int, D: int, dtype: torch.dtype, q_gain: float = 1.0):

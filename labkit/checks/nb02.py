@@ -10,9 +10,8 @@ import torch
 from labkit import runtime
 from labkit.attention.online_softmax import softmax_attention, stream
 from labkit.attention.reference import reference_decode
-from labkit.checks.core import assert_close, fresh_seed, run_check
+from labkit.checks.core import TOLERANCE, assert_close, fresh_seed, run_check
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 
 
 def _partition(rng: random.Random, T: int) -> list[int]:

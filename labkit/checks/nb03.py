@@ -19,9 +19,8 @@ from labkit import runtime
 from labkit.attention.reference import reference_decode
 from labkit.attention.splits import chunk_bounds, merge_reference, reference_partials
 from labkit.attention.triton_exercises import launch_merge, launch_one_pass, launch_split, partial_buffers
-from labkit.checks.core import launch_kernel, assert_close, assert_equal, fresh_seed, poisoned, run_check
+from labkit.checks.core import TOLERANCE, assert_close, assert_equal, fresh_seed, launch_kernel, poisoned, run_check
 
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 PARTIAL_TOL = 1e-4  # partials are fp32 whatever the inputs: only the kernel's fp32 arithmetic differs
 BLOCK_T = 16  # the block the launchers use unless a case says otherwise
 
@@ -55,7 +54,7 @@ def check_one_pass(kernel) -> None:
         q, k, v = _inputs(B, Hq, Hkv, T, head_dim, dtype, q_scale=q_scale)
         out = poisoned(q.shape, dtype, q.device)
         launch_kernel(launch_one_pass, kernel, q, k, v, out, block_t=BLOCK_T)
-        assert_close(out, reference_decode(q, k, v), rtol=TOL[dtype], what=f"output (B={B}, Hq={Hq}, Hkv={Hkv}, T={T})")
+        assert_close(out, reference_decode(q, k, v), rtol=TOLERANCE[dtype], what=f"output (B={B}, Hq={Hq}, Hkv={Hkv}, T={T})")
 
     run_check("03.one_pass", [
         ("matches the float64 reference (fp32)", lambda: case(rng.randint(BLOCK_T + 1, long_t))),
@@ -132,7 +131,7 @@ def check_merge(kernel) -> None:
         out = poisoned(q.shape, dtype, device)
         launch_kernel(launch_merge, kernel, m, l, acc, out)
         expected = reference_decode(q, k, v)
-        assert_close(out, expected, rtol=TOL[dtype], what=f"merged output ({splits} chunks, T={T})")
+        assert_close(out, expected, rtol=TOLERANCE[dtype], what=f"merged output ({splits} chunks, T={T})")
         return m, l, acc
 
     def matches_reference_merge():

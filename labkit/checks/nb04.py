@@ -17,10 +17,9 @@ import random
 import torch
 
 from labkit import runtime
-from labkit.checks.core import launch_kernel, assert_close, assert_equal, fresh_seed, poisoned, run_check
+from labkit.checks.core import TOLERANCE, assert_close, assert_equal, fresh_seed, launch_kernel, poisoned, run_check
 from labkit.rope import apply_rope, rope_tables
 
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 MAX_LEN = 4096  # table rows: positions well beyond any kernel's block
 
 
@@ -55,7 +54,7 @@ def check_rope(student_fn) -> None:
         got = student_fn(x, pos, cos, sin)
         if getattr(got, "dtype", None) != dtype:
             raise AssertionError(f"returns dtype {getattr(got, 'dtype', type(got))}; expected x's dtype {dtype}")
-        assert_close(got, _expected(x, pos, cos, sin), rtol=TOL[dtype], what="rotated x")
+        assert_close(got, _expected(x, pos, cos, sin), rtol=TOLERANCE[dtype], what="rotated x")
 
     def identity_at_zero():
         x = torch.randn(3, 4, 16, device=device)
@@ -111,7 +110,7 @@ def check_rope_kernel(kernel) -> None:
         pos = torch.randint(low, high, (N,), device=device)
         out = poisoned((N, H, D), dtype, device)
         launch_kernel(rope_triton, x, pos, cos, sin, out=out, block_h=block_h, kernel=kernel)
-        assert_close(out, _expected(x, pos[:, None], cos, sin), rtol=TOL[dtype], what="rotated x")
+        assert_close(out, _expected(x, pos[:, None], cos, sin), rtol=TOLERANCE[dtype], what="rotated x")
 
     run_check("04.rope_kernel", [
         ("matches the float64 reference (fp32)", lambda: case()),
@@ -160,8 +159,8 @@ def _write_case(kernel, rng, *, dtype=torch.float32, paged=False, rope=True, low
     launch_kernel(write_kv_rope, k_new, v_new, k_cache, v_cache, rows, slots, (cos, sin, positions) if rope else None,
             block_h=block_h, kernel=kernel)
     want_k = _expected(k_new, positions[:, None], cos, sin) if rope else k_new.double()
-    assert_close(k_cache[rows, :, slots], want_k, rtol=TOL[dtype], what="keys written at cache[row, :, slot]")
-    assert_close(v_cache[rows, :, slots], v_new.double(), rtol=TOL[dtype], what="values written at cache[row, :, slot]")
+    assert_close(k_cache[rows, :, slots], want_k, rtol=TOLERANCE[dtype], what="keys written at cache[row, :, slot]")
+    assert_close(v_cache[rows, :, slots], v_new.double(), rtol=TOLERANCE[dtype], what="values written at cache[row, :, slot]")
     untouched = torch.ones(R, S, dtype=torch.bool, device=device)
     untouched[rows, slots] = False
     for name, after, before in (("k_cache", k_cache, k_before), ("v_cache", v_cache, v_before)):

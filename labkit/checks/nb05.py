@@ -8,7 +8,7 @@ import random
 import torch
 
 from labkit import runtime
-from labkit.checks.core import assert_close, assert_equal, fresh_seed, poisoned, run_check
+from labkit.checks.core import TOLERANCE, assert_close, assert_equal, fresh_seed, poisoned, run_check
 from labkit.kvcache.allocator import DoubleFree, OutOfBlocks
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +191,6 @@ def check_slot_lookup(student_fn) -> None:
 # ---------------------------------------------------------------------------------------------
 # 05.paged_kernel: paged_attention(q, k_pool, v_pool, block_tables, lengths, out) -> out
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 
 
 def _kernel_case(student_fn, rng: random.Random, *, lengths, block_size: int = 8, group: int = 1,

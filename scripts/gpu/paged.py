@@ -28,13 +28,12 @@ from labkit.bench import copy_roofline_gbps, run_meta, save_records, time_ms
 from labkit.bench.paged import BLOCK_SIZES, bench_paged, ratio_table, reference_on_device, to_paged
 from labkit.attention import reference_decode
 from labkit.attention.validate import supported_dtypes
-from labkit.checks.core import rel_error
+from labkit.checks.core import TOLERANCE, rel_error
 from labkit.kvcache import ContiguousKVCache, PagedKVCache
 from labkit.viz import format_table
 from labkit.kvcache.paged_attention import gather_paged, paged_decode
 
 DEV = runtime.device()
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
 def check_kernel(rng: random.Random, n: int, max_len: int = 5000) -> list[str]:
@@ -58,7 +57,7 @@ def check_kernel(rng: random.Random, n: int, max_len: int = 5000) -> list[str]:
         k, v = gather_paged(k_pool, tables, lens), gather_paged(v_pool, tables, lens)
         err = rel_error(out, reference_on_device(q, k, v, lens))
         what = f"B={B} Hq={Hkv * group} Hkv={Hkv} D={D} bs={bs} {dtype} lengths={lengths} splits={splits}"
-        if not err <= TOL[dtype]:
+        if not err <= TOLERANCE[dtype]:
             failures.append(f"paged_decode {what}: relative error {err:.3g}")
     return failures
 
@@ -79,7 +78,7 @@ def check_protocol(rng: random.Random, n: int, max_prefill: int = 100) -> list[s
                 q = torch.randn(B, Hkv * group, S, D, device=DEV).to(dtype)
                 contiguous.append(layer, k, v), paged.append(layer, k, v)
                 err = rel_error(paged.attend(layer, q), contiguous.attend(layer, q))
-                if not err <= 2 * TOL[dtype]:
+                if not err <= 2 * TOLERANCE[dtype]:
                     failures.append(f"PagedBatch B={B} Hkv={Hkv} group={group} bs={bs} {dtype} S={S}: rel error {err:.3g}")
             contiguous.commit(), paged.commit()
         cache.check_invariants()
@@ -101,7 +100,7 @@ def check_protocol(rng: random.Random, n: int, max_prefill: int = 100) -> list[s
             if not (torch.equal(got_k, want_k) and torch.equal(got_v, want_v)):
                 failures.append(f"fork: row {row} bs={bs} does not hold its own tokens (copy-on-write broken)")
             err = rel_error(out[row:row + 1, :, 0], reference_decode(q[row:row + 1, :, 0], want_k[None], want_v[None]))
-            if not err <= 2 * TOL[dtype]:
+            if not err <= 2 * TOLERANCE[dtype]:
                 failures.append(f"fork+decode row {row} bs={bs} {dtype}: rel error {err:.3g}")
         cache.check_invariants()
     return failures

@@ -30,7 +30,7 @@ from labkit.attention.triton_decode import flash_decode, triton_decode
 from labkit.attention.validate import supported_dtypes
 from labkit.bench import copy_roofline_gbps, run_meta, save_records
 from labkit.bench.rope import bench_rope, format_fusion_summary
-from labkit.checks.core import rel_error
+from labkit.checks.core import TOLERANCE, rel_error
 from labkit.kvcache.rope_write import write_kv_rope
 from labkit.rope import apply_rope, rope_tables
 from labkit.rope_fusion import fused_decode_step, reference_decode_step, unfused_decode_step
@@ -38,7 +38,6 @@ from labkit.rope_triton import rope_triton
 from labkit.viz import format_table
 
 DEV = runtime.device()
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 MAX_LEN = 32768
 # Even head dims with halves that are and aren't powers of two, and head counts that do and
 # don't fill a block; a few values each keep the number of Triton compilations small.
@@ -59,7 +58,7 @@ def check_rope_triton(rng, n):
         pos = torch.randint(0, MAX_LEN, (N,), device=DEV)
         out = rope_triton(x, pos, cos, sin, out=torch.full_like(x, float("nan")))
         err = rel_error(out, rotated64(x, pos[:, None], cos, sin))
-        if not err <= TOL[dtype]:
+        if not err <= TOLERANCE[dtype]:
             failures.append(f"rope_triton N={N} H={H} D={D} {dtype}: relative error {err:.3g}")
     return failures
 
@@ -93,7 +92,7 @@ def check_write(rng, n):
         err = max(rel_error(k_cache[rows, :, s], want), rel_error(v_cache[rows, :, s], v_new))
         written = int(torch.isfinite(k_cache).sum()) + int(torch.isfinite(v_cache).sum())
         what = f"write_kv_rope N={N} H={H} D={D} {dtype} paged={paged} rope={rope} strided={strided}"
-        if not err <= TOL[dtype]:
+        if not err <= TOLERANCE[dtype]:
             failures.append(f"{what}: relative error {err:.3g}")
         if written != 2 * N * H * D:
             failures.append(f"{what}: {written} cache elements written, expected {2 * N * H * D}")
@@ -115,7 +114,7 @@ def check_attention(rng, n):
         for name, fn, kw in (("flash_decode", flash_decode, dict(num_splits=rng.choice([None, 1, 5]))),
                              ("triton_decode", triton_decode, {})):
             err = rel_error(fn(q, k, v, lengths=lengths, rope=(cos, sin, pos), **kw), want)
-            if not err <= TOL[dtype]:
+            if not err <= TOLERANCE[dtype]:
                 failures.append(f"{name} rope B={B} Hq={Hkv * group} Hkv={Hkv} T={T} D={D} {dtype} {kw}: "
                                 f"relative error {err:.3g}")
     return failures
@@ -137,7 +136,7 @@ def check_steps(rng, n):
             slot = (torch.arange(B), slice(None), pos.cpu().long())  # the slots the step writes
             err = max(rel_error(step(q, k_new, v_new, k_c, v_c, pos, cos, sin), out),
                       rel_error(k_c.cpu()[slot], k_want[slot]))
-            if not err <= TOL[dtype]:
+            if not err <= TOLERANCE[dtype]:
                 failures.append(f"{step.__name__} B={B} Hkv={Hkv} group={group} T={T} {dtype}: error {err:.3g}")
     return failures
 

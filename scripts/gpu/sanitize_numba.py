@@ -23,9 +23,9 @@ from labkit.attention import reference_decode
 from labkit.attention.numba_fused import launch_one_pass, numba_decode
 from labkit.bench.attention import make_decode_inputs
 from labkit.checks import nb02
-from labkit.checks.core import rel_error
+from labkit.checks.core import poisoned
+from labkit.testing.sanitize import check_twice
 
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 # (B, Hq, Hkv, T, D, dtype, splits)
 CASES = [
     (1, 3, 3, 1, 64, torch.float32, None),
@@ -45,17 +45,10 @@ def main() -> int:
     for B, Hq, Hkv, T, D, dtype, splits in CASES:
         q, k, v = make_decode_inputs(B, Hq, Hkv, T, D, dtype)
         expected = reference_decode(q, k, v)
-        for name, run in (("numba_decode", lambda: numba_decode(q, k, v, splits=splits,
-                                                                  out=torch.full_like(q, float("nan")))),
-                          ("exercise", lambda: fused_decode(q, k, v))):
-            for _ in range(2):
-                err = rel_error(run(), expected)
-                if runtime.MODE == "gpu":
-                    torch.cuda.synchronize()
-                ok = err <= TOL[dtype]
-                bad += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {name} B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} "
-                  f"{str(dtype)[6:]} splits={splits}: rel err {err:.2e}")
+        bad += check_twice({
+            "numba_decode": lambda: numba_decode(q, k, v, splits=splits, out=poisoned(q.shape, q.dtype, q.device)),
+            "exercise": lambda: fused_decode(q, k, v),
+        }, expected, dtype, f"B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} {str(dtype)[6:]} splits={splits}")
     print(f"{bad} wrong result(s); exercise tile {tile}; launch_one_pass from {launch_one_pass.__module__}")
     return 1 if bad else 0
 

@@ -174,22 +174,6 @@ def tune_linear(records) -> dict:
     return {S: mode for S, (_, mode) in sorted(best.items())}
 
 
-def summary(records) -> list[str]:
-    fused = [r for r in records if r.extra.get("impl") == "fused" and r.kernel in ("target", "speculative")]
-    lines = [f"{'γ':>3} {'sampling':<8} {'α':>6} {'tok/pass':>9} {'formula':>8} {'plain ms/tok':>13} "
-             f"{'spec ms/tok':>12} {'speedup':>8} {'w/ prefill':>10}"]
-    for r in fused:
-        if r.kernel != "speculative":
-            continue
-        base = next(b for b in fused if b.kernel == "target" and b.shape["sampling"] == r.shape["sampling"])
-        fmt = lambda v, w, d: f"{v:{w}.{d}f}" if v is not None else f"{'—':>{w}}"  # noqa: E731
-        lines.append(f"{r.shape['gamma']:>3} {r.shape['sampling']:<8} {r.extra['alpha']:6.3f} "
-                     f"{r.extra['tokens_per_pass']:9.2f} {r.extra['expected_tokens_per_pass']:8.2f} "
-                     f"{fmt(base.time_ms, 13, 4)} {fmt(r.time_ms, 12, 4)} {fmt(r.extra.get('speedup'), 7, 2)}x "
-                     f"{fmt(r.extra.get('speedup_with_prefill'), 9, 2)}x")
-    return lines
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="data/results")
@@ -262,7 +246,12 @@ def main() -> int:
     print(f"\nsummary: fused path, batch 1, {len(prompts)} held-out prompts x {n_tokens} new tokens, {how};"
           f" target {target.num_params() / 1e6:.2f} M ({target.config.n_layers} layers), draft "
           f"{draft.num_params() / 1e6:.2f} M ({draft.config.n_layers} layer)")
-    print("\n".join("  " + line for line in summary(records)))
+    fused = [r for r in records if r.extra.get("impl") == "fused"]
+    print(format_speculative_table(fused))
+    with_prefill = [f"γ={r.shape['gamma']} {r.shape['sampling']} {r.extra['speedup_with_prefill']:.2f}x" for r in fused
+                    if r.kernel == "speculative" and r.extra.get("speedup_with_prefill")]
+    if with_prefill:
+        print("  speedup with the prefill counted: " + ", ".join(with_prefill))
     greedy = [r for r in records if r.kernel == "speculative" and r.extra.get("impl") == "fused"
               and r.shape["sampling"] == "greedy"]
     for r in greedy:

@@ -44,13 +44,12 @@ from labkit.bench import Record, copy_roofline_gbps, gbps, rotating, rotation_co
 from labkit.bench.timing import time_for_record, time_ms
 from labkit.bench.attention import make_decode_inputs
 from labkit.attention.reference import decode_bytes
-from labkit.checks.core import rel_error
+from labkit.checks.core import TOLERANCE, rel_error
 from labkit.decoding.graphs import capture
 from labkit.rope import apply_rope, rope_tables
 
 DEV = runtime.device()
 SIM = runtime.is_sim()
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 CONTEXTS = (16, 48) if SIM else (512, 2048, 4096, 8192, 16384, 32768)
 HEADS = (2, 2) if SIM else (32, 32)  # (Hq, Hkv) of the MHA shape
 GQA = (4, 1) if SIM else (32, 8)
@@ -101,7 +100,7 @@ def check_random(rng: random.Random, n: int) -> list[str]:
         err = rel_error(got, reference_decode(q_ref, k, v, lengths=lengths))
         line = (f"{impl} B={B} Hq={Hkv * group} Hkv={Hkv} T={T} D={Dh} {str(dtype)[6:]} lengths={use_lengths} "
                 f"rope={use_rope} splits={splits if impl == 'flash' else 1} use_dot={use_dot}: rel err {err:.2e}")
-        if not err <= TOL[dtype] or got.data_ptr() != out.data_ptr():
+        if not err <= TOLERANCE[dtype] or got.data_ptr() != out.data_ptr():
             failures.append(line)
             print("FAIL", line)
     print(f"correctness: {n - len(failures)}/{n} random shapes within tolerance")
@@ -140,7 +139,7 @@ def check_no_sync_and_graph() -> list[str]:
         sync()
         q_ref = apply_rope(q.double().cpu(), pos.cpu()[:, None], cos.cpu(), sin.cpu())
         err = rel_error(out, reference_decode(q_ref, k, v, lengths=lengths))
-        if not err <= TOL[torch.float16]:
+        if not err <= TOLERANCE[torch.float16]:
             failures.append(f"CUDA graph replay {trial}: rel err {err:.2e}")
     print("no host sync; CUDA graph capture and replay:", "FAIL" if failures else "ok")
     return failures
@@ -176,7 +175,7 @@ def sdpa_best(sets, expected, gqa: bool, warmup, rep) -> tuple[float | None, str
                     return sdpa_decode(q, k, v)
                 return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, enable_gqa=True).squeeze(2)
         try:
-            if not rel_error(run(*sets[0]), expected) <= TOL[torch.float16]:
+            if not rel_error(run(*sets[0]), expected) <= TOLERANCE[torch.float16]:
                 continue
             ms = timed(run, sets, warmup, rep)
         except Exception:  # noqa: BLE001 - a backend that doesn't support this shape
@@ -204,7 +203,7 @@ def sweep(fn_for, sets, expected, T, Hq, Hkv, quick, warmup, rep, where) -> tupl
     def measure(cfg, splits):
         fn = fn_for(cfg, splits)
         try:
-            if rel_error(fn(*sets[0]), expected) > TOL[torch.float16]:
+            if rel_error(fn(*sets[0]), expected) > TOLERANCE[torch.float16]:
                 print(f"FAIL sweep {cfg} splits={splits} at {where}")
                 return None
             return timed(fn, sets, warmup, rep)
@@ -243,7 +242,7 @@ def bench(roofline: float | None, quick: bool) -> list[Record]:
             cfg0 = config_for(D, Hq // Hkv, T)  # what flash_decode picks
             s0 = default_splits(1, Hq, Hkv, T, D)
             err = rel_error(flash_decode(*sets[0], out=out), expected)
-            if err > TOL[torch.float16]:
+            if err > TOLERANCE[torch.float16]:
                 print(f"FAIL flash_decode default at {name} T={T}: rel err {err:.2e}")
             ms, timing = time_for_record(rotating(lambda q, k, v: flash_decode(q, k, v, out=out), sets),
                                          warmup=warmup, rep=rep)
