@@ -47,6 +47,10 @@ pack() {
 }
 
 SANITIZE_CACHE=$(mktemp -d)
+sanitize_triton() {  # memcheck of the Triton kernels, compiled into their own cache: never one a timing reuses
+  TRITON_CACHE_DIR=$SANITIZE_CACHE run sanitize_triton compute-sanitizer --tool memcheck --report-api-errors no \
+    --error-exitcode 3 python3 scripts/gpu/sanitize_triton.py
+}
 for stage in "${STAGES[@]}"; do
   case $stage in
     env)
@@ -58,15 +62,13 @@ for stage in "${STAGES[@]}"; do
         run "nbval_$(basename "$nb" .ipynb)" python3 -m pytest -p no:cacheprovider "$nb" --nbval-lax --nbval-current-env \
           --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -q -o addopts=""
       done ;;
-    sanitize_triton) TRITON_CACHE_DIR=$SANITIZE_CACHE run sanitize_triton compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 3 \
-        python3 scripts/gpu/sanitize_triton.py ;;
+    sanitize_triton) sanitize_triton ;;
     sanitize)
       if [ -f scripts/gpu/sanitize_numba.py ]; then
         run sanitize_memcheck compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
         run sanitize_racecheck compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
       fi
-      [ -f scripts/gpu/sanitize_triton.py ] && TRITON_CACHE_DIR=$SANITIZE_CACHE run sanitize_triton compute-sanitizer --tool memcheck \
-        --report-api-errors no --error-exitcode 3 python3 scripts/gpu/sanitize_triton.py ;;
+      sanitize_triton ;;
     train) [ -f scripts/gpu/train_models.sh ] && run train bash scripts/gpu/train_models.sh data/models ;;
     numba)       [ -f scripts/gpu/numba_attention.py ] && run numba python3 scripts/gpu/numba_attention.py --out data/results ${NUMBA_ARGS:-} ;;
     triton)      [ -f scripts/gpu/triton_attention.py ] && run triton python3 scripts/gpu/triton_attention.py --out data/results ${TRITON_ARGS:-} ;;
