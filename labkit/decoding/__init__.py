@@ -4,6 +4,7 @@
     out = speculative_generate(target, draft, prompt, 100, gamma=4)  # same tokens, fewer passes
     out.tokens, out.alpha, out.tokens_per_pass, out.seconds
     out = fast_speculative_generate(target, draft, prompt, 100)      # the same, each round one CUDA graph
+    out = fast_speculative_generate(target, draft, prompt, 100, engine="triton")  # a layer in 3 Triton kernels
 """
 
 from labkit.decoding.fast import fast_generate, fast_speculative_generate

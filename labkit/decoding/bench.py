@@ -160,23 +160,26 @@ def bench_engine_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 4, 5, 6, 7)
 
 def bench_fast(target, draft, prompts, *, gammas=(2, 3, 4, 5, 6), max_new_tokens: int | None = None,
                temperature: float = 0.0, linear="mm", draft_linear=None, steps_per_graph: int = 8,
-               graphs: bool | None = None, roofline_gbps: float | None = None, seed: int = 0) -> list[Record]:
+               graphs: bool | None = None, roofline_gbps: float | None = None, seed: int = 0,
+               engine: str = "torch") -> list[Record]:
     """Plain and speculative decoding through :mod:`labkit.decoding.fast` (one graph per K plain steps
-    or per round), same record schema as :func:`bench_speculative` with ``extra["impl"] = "fused"``.
+    or per round), same record schema as :func:`bench_speculative` with ``extra["impl"] = "fused"``
+    and ``extra["engine"]``: ``"torch"`` (:class:`~labkit.decoding.engine.StaticEngine`) or
+    ``"triton"`` (:class:`~labkit.decoding.triton_engine.TritonEngine`, both loops on it;
+    ``extra["impl"] = "fused-triton"``).
 
     ``time_ms`` is the decode loop per token (prefill excluded for both; the per-token time with
     the prefill is ``extra["ms_per_token_with_prefill"]``). Plain decoding is charged per token it
     computed (the last graph may overshoot), which favours the baseline. Each configuration runs
     once untimed first (on GPU), then over all prompts.
     """
-    from labkit.decoding.engine import StaticEngine
-    from labkit.decoding.fast import PlainDecoder, SpeculativeDecoder
+    from labkit.decoding.fast import ENGINES, PlainDecoder, SpeculativeDecoder
 
     n = max_new_tokens or runtime.SIZES.model_tokens
     graphs = (not runtime.is_sim()) if graphs is None else graphs
     max_len = max(len(p) for p in prompts) + n + max(max(gammas) + 1, steps_per_graph) + 1
-    te = StaticEngine(target, max_len, linear=linear)
-    de = StaticEngine(draft, max_len, linear=linear if draft_linear is None else draft_linear)
+    te = ENGINES[engine](target, max_len, linear=linear)
+    de = ENGINES[engine](draft, max_len, linear=linear if draft_linear is None else draft_linear)
     wbytes, dtype, sampling = _weight_bytes(target), str(te.dtype).replace("torch.", ""), _sampling(temperature)
 
     def measure(dec):
@@ -193,7 +196,8 @@ def bench_fast(target, draft, prompts, *, gammas=(2, 3, 4, 5, 6), max_new_tokens
         ms, ms_pre = (None, None) if runtime.is_sim() else (ms, ms_pre)
         passes = sum(r.target_passes for r in runs)
         extra = {"tokens_per_pass": sum(r.produced for r in runs) / max(1, passes), "graphs": graphs,
-                 "impl": "fused", "linear": str(te.linear), "prompts": len(prompts),
+                 "impl": "fused" if engine == "torch" else f"fused-{engine}", "engine": engine,
+                 "linear": str(te.linear), "prompts": len(prompts),
                  "steps_per_graph": steps_per_graph if not gamma else None, "ms_per_token_with_prefill": ms_pre}
         if gamma:
             acc, ev = sum(r.accepted for r in runs), sum(r.evaluated for r in runs)
@@ -214,4 +218,28 @@ def bench_fast(target, draft, prompts, *, gammas=(2, 3, 4, 5, 6), max_new_tokens
     for gamma in gammas:
         res = measure(SpeculativeDecoder(te, de, gamma, temperature=temperature, graphs=graphs))
         records.append(record("speculative", gamma, *res, base))
+    return records
+
+
+def bench_triton_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 4, 5, 6, 7), context: int = 128,
+                           graphs: bool | None = None) -> list[Record]:
+    """Like :func:`bench_engine_pass_cost`, for one :meth:`TritonEngine.run_pass
+    <labkit.decoding.triton_engine.TritonEngine.run_pass>` (3 kernels a layer and the head).
+    Records: kernel ``name``, shape ``{"S", "context"}``, extra ``engine="triton"``."""
+    from labkit.decoding.graphs import Replay
+    from labkit.decoding.triton_engine import TritonEngine
+
+    graphs = (not runtime.is_sim()) if graphs is None else graphs
+    engine = TritonEngine(model, context + max(new_tokens) + 2)
+    wbytes, dtype, dev = _weight_bytes(model), str(engine.dtype).replace("torch.", ""), engine.device
+    seq = torch.randint(0, model.config.vocab_size, (engine.T + 1,), device=dev)
+    n = torch.full((), context + 1, dtype=torch.long, device=dev)  # each pass starts at position `context`
+    records = []
+    for S in new_tokens:
+        replay = Replay(lambda S=S: engine.run_pass(seq, n, -1, S), graphs)
+        ms = time_ms(replay) if graphs else None
+        records.append(Record(kernel=name, shape={"S": S, "context": context}, dtype=dtype, bytes=wbytes,
+                              time_ms=ms, gbps=gbps(wbytes, ms),
+                              extra={"graphs": graphs, "layers": model.config.n_layers, "impl": "fused",
+                                     "engine": "triton", "kernels": 3 * model.config.n_layers + 1}))
     return records

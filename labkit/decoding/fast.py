@@ -14,6 +14,10 @@ then, reads ``n`` to know when to stop, so the GPU never waits for Python.
   The host launches ``ceil(remaining / (γ + 1))`` rounds — each yields at least one token, so
   none is wasted — then reads ``n`` once, and repeats.
 
+On :class:`~labkit.decoding.triton_engine.TritonEngine`\ s a greedy step or round is Triton
+kernels only: each pass reads its tokens from ``seq`` at positions relative to ``n`` and writes
+its argmax back, and the verifying pass accepts and advances ``n`` itself (no PyTorch op at all).
+
 ``Generation.seconds`` is the decode loop (what tokens per second measure); the prefill,
 eager and the same for both, is in ``extra["prefill_seconds"]``.
 """
@@ -29,6 +33,7 @@ from labkit.decoding.graphs import Replay
 from labkit.decoding.generate import Generation, _device, as_prompt
 from labkit.decoding.sampling import check_sampling, probs, sample
 from labkit.decoding.speculative import accept_draft, check_pair
+from labkit.decoding.triton_engine import BLOCK_S, TritonEngine
 
 
 def _pick(logits: torch.Tensor, temperature: float, out: torch.Tensor) -> torch.Tensor | None:
@@ -67,10 +72,15 @@ class PlainDecoder:
         self.n = torch.full((), 1, dtype=torch.long, device=dev)  # tokens in seq
         self.blk = torch.zeros(steps_per_graph + 1, dtype=torch.long, device=dev)
         self.offsets = torch.arange(-1, steps_per_graph - 1, device=dev)
+        self.fused = isinstance(engine, TritonEngine) and temperature == 0
         self.replay = Replay(self._block, dev.type == "cuda" if graphs is None else graphs)
 
     def _block(self) -> None:
         e, K = self.e, self.K
+        if self.fused:  # each pass feeds seq[n-1], writes seq[n] and advances n on the device
+            for _ in range(K):
+                e.run_pass(self.seq, self.n, -1, 1, advance=True)
+            return
         pos = self.offsets + self.n  # [K]: positions n-1 .. n+K-2 of the K tokens fed
         rot, mask = e.tables(pos)
         torch.index_select(self.seq, 0, pos[:1], out=self.blk[:1])
@@ -123,9 +133,24 @@ class SpeculativeDecoder:
         self.counts = torch.zeros(g + 2, dtype=torch.long, device=dev)  # counts[k]: rounds that yielded k
         self.one = torch.ones(1, dtype=torch.long, device=dev)
         self.q = torch.zeros(g, target.config.vocab_size, dtype=torch.float32, device=dev)
+        self.fused = isinstance(target, TritonEngine) and isinstance(draft, TritonEngine) and temperature == 0
+        if self.fused and gamma + 1 > BLOCK_S:
+            raise ValueError(f"gamma must be at most {BLOCK_S - 1} with Triton engines (a pass holds {BLOCK_S} "
+                             f"tokens), got {gamma}")
         self.replay = Replay(self._round, dev.type == "cuda" if graphs is None else graphs)
 
+    def _fused_round(self) -> None:
+        """γ + 1 Triton passes, every token read from and written to ``seq`` (see TritonEngine)."""
+        g = self.gamma
+        self.d.run_pass(self.seq, self.n, -2, 2)  # seq[n-2], seq[n-1] -> d_1 at seq[n]
+        for j in range(2, g + 1):  # d_{j-1} at position n+j-2 -> d_j at seq[n+j-1]
+            self.d.run_pass(self.seq, self.n, j - 2, 1)
+        self.t.run_pass(self.seq, self.n, -1, g + 1, counts=self.counts)  # accept, write, advance n
+
     def _round(self) -> None:
+        if self.fused:
+            self._fused_round()
+            return
         t, d, g, temp = self.t, self.d, self.gamma, self.temperature
         pos = self.offsets + self.n  # [γ+3]: n-2 .. n+γ; tok[i] sits at pos[i]
         rot, mask = t.tables(pos[:g + 2])
@@ -202,19 +227,35 @@ class SpeculativeDecoder:
         return out
 
 
+ENGINES = {"torch": StaticEngine, "triton": TritonEngine}  # what a pass runs on: PyTorch ops, or Triton kernels
+
+
 def fast_generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.0, steps_per_graph: int = 8,
-                  graphs: bool | None = None, linear="mm") -> Generation:
-    """:class:`PlainDecoder` on a fresh engine: same tokens as ``generate(model, ...)`` when greedy."""
+                  graphs: bool | None = None, linear="mm", engine: str = "torch") -> Generation:
+    """:class:`PlainDecoder` on a fresh engine: same tokens as ``generate(model, ...)`` when greedy.
+
+    engine: ``"torch"`` (:class:`StaticEngine`) or ``"triton"`` (:class:`TritonEngine`, greedy
+    passes in Triton kernels; sampling still runs the PyTorch pass)."""
     n = as_prompt(prompt, _device(model)).shape[1] + max_new_tokens + steps_per_graph
-    engine = StaticEngine(model, n, linear=linear)
+    engine = _engine(engine)(model, n, linear=linear)
     return PlainDecoder(engine, temperature=temperature, steps_per_graph=steps_per_graph, graphs=graphs).run(
         prompt, max_new_tokens)
 
 
 def fast_speculative_generate(target, draft, prompt, max_new_tokens: int, *, gamma: int = 4,
-                              temperature: float = 0.0, graphs: bool | None = None, linear="mm") -> Generation:
-    """:class:`SpeculativeDecoder` on fresh engines: greedy output equals ``generate(target, ...)``'s."""
+                              temperature: float = 0.0, graphs: bool | None = None, linear="mm",
+                              engine: str = "torch") -> Generation:
+    """:class:`SpeculativeDecoder` on fresh engines: greedy output equals ``generate(target, ...)``'s.
+
+    engine: ``"torch"`` or ``"triton"``, as for :func:`fast_generate`."""
     n = as_prompt(prompt, _device(target)).shape[1] + max_new_tokens + gamma + 1
-    dec = SpeculativeDecoder(StaticEngine(target, n, linear=linear), StaticEngine(draft, n, linear=linear), gamma,
+    cls = _engine(engine)
+    dec = SpeculativeDecoder(cls(target, n, linear=linear), cls(draft, n, linear=linear), gamma,
                              temperature=temperature, graphs=graphs)
     return dec.run(prompt, max_new_tokens)
+
+
+def _engine(name: str):
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {name!r}")
+    return ENGINES[name]

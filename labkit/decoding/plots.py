@@ -109,7 +109,8 @@ def format_speculative_table(records: list[Record]) -> str:
     rows = [r for r in records if r.kernel in ("target", "speculative")]
     # Grouped by configuration (sampling, CUDA graphs or eager, attention), plain decoding first.
     rows.sort(key=lambda r: (r.shape.get("sampling") != "greedy", r.extra.get("graphs") is False,
-                             r.extra.get("impl", "sdpa") != "sdpa", r.shape.get("gamma", 0)))
+                             r.extra.get("impl", "sdpa") != "sdpa", r.extra.get("impl", "sdpa"),
+                             r.shape.get("gamma", 0)))
     for r in rows:
         name = "plain (target only)" if r.kernel == "target" else f"speculative γ={r.shape['gamma']}"
         if r.extra.get("graphs") is False and r.time_ms is not None:

@@ -2,12 +2,13 @@
 
     compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/gpu/sanitize_triton.py
 
-Covers ``flash_decode`` with the merge in its last program (more splits than tiles, splits left
-empty by short ``lengths``, GQA on both scoring paths, RoPE), the one-pass kernel, and
-``paged_decode`` through block tables of a shuffled pool; fp16 and fp32, D 64 and 128, T = 1
-and T not a multiple of any tile. Each case runs twice (the merge counters must be back at
-zero) into an output poisoned with NaN and is compared with the float64 reference; exits 1 on
-a wrong answer (the sanitizer's exit code reports memory errors).
+Covers ``flash_decode`` and its merge kernel (more splits than tiles, splits left empty by short
+``lengths``, GQA on both scoring paths), the one-pass kernel, and ``paged_decode`` through block
+tables of a shuffled pool; fp16 and fp32, D 64 and 128, T = 1 and T not a multiple of any tile.
+Then the Triton decode engine's passes (``TritonEngine.run_pass``: the layer and head kernels of
+:mod:`labkit.decoding.triton_layers`), the last one ending at the cache's last slot. Each case
+runs twice into an output poisoned with NaN and is compared with the float64 reference; exits 1
+on a wrong answer (the sanitizer's exit code reports memory errors).
 """
 
 from __future__ import annotations
@@ -36,6 +37,33 @@ CASES = [
 ]
 
 
+def engine_passes() -> int:
+    """TritonEngine passes of S = 1 and 7 tokens on a small random model against its float64 forward."""
+    from labkit.decoding.triton_engine import TritonEngine
+    from labkit.model.config import ModelConfig
+    from labkit.model.transformer import Transformer
+
+    bad = 0
+    for dtype in (torch.float16, torch.float32):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=11, d_model=64, n_layers=2, n_heads=2, d_ff=48, max_len=64)
+        model = Transformer(cfg).to(runtime.device()).eval()
+        tokens = torch.randint(0, 11, (48,), device=runtime.device())
+        with torch.no_grad():
+            expected = model.double()(tokens[None])[0]
+        engine = TritonEngine(model.to(dtype), 48)  # 48 cache slots: the S = 7 pass ends at the last
+        seq = torch.zeros(engine.T + 1, dtype=torch.long, device=tokens.device)
+        for S, start in ((1, 30), (7, 41)):
+            seq[:48] = tokens  # a pass writes its argmax after it: the reference's tokens again
+            engine.prefill(seq[:start])
+            n = torch.full((), start + 1, dtype=torch.long, device=tokens.device)
+            engine.logits.fill_(float("nan"))
+            bad += check_twice({"TritonEngine.run_pass": lambda: engine.run_pass(seq, n, -1, S)},
+                               expected[start:start + S], dtype, f"S={S} positions {start}..{start + S - 1} "
+                               f"{str(dtype)[6:]}")
+    return bad
+
+
 def main() -> int:
     print(runtime.summary())
     bad = 0
@@ -53,6 +81,7 @@ def main() -> int:
             "triton_decode": lambda: triton_decode(q, k, v, lengths=lengths, out=nan()),
             "paged_decode": lambda: paged_decode(q, kp, vp, table, lengths, num_splits=splits, out=nan()),
         }, expected, dtype, f"B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} {str(dtype)[6:]} splits={splits}")
+    bad += engine_passes()
     print(f"{bad} wrong result(s)")
     return 1 if bad else 0
 

@@ -9,11 +9,14 @@
      and the fused fast path (labkit.decoding.fast, plain and speculative, γ 2 … 6);
    - speculative sampling draws from the target's distribution: the rule on the real models'
      first-token distributions (and a wrong rule rejected), whole reference rounds, and whole
-     fused rounds replayed from their CUDA graph.
+     fused rounds replayed from their CUDA graph;
+   - the Triton engine (labkit.decoding.triton_engine): its passes against the model's forward
+     (fp32, fp16), and its greedy plain and speculative decoding against generate() (fp32).
 2. Benchmark (fp16, batch 1, held-out prompts, CUDA graphs): one forward pass vs its new tokens
    (model path, and the fused engine with each linear mode, which picks the faster mode per
-   pass size); the reference loop at γ 2, 4, 6; the fused path, plain vs speculative at γ 2 … 6
-   greedy and at γ = 4 with T = 1. Saves speculative_<gpu>.json, prints the tables and the
+   pass size, and the Triton engine); the reference loop at γ 2, 4, 6; the fused path, plain vs
+   speculative at γ 2 … 6 greedy and at γ = 4 with T = 1; the same greedy sweep on the Triton
+   engine, plain decoding on it the baseline. Saves speculative_<gpu>.json, prints the tables and the
    targets: >= 3 tokens per target pass at γ = 4 (greedy), >= 2× wall-clock speedup.
 Each step is guarded: a failing one is reported and the rest still run.
 """
@@ -33,9 +36,11 @@ from labkit.bench import copy_roofline_gbps, run_meta, save_records
 from labkit.checks.core import rel_error
 from labkit.decoding import (accept_draft, chi_square, counts_of, generate, probs, sample, speculative_generate,
                              speculative_round)
-from labkit.decoding.bench import bench_engine_pass_cost, bench_fast, bench_pass_cost, bench_speculative
+from labkit.decoding.bench import (bench_engine_pass_cost, bench_fast, bench_pass_cost, bench_speculative,
+                                   bench_triton_pass_cost)
 from labkit.decoding.engine import LINEAR_MODES, StaticEngine
 from labkit.decoding.fast import PlainDecoder, SpeculativeDecoder
+from labkit.decoding.triton_engine import TritonEngine
 from labkit.decoding.graphs import Step
 from labkit.decoding.plots import format_speculative_table
 from labkit.model import heldout_prompts, load_model
@@ -163,6 +168,43 @@ def check_sampling(target, draft, tok, texts) -> list[str]:
     return failures
 
 
+def check_triton_engine(target, draft, tok, texts, n) -> list[str]:
+    """TritonEngine: a pass == the model's forward (fp32, fp16); greedy plain and speculative == generate() (fp32)."""
+    failures, dtype0 = [], next(target.parameters()).dtype
+    x = tok.encode_tensor(texts[0], device=DEV)[0]
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2)):
+        model = target.to(dtype)
+        with torch.no_grad():
+            want = model(x[None])[0].float()
+        e = TritonEngine(model, x.numel() + 8)
+        seq = torch.zeros(e.T + 1, dtype=torch.long, device=DEV)
+        seq[:x.numel()] = x
+        P = x.numel() - 7
+        e.prefill(seq[:P])
+        length = torch.full((), P + 1, dtype=torch.long, device=DEV)
+        for S in (1, 7):
+            err = rel_error(e.run_pass(seq, length, -1, S), want[P:P + S])
+            if not err <= tol:
+                failures.append(f"TritonEngine pass {dtype} S={S}: relative error {err:.3g} > {tol}")
+    t32, d32 = target.float(), draft.float()
+    prompts = [tok.encode(t) for t in texts]
+    L = max(map(len, prompts)) + n + 16
+    te, de = TritonEngine(t32, L), TritonEngine(d32, L)
+    for p in prompts:
+        want = generate(t32, p, n).tokens
+        got = PlainDecoder(te).run(p, n).tokens
+        if got != want:
+            failures.append(f"Triton plain greedy fp32: differs from generate() at token {first_difference(got, want)}")
+        for gamma in GAMMAS if GPU else (4,):  # Triton's interpreter is slow: one gamma in sim mode
+            got = SpeculativeDecoder(te, de, gamma).run(p, n).tokens
+            if got != want:
+                failures.append(f"Triton speculative greedy fp32 γ={gamma}: differs at token {first_difference(got, want)}")
+    print(f"  TritonEngine: passes vs the model (fp32, fp16), greedy plain + speculative γ {GAMMAS} on {len(prompts)} "
+          f"prompts x {n} tokens: {'all agree' if not failures else f'{len(failures)} failures'}")
+    target.to(dtype0), draft.to(dtype0)
+    return failures
+
+
 def tune_linear(records) -> dict:
     """{S: fastest linear mode} from the fused engine's pass records of one model ({} without timings)."""
     best = {}
@@ -202,6 +244,8 @@ def main() -> int:
     failures += attempt(failures, "greedy check", lambda: check_greedy(target, draft, tok, texts[:4] if GPU else
                                                                        texts[:1], 96 if GPU else 12), [])
     failures += attempt(failures, "sampling check", lambda: check_sampling(target, draft, tok, texts), [])
+    failures += attempt(failures, "Triton engine check", lambda: check_triton_engine(
+        target, draft, tok, texts[:4] if GPU else texts[:1], 96 if GPU else 8), [])
     for f in failures:
         print("  FAIL", f)
     print(f"  {'all correctness checks pass' if not failures else f'{len(failures)} failures'} "
@@ -216,6 +260,8 @@ def main() -> int:
         for mode in LINEAR_MODES:
             records += attempt(skipped, f"{name} cost, fused {mode}", lambda m=model, n=name, mode=mode:
                                bench_engine_pass_cost(m, f"{n}, fused {mode}", linear=mode), [])
+        records += attempt(skipped, f"{name} cost, Triton engine", lambda m=model, n=name:
+                           bench_triton_pass_cost(m, f"{n}, triton"), [])
     tuned = {name: tune_linear([r for r in records if r.kernel.startswith(f"{name} pass, fused")])
              for name in ("target", "draft")}
     lin_t, lin_d = tuned["target"] or "mm", tuned["draft"] or "mm"
@@ -227,6 +273,8 @@ def main() -> int:
     records += attempt(failures, "fused sampling", lambda: bench_fast(
         target, draft, prompts, gammas=(4,), temperature=1.0, linear=lin_t, draft_linear=lin_d,
         **kw), [])
+    records += attempt(failures, "Triton engine greedy", lambda: bench_fast(
+        target, draft, prompts, gammas=GAMMAS, engine="triton", **kw), [])
     meta = run_meta(roofline)
     meta.update(target_params=target.num_params(), draft_params=draft.num_params(),
                 target_layers=target.config.n_layers, draft_layers=draft.config.n_layers,
@@ -246,30 +294,35 @@ def main() -> int:
     print(f"\nsummary: fused path, batch 1, {len(prompts)} held-out prompts x {n_tokens} new tokens, {how};"
           f" target {target.num_params() / 1e6:.2f} M ({target.config.n_layers} layers), draft "
           f"{draft.num_params() / 1e6:.2f} M ({draft.config.n_layers} layer)")
-    fused = [r for r in records if r.extra.get("impl") == "fused"]
+    fused = [r for r in records if r.extra.get("impl") in ("fused", "fused-triton")]
     print(format_speculative_table(fused))
     with_prefill = [f"γ={r.shape['gamma']} {r.shape['sampling']} {r.extra['speedup_with_prefill']:.2f}x" for r in fused
                     if r.kernel == "speculative" and r.extra.get("speedup_with_prefill")]
     if with_prefill:
         print("  speedup with the prefill counted: " + ", ".join(with_prefill))
-    greedy = [r for r in records if r.kernel == "speculative" and r.extra.get("impl") == "fused"
+    greedy = [r for r in records if r.kernel == "speculative" and r.extra.get("impl") in ("fused", "fused-triton")
               and r.shape["sampling"] == "greedy"]
     for r in greedy:
         if r.extra.get("same_tokens_as_target") is False:
             print(f"  note: fused γ={r.shape['gamma']} fp16 output differs from fused plain on some prompt "
                   f"(near-tie argmax in fp16; the fp32 check above is exact)")
     print("\ntargets")
-    g4 = next((r for r in greedy if r.shape["gamma"] == 4), None)
+    g4 = next((r for r in greedy if r.shape["gamma"] == 4 and r.extra["impl"] == "fused"), None)
     if g4 is not None:
         tpp = g4.extra["tokens_per_pass"]
         print(f"  tokens per target pass at γ = 4 (greedy): {tpp:.2f} (α {g4.extra['alpha']:.3f}, formula "
               f"{g4.extra['expected_tokens_per_pass']:.2f}) — target >= 3: {'MET' if tpp >= 3 else 'MISSED'}")
-    timed = [r for r in greedy if r.extra.get("speedup")]
-    if timed:
-        best = max(timed, key=lambda r: r.extra["speedup"])
-        print(f"  wall-clock speedup (greedy, fused path): {g4.extra.get('speedup', 0):.2f}x at γ = 4, best "
-              f"{best.extra['speedup']:.2f}x at γ = {best.shape['gamma']} — target >= 2x: "
-              f"{'MET' if best.extra['speedup'] >= 2 else 'MISSED'}")
+    plain_ms = {r.extra["impl"]: r.time_ms for r in records if r.kernel == "target" and r.time_ms
+                and r.shape["sampling"] == "greedy" and r.extra.get("impl") in ("fused", "fused-triton")}
+    for impl in ("fused", "fused-triton"):
+        timed = [r for r in greedy if r.extra.get("speedup") and r.extra["impl"] == impl]
+        if timed:
+            best = max(timed, key=lambda r: r.extra["speedup"])
+            at4 = next((r.extra["speedup"] for r in timed if r.shape["gamma"] == 4), 0)
+            print(f"  wall-clock speedup (greedy, {impl}, over plain decoding on the same engine): {at4:.2f}x at "
+                  f"γ = 4, best {best.extra['speedup']:.2f}x at γ = {best.shape['gamma']} "
+                  f"({best.time_ms * 1e3:.0f} µs/token against {plain_ms.get(impl, 0) * 1e3:.0f}) — target >= 2x: "
+                  f"{'MET' if best.extra['speedup'] >= 2 else 'MISSED'}")
     for f in skipped:
         print("  SKIPPED (failed)", f)
     for f in failures:
