@@ -22,6 +22,7 @@ from labkit.checks.core import TOLERANCE, rel_error
 
 CONTIGUOUS = "triton_splitk"  # flash_decode: the contiguous kernel the paged one is measured against
 BLOCK_SIZES = (8, 16, 32, 64)
+COLD_TABLES_BLOCK_SIZE = 16  # the block size also timed with a block table per input set
 
 
 def to_paged(k: torch.Tensor, block_size: int, *, tables: torch.Tensor | None = None, shuffle: bool = True,
@@ -64,6 +65,17 @@ def reference_on_device(q, k, v, lengths=None) -> torch.Tensor:
     return out
 
 
+def _paged_sets(sets, bs: int, *, per_set_tables: bool) -> list[tuple]:
+    """The contiguous input sets copied into shuffled pools of block size ``bs``: one table for
+    all sets, or (``per_set_tables``) a fresh one each."""
+    out, table = [], None
+    for q, k, v, n in sets:
+        k_pool, table = to_paged(k, bs, tables=None if per_set_tables else table)
+        v_pool, _ = to_paged(v, bs, tables=table)
+        out.append((q, k_pool, v_pool, table, n))
+    return out
+
+
 def _contiguous_impl():
     """flash_decode if its module is there, else None (then the paged kernel is compared with SDPA only)."""
     try:
@@ -81,7 +93,9 @@ def bench_paged(block_sizes=BLOCK_SIZES, *, B: int, Hq: int, Hkv: int, T: int, D
     ``"paged bs=N"`` (:func:`~labkit.kvcache.paged_attention.paged_decode` over a shuffled pool).
     Each is compared with a float64 reference first (``extra["rel_error"]``; above tolerance
     raises ``AssertionError``), then timed over enough input sets to exceed 4x the L2. Paged
-    records carry ``extra["vs_contiguous"]``: contiguous time / paged time (1.0 = as fast).
+    records carry ``extra["vs_contiguous"]``: contiguous time / paged time (1.0 = as fast). The
+    rotating pools share one block table, as a step's layers do; at block size 16 the record
+    also holds the time with a table per set (``extra["vs_contiguous_table_per_set"]``).
     All records share one ``shape`` (block size is in the kernel name), so viz's speedups line up.
     In sim mode only the checks run and times are ``None``.
     """
@@ -108,6 +122,9 @@ def bench_paged(block_sizes=BLOCK_SIZES, *, B: int, Hq: int, Hkv: int, T: int, D
         pct = None if bw is None or not roofline_gbps else 100.0 * bw / roofline_gbps
         return Record(kernel, dict(shape), dname, nbytes, ms, bw, pct, {"rel_error": err, **timing, **extra})
 
+    def paged_fn(q, kp, vp, t, n):
+        return paged_decode(q, kp, vp, t, n, check_values=False)
+
     records = []
     flash = _contiguous_impl()
     if flash is not None:
@@ -118,17 +135,16 @@ def bench_paged(block_sizes=BLOCK_SIZES, *, B: int, Hq: int, Hkv: int, T: int, D
         records.append(measure("sdpa", lambda q, k, v, n: sdpa_fn(q, k, v), sets, {}))
     base = records[0].time_ms if records and records[0].kernel == "contiguous" else None
     for bs in block_sizes:
-        paged_sets = []
-        for q, k, v, n in sets:
-            k_pool, table = to_paged(k, bs)
-            v_pool, _ = to_paged(v, bs, tables=table)
-            paged_sets.append((q, k_pool, v_pool, table, n))
-        rec = measure(f"paged bs={bs}",
-                      lambda q, kp, vp, t, n: paged_decode(q, kp, vp, t, n, check_values=False),
-                      paged_sets, {"block_size": bs})
+        # One block table for every input set, as the layers of a decode step share their
+        # sequences' tables: the rotation moves K and V past the L2, not the 4-byte-per-block table.
+        rec = measure(f"paged bs={bs}", paged_fn, _paged_sets(sets, bs, per_set_tables=False), {"block_size": bs})
         rec.extra["vs_contiguous"] = base / rec.time_ms if base and rec.time_ms else None
+        rec.extra["tables"] = "one per step"
+        if bs == COLD_TABLES_BLOCK_SIZE:  # the worst case beside it: each set its own table, cold in the L2
+            cold = measure(f"paged bs={bs}", paged_fn, _paged_sets(sets, bs, per_set_tables=True), {})
+            rec.extra["time_ms_table_per_set"] = cold.time_ms
+            rec.extra["vs_contiguous_table_per_set"] = base / cold.time_ms if base and cold.time_ms else None
         records.append(rec)
-        del paged_sets
     del sets
     return records
 

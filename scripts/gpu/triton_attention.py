@@ -194,7 +194,9 @@ def kernel_configs(quick: bool, gqa: bool) -> list[Config]:
         configs = [Config(bt, w, st, use_dot=True, programs_per_sm=4) for bt in (32, 64, 128) for w in (4, 8)
                    for st in ((1,) if quick else (1, 2, 3))]
         return configs + [Config(32, 4, 1, use_dot=False, programs_per_sm=2), Config(16, 4, 1, use_dot=False, programs_per_sm=2)]
-    return [Config(bt, w, st) for bt in (64, 128, 256) for w in (4, 8) for st in ((1,) if quick else (1, 2, 3))]
+    configs = [Config(bt, w, st) for bt in (64, 128, 256) for w in (4, 8) for st in ((1,) if quick else (1, 2, 3))]
+    # quick still tries prefetching (cp.async) for the 4-warp tiles the default uses
+    return configs + ([Config(bt, 4, st) for bt in (128, 256) for st in (2, 3)] if quick else [])
 
 
 def sweep(fn_for, sets, expected, T, Hq, Hkv, quick, warmup, rep, where) -> tuple | None:
