@@ -51,6 +51,16 @@ def test_pass_matches_the_model(norm, S):
     assert int(n) == 21  # not advanced: neither advance nor counts
 
 
+def test_logits_at_is_a_pass_after_a_prefill(target):
+    tokens = torch.randint(0, V, (30,), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        want = target(tokens[None])[0].double()
+    got = TritonEngine(target, 40).logits_at(tokens, 24, 6).double()
+    assert (got - want[24:30]).abs().max() / want[24:30].abs().max() < 1e-5
+    with pytest.raises(ValueError, match="start"):
+        TritonEngine(target, 40).logits_at(tokens, 0, 3)
+
+
 def test_plain_greedy_equals_generate(target):
     prompt = [3, 1, 4, 1, 5, 9, 2]
     want = generate(target, prompt, 9).tokens
@@ -134,7 +144,7 @@ def test_kernels_compile_for_sm75_within_64kb_shared():
                                            "offset", "S", "qk_scale", "eps"], dtype),
              dict(H=4, D=64, DM=256, BLOCK_S=BLOCK_S, BLOCK_T=32, FIRST=True, **norm), 4),
             (_mlp_up_kernel, sig(["X", "O", "X2", "U", "Wproj", "NormW", "NormB", "Wfc", "S", "eps"], dtype),
-             dict(DM=256, F=768, BLOCK_S=BLOCK_S, BLOCK_F=t["BLOCK_F"], BLOCK_K=32, **norm), 4),
+             dict(DM=256, F=768, BLOCK_S=BLOCK_S, BLOCK_F=t["BLOCK_F"], BLOCK_K=t["BLOCK_K_PROJ"], **norm), 4),
             (_mlp_down_kernel, sig(["X2", "U", "Wproj", "X", "S"], dtype),
              dict(F=768, DM=256, BLOCK_S=BLOCK_S, BLOCK_N=t["BLOCK_N"], BLOCK_K=t["BLOCK_K_DOWN"]), 4),
             (_head_kernel, sig(["X", "NormW", "NormB", "Head", "Logits", "Seq", "N", "Counts", "offset", "S", "V", "eps"],

@@ -65,7 +65,7 @@ def reference_on_device(q, k, v, lengths=None) -> torch.Tensor:
     return out
 
 
-def _paged_sets(sets, bs: int, *, per_set_tables: bool) -> list[tuple]:
+def paged_sets(sets, bs: int, *, per_set_tables: bool) -> list[tuple]:
     """The contiguous input sets copied into shuffled pools of block size ``bs``: one table for
     all sets, or (``per_set_tables``) a fresh one each."""
     out, table = [], None
@@ -137,11 +137,11 @@ def bench_paged(block_sizes=BLOCK_SIZES, *, B: int, Hq: int, Hkv: int, T: int, D
     for bs in block_sizes:
         # One block table for every input set, as the layers of a decode step share their
         # sequences' tables: the rotation moves K and V past the L2, not the 4-byte-per-block table.
-        rec = measure(f"paged bs={bs}", paged_fn, _paged_sets(sets, bs, per_set_tables=False), {"block_size": bs})
+        rec = measure(f"paged bs={bs}", paged_fn, paged_sets(sets, bs, per_set_tables=False), {"block_size": bs})
         rec.extra["vs_contiguous"] = base / rec.time_ms if base and rec.time_ms else None
         rec.extra["tables"] = "one per step"
         if bs == COLD_TABLES_BLOCK_SIZE:  # the worst case beside it: each set its own table, cold in the L2
-            cold = measure(f"paged bs={bs}", paged_fn, _paged_sets(sets, bs, per_set_tables=True), {})
+            cold = measure(f"paged bs={bs}", paged_fn, paged_sets(sets, bs, per_set_tables=True), {})
             rec.extra["time_ms_table_per_set"] = cold.time_ms
             rec.extra["vs_contiguous_table_per_set"] = base / cold.time_ms if base and cold.time_ms else None
         records.append(rec)

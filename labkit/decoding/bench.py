@@ -134,27 +134,39 @@ def bench_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 5, 9, 17), context
 
 
 def bench_engine_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 4, 5, 6, 7), context: int = 128,
-                           linear: str = "mm", graphs: bool | None = None) -> list[Record]:
-    """Like :func:`bench_pass_cost`, for one :class:`~labkit.decoding.engine.StaticEngine` pass
-    (CUDA graph replays). Records: kernel ``name``, shape ``{"S", "context"}``, extra ``impl="fused"``
-    and ``linear``; ``time_ms`` None in sim mode."""
-    from labkit.decoding.engine import StaticEngine
+                           linear: str = "mm", engine: str = "torch", graphs: bool | None = None) -> list[Record]:
+    """Like :func:`bench_pass_cost`, for one pass of a :mod:`labkit.decoding.fast` engine (CUDA
+    graph replays): ``engine="torch"``, a :class:`~labkit.decoding.engine.StaticEngine` forward
+    with matmul path ``linear``; ``"triton"``, a :meth:`TritonEngine.run_pass
+    <labkit.decoding.triton_engine.TritonEngine.run_pass>` (3 kernels a layer and the head).
+    Records: kernel ``name``, shape ``{"S", "context"}``, extra ``impl="fused"`` and ``linear``
+    (torch) or ``engine="triton"`` and ``kernels``; ``time_ms`` None in sim mode."""
+    from labkit.decoding.fast import engine_class
     from labkit.decoding.graphs import Replay
 
     graphs = (not runtime.is_sim()) if graphs is None else graphs
-    engine = StaticEngine(model, context + max(new_tokens) + 1, linear=linear)
-    wbytes, dtype, dev = _weight_bytes(model), str(engine.dtype).replace("torch.", ""), engine.device
+    eng = engine_class(engine)(model, context + max(new_tokens) + 2, linear=linear)
+    wbytes, dtype, dev = _weight_bytes(model), str(eng.dtype).replace("torch.", ""), eng.device
+    seq = torch.randint(0, model.config.vocab_size, (eng.T + 1,), device=dev)
+    n = torch.full((), context + 1, dtype=torch.long, device=dev)  # a Triton pass starts at position n - 1
+    extra = ({"impl": "fused", "linear": linear} if engine == "torch" else
+             {"impl": "fused", "engine": engine, "kernels": 3 * model.config.n_layers + 1})
     records = []
     for S in new_tokens:
-        pos = torch.arange(context, context + S, device=dev)
-        tokens = torch.randint(0, model.config.vocab_size, (S,), device=dev)
-        rot, mask = engine.tables(pos)
-        replay = Replay(lambda: engine.forward(tokens, pos, rot, mask, last_only=S == 1), graphs)
+        if engine == "torch":
+            pos = torch.arange(context, context + S, device=dev)
+            rot, mask = eng.tables(pos)
+
+            def body(S=S, pos=pos, rot=rot, mask=mask):
+                return eng.forward(seq[context:context + S], pos, rot, mask, last_only=S == 1)
+        else:
+            def body(S=S):
+                return eng.run_pass(seq, n, -1, S)
+        replay = Replay(body, graphs)
         ms = time_ms(replay) if graphs else None
         records.append(Record(kernel=name, shape={"S": S, "context": context}, dtype=dtype, bytes=wbytes,
                               time_ms=ms, gbps=gbps(wbytes, ms),
-                              extra={"graphs": graphs, "layers": model.config.n_layers, "impl": "fused",
-                                     "linear": linear}))
+                              extra={"graphs": graphs, "layers": model.config.n_layers, **extra}))
     return records
 
 
@@ -173,13 +185,13 @@ def bench_fast(target, draft, prompts, *, gammas=(2, 3, 4, 5, 6), max_new_tokens
     computed (the last graph may overshoot), which favours the baseline. Each configuration runs
     once untimed first (on GPU), then over all prompts.
     """
-    from labkit.decoding.fast import ENGINES, PlainDecoder, SpeculativeDecoder
+    from labkit.decoding.fast import PlainDecoder, SpeculativeDecoder, engine_class
 
     n = max_new_tokens or runtime.SIZES.model_tokens
     graphs = (not runtime.is_sim()) if graphs is None else graphs
     max_len = max(len(p) for p in prompts) + n + max(max(gammas) + 1, steps_per_graph) + 1
-    te = ENGINES[engine](target, max_len, linear=linear)
-    de = ENGINES[engine](draft, max_len, linear=linear if draft_linear is None else draft_linear)
+    te = engine_class(engine)(target, max_len, linear=linear)
+    de = engine_class(engine)(draft, max_len, linear=linear if draft_linear is None else draft_linear)
     wbytes, dtype, sampling = _weight_bytes(target), str(te.dtype).replace("torch.", ""), _sampling(temperature)
 
     def measure(dec):
@@ -220,26 +232,3 @@ def bench_fast(target, draft, prompts, *, gammas=(2, 3, 4, 5, 6), max_new_tokens
         records.append(record("speculative", gamma, *res, base))
     return records
 
-
-def bench_triton_pass_cost(model, name: str, *, new_tokens=(1, 2, 3, 4, 5, 6, 7), context: int = 128,
-                           graphs: bool | None = None) -> list[Record]:
-    """Like :func:`bench_engine_pass_cost`, for one :meth:`TritonEngine.run_pass
-    <labkit.decoding.triton_engine.TritonEngine.run_pass>` (3 kernels a layer and the head).
-    Records: kernel ``name``, shape ``{"S", "context"}``, extra ``engine="triton"``."""
-    from labkit.decoding.graphs import Replay
-    from labkit.decoding.triton_engine import TritonEngine
-
-    graphs = (not runtime.is_sim()) if graphs is None else graphs
-    engine = TritonEngine(model, context + max(new_tokens) + 2)
-    wbytes, dtype, dev = _weight_bytes(model), str(engine.dtype).replace("torch.", ""), engine.device
-    seq = torch.randint(0, model.config.vocab_size, (engine.T + 1,), device=dev)
-    n = torch.full((), context + 1, dtype=torch.long, device=dev)  # each pass starts at position `context`
-    records = []
-    for S in new_tokens:
-        replay = Replay(lambda S=S: engine.run_pass(seq, n, -1, S), graphs)
-        ms = time_ms(replay) if graphs else None
-        records.append(Record(kernel=name, shape={"S": S, "context": context}, dtype=dtype, bytes=wbytes,
-                              time_ms=ms, gbps=gbps(wbytes, ms),
-                              extra={"graphs": graphs, "layers": model.config.n_layers, "impl": "fused",
-                                     "engine": "triton", "kernels": 3 * model.config.n_layers + 1}))
-    return records

@@ -237,7 +237,7 @@ def fast_generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.
     engine: ``"torch"`` (:class:`StaticEngine`) or ``"triton"`` (:class:`TritonEngine`, greedy
     passes in Triton kernels; sampling still runs the PyTorch pass)."""
     n = as_prompt(prompt, _device(model)).shape[1] + max_new_tokens + steps_per_graph
-    engine = _engine(engine)(model, n, linear=linear)
+    engine = engine_class(engine)(model, n, linear=linear)
     return PlainDecoder(engine, temperature=temperature, steps_per_graph=steps_per_graph, graphs=graphs).run(
         prompt, max_new_tokens)
 
@@ -249,13 +249,14 @@ def fast_speculative_generate(target, draft, prompt, max_new_tokens: int, *, gam
 
     engine: ``"torch"`` or ``"triton"``, as for :func:`fast_generate`."""
     n = as_prompt(prompt, _device(target)).shape[1] + max_new_tokens + gamma + 1
-    cls = _engine(engine)
+    cls = engine_class(engine)
     dec = SpeculativeDecoder(cls(target, n, linear=linear), cls(draft, n, linear=linear), gamma,
                              temperature=temperature, graphs=graphs)
     return dec.run(prompt, max_new_tokens)
 
 
-def _engine(name: str):
+def engine_class(name: str):
+    """:class:`StaticEngine` for ``"torch"``, :class:`TritonEngine` for ``"triton"``; a clear error otherwise."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {name!r}")
     return ENGINES[name]

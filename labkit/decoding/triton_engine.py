@@ -44,12 +44,13 @@ def _block(n: int, most: int) -> int:
 
 def tiles(config, dtype: torch.dtype) -> dict:
     """The kernels' tile sizes for a model: ``BLOCK_F`` (hidden units a program of the up kernel),
-    ``BLOCK_K_DOWN``, ``BLOCK_N`` (model dims a program of the down kernel) and ``BLOCK_V``
+    ``BLOCK_K_PROJ`` and ``BLOCK_K_DOWN`` (the K chunks of the two projections that loop over K), ``BLOCK_N`` (model dims a program of the down kernel) and ``BLOCK_V``
     (logits a step of the head). The weight tiles are what ``tl.dot`` stages in shared memory,
     so fp32 takes half of fp16's: at d = 256 the sm_75 builds then need at most 64 KB, the
     T4's limit (tests/test_triton_engine.py compiles them)."""
     wide = 2 if dtype == torch.float16 else 1
-    return dict(BLOCK_F=_block(config.ff_dim, 32 * wide), BLOCK_K_DOWN=_block(config.ff_dim, 128),
+    return dict(BLOCK_F=_block(config.ff_dim, 32 * wide), BLOCK_K_PROJ=_block(config.d_model, 32),
+                BLOCK_K_DOWN=_block(config.ff_dim, 128),
                 BLOCK_N=_block(config.d_model, 32),
                 BLOCK_V=min(16 * wide, max(16, 1 << (config.vocab_size - 1).bit_length())))
 
@@ -97,6 +98,19 @@ class TritonEngine(StaticEngine):
         return (norm.bias, True) if getattr(norm, "bias", None) is not None else (self._dummy, False)
 
     @torch.no_grad()
+    def logits_at(self, tokens: torch.Tensor, start: int, S: int) -> torch.Tensor:
+        """Logits fp32 [S, V] of one Triton pass over ``tokens[start : start + S]`` (int64 [≥ start + S]),
+        after the PyTorch prefill of ``tokens[:start]``: what ``model(tokens[None])[0, start : start + S]``
+        should give. For checks; uses a fresh token buffer, so ``tokens`` is not written."""
+        if not (1 <= start and start + S <= min(tokens.numel(), self.T)):
+            raise ValueError(f"need 1 <= start and start + S <= min(len(tokens), max_len={self.T}); got start={start}, "
+                             f"S={S}, {tokens.numel()} tokens")
+        seq = torch.zeros(self.T + 1, dtype=torch.long, device=self.device)
+        seq[:start + S] = tokens[:start + S]
+        self.prefill(seq[:start])
+        return self.run_pass(seq, torch.full((), start + 1, dtype=torch.long, device=self.device), -1, S)
+
+    @torch.no_grad()
     def run_pass(self, seq: torch.Tensor, n: torch.Tensor, offset: int, S: int, *, advance: bool = False,
                  counts: torch.Tensor | None = None) -> torch.Tensor:
         """One greedy pass over ``S`` tokens at positions ``n + offset …``; returns logits fp32 [S, V].
@@ -125,7 +139,7 @@ class TritonEngine(StaticEngine):
             _mlp_up_kernel[(F // tile["BLOCK_F"],)](
                 self.x, self.o, self.x2, self.u, block.attn.proj.weight, block.norm2.weight, nb2,
                 block.mlp.fc.weight, S, eps,
-                DM=d, F=F, BLOCK_S=BLOCK_S, BLOCK_F=tile["BLOCK_F"], BLOCK_K=_block(d, 32), RMS=self.rms, NORM_BIAS=has_b2,
+                DM=d, F=F, BLOCK_S=BLOCK_S, BLOCK_F=tile["BLOCK_F"], BLOCK_K=tile["BLOCK_K_PROJ"], RMS=self.rms, NORM_BIAS=has_b2,
                 num_warps=4)
             _mlp_down_kernel[(d // tile["BLOCK_N"],)](
                 self.x2, self.u, block.mlp.proj.weight, self.x, S,

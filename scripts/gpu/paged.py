@@ -26,7 +26,7 @@ import torch
 
 from labkit import runtime
 from labkit.bench import copy_roofline_gbps, rotating, rotation_count, run_meta, save_records, time_ms
-from labkit.bench.paged import BLOCK_SIZES, bench_paged, ratio_table, reference_on_device, to_paged
+from labkit.bench.paged import BLOCK_SIZES, bench_paged, paged_sets, ratio_table, reference_on_device
 from labkit.attention import reference_decode
 from labkit.attention.validate import supported_dtypes
 from labkit.checks.core import TOLERANCE, rel_error
@@ -119,14 +119,11 @@ def tune() -> None:
     for B, Hkv, T in ((1, 8, 4096), (1, 8, 8192), (8, 8, 4096), (1, 32, 8192)):
         Hq, D = 32, 128
         nbytes = 2 * B * Hkv * T * D * 2
-        sets = []
-        for _ in range(rotation_count(3 * nbytes)):
-            q = torch.randn(B, Hq, D, device=DEV, dtype=torch.float16)
-            k = torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16)
-            v = torch.randn_like(k)
-            kp, table = to_paged(k, 16)
-            vp, _ = to_paged(v, 16, tables=table)
-            sets.append((q, k, v, kp, vp, table, torch.full((B,), T, dtype=torch.int32, device=DEV)))
+        contiguous = [(torch.randn(B, Hq, D, device=DEV, dtype=torch.float16),
+                       torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16),
+                       torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16),
+                       torch.full((B,), T, dtype=torch.int32, device=DEV)) for _ in range(rotation_count(3 * nbytes))]
+        paged = paged_sets(contiguous, 16, per_set_tables=True)  # a table per set, as the recorded tune
         cfg0 = config_for(D, Hq // Hkv, T)
         s0 = plan_splits(B, Hq, Hkv, T, cfg0)
         print(f"B={B} Hq={Hq} Hkv={Hkv} T={T} (shipped: {cfg0.block_t}/{cfg0.num_stages}/{s0})", flush=True)
@@ -135,15 +132,15 @@ def tune() -> None:
                 for splits in sorted({max(1, s0 // 2), s0, 2 * s0, 4 * s0}):
                     kw = dict(block_t=block_n, num_stages=stages, num_splits=splits)
                     try:
-                        c = time_ms(rotating(lambda q, k, v, kp, vp, t, n: flash_decode(q, k, v, lengths=n, **kw),
-                                             sets), graph=True)
-                        p = time_ms(rotating(lambda q, k, v, kp, vp, t, n: paged_decode(
+                        c = time_ms(rotating(lambda q, k, v, n: flash_decode(q, k, v, lengths=n, **kw), contiguous),
+                                    graph=True)
+                        p = time_ms(rotating(lambda q, kp, vp, t, n: paged_decode(
                             q, kp, vp, t, n, check_values=False, block_n=block_n, num_stages=stages,
-                            num_splits=splits), sets), graph=True)
+                            num_splits=splits), paged), graph=True)
                         print(f"  {block_n}/{stages}/{splits}: {c * 1e3:.1f} | {p * 1e3:.1f}  ({c / p:.3f}x)", flush=True)
                     except Exception as exc:  # noqa: BLE001 - a config that doesn't compile is just reported
                         print(f"  {block_n}/{stages}/{splits}: fail ({type(exc).__name__})", flush=True)
-        del sets
+        del paged, contiguous
         torch.cuda.empty_cache()
 
 

@@ -52,13 +52,9 @@ def engine_passes() -> int:
         with torch.no_grad():
             expected = model.double()(tokens[None])[0]
         engine = TritonEngine(model.to(dtype), 48)  # 48 cache slots: the S = 7 pass ends at the last
-        seq = torch.zeros(engine.T + 1, dtype=torch.long, device=tokens.device)
         for S, start in ((1, 30), (7, 41)):
-            seq[:48] = tokens  # a pass writes its argmax after it: the reference's tokens again
-            engine.prefill(seq[:start])
-            n = torch.full((), start + 1, dtype=torch.long, device=tokens.device)
             engine.logits.fill_(float("nan"))
-            bad += check_twice({"TritonEngine.run_pass": lambda: engine.run_pass(seq, n, -1, S)},
+            bad += check_twice({"TritonEngine.run_pass": lambda: engine.logits_at(tokens, start, S)},
                                expected[start:start + S], dtype, f"S={S} positions {start}..{start + S - 1} "
                                f"{str(dtype)[6:]}")
     return bad

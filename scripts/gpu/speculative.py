@@ -36,8 +36,7 @@ from labkit.bench import copy_roofline_gbps, run_meta, save_records
 from labkit.checks.core import rel_error
 from labkit.decoding import (accept_draft, chi_square, counts_of, generate, probs, sample, speculative_generate,
                              speculative_round)
-from labkit.decoding.bench import (bench_engine_pass_cost, bench_fast, bench_pass_cost, bench_speculative,
-                                   bench_triton_pass_cost)
+from labkit.decoding.bench import bench_engine_pass_cost, bench_fast, bench_pass_cost, bench_speculative
 from labkit.decoding.engine import LINEAR_MODES, StaticEngine
 from labkit.decoding.fast import PlainDecoder, SpeculativeDecoder
 from labkit.decoding.triton_engine import TritonEngine
@@ -177,13 +176,9 @@ def check_triton_engine(target, draft, tok, texts, n) -> list[str]:
         with torch.no_grad():
             want = model(x[None])[0].float()
         e = TritonEngine(model, x.numel() + 8)
-        seq = torch.zeros(e.T + 1, dtype=torch.long, device=DEV)
-        seq[:x.numel()] = x
         P = x.numel() - 7
-        e.prefill(seq[:P])
-        length = torch.full((), P + 1, dtype=torch.long, device=DEV)
         for S in (1, 7):
-            err = rel_error(e.run_pass(seq, length, -1, S), want[P:P + S])
+            err = rel_error(e.logits_at(x, P, S), want[P:P + S])
             if not err <= tol:
                 failures.append(f"TritonEngine pass {dtype} S={S}: relative error {err:.3g} > {tol}")
     t32, d32 = target.float(), draft.float()
@@ -261,7 +256,7 @@ def main() -> int:
             records += attempt(skipped, f"{name} cost, fused {mode}", lambda m=model, n=name, mode=mode:
                                bench_engine_pass_cost(m, f"{n}, fused {mode}", linear=mode), [])
         records += attempt(skipped, f"{name} cost, Triton engine", lambda m=model, n=name:
-                           bench_triton_pass_cost(m, f"{n}, triton"), [])
+                           bench_engine_pass_cost(m, f"{n}, triton", engine="triton"), [])
     tuned = {name: tune_linear([r for r in records if r.kernel.startswith(f"{name} pass, fused")])
              for name in ("target", "draft")}
     lin_t, lin_d = tuned["target"] or "mm", tuned["draft"] or "mm"
