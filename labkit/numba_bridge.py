@@ -31,7 +31,6 @@ warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result i
 _VIEWS: OrderedDict = OrderedDict()  # (device, ptr, shape, strides, dtype) -> DeviceNDArray
 _MAX_VIEWS = 1024  # input sets rotated past the L2 (up to 64 of q, k, v, out) must all stay cached
 SIM_SWITCH_INTERVAL_S = 5e-5  # GIL switch interval while a simulated kernel runs (see launch)
-SIM_SMS = 2  # a pretend SM count in sim mode: enough to exercise split-K, small enough to be quick
 
 
 def as_numba(t: torch.Tensor):
@@ -74,19 +73,6 @@ def torch_stream():
     if stream is None:
         stream = _STREAMS[handle] = cuda.external_stream(handle)
     return stream
-
-
-def sm_count() -> int:
-    """Streaming multiprocessors on the current GPU (132 on an H100, 40 on a T4); ``SIM_SMS`` in sim mode."""
-    if runtime.is_sim():
-        return SIM_SMS
-    device = torch.cuda.current_device()
-    if device not in _SMS:
-        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SMS[device]
-
-
-_SMS: dict = {}  # device index -> SM count (asked once: every numba_decode call plans with it)
 
 
 @contextmanager
@@ -138,9 +124,9 @@ def launch(kernel, grid, block, *args) -> None:
 def resident_blocks(kernel, threads: int, *args) -> int | None:
     """How many blocks of ``threads`` threads of ``kernel`` (specialized for ``args``) one SM runs at once.
 
-    From the compiled kernel's registers and static shared memory and the GPU's per-SM limits,
-    as the CUDA occupancy calculator counts them (registers are allocated per warp in units of
-    256). ``None`` in sim mode or when the driver cannot say.
+    The driver's occupancy calculator (``cuOccupancyMaxActiveBlocksPerMultiprocessor``, which
+    Numba's ``max_cooperative_grid_blocks`` multiplies by the SM count) from the compiled
+    kernel's registers and shared memory. ``None`` in sim mode.
     """
     if runtime.is_sim():
         return None
@@ -148,21 +134,11 @@ def resident_blocks(kernel, threads: int, *args) -> int | None:
     spec = _specialized(kernel, args, converted)
     key = (spec, threads)
     if key not in _RESIDENT:
-        try:
-            from numba import cuda
+        from numba import cuda
 
-            dev = cuda.get_current_device()
-            warps = -(-threads // 32)
-            regs = spec.get_regs_per_thread()
-            per_warp = -(-max(regs, 1) * 32 // 256) * 256
-            smem = spec.get_shared_mem_per_block()
-            limits = [dev.MAX_THREADS_PER_MULTIPROCESSOR // threads, dev.MAX_BLOCKS_PER_MULTIPROCESSOR,
-                      dev.MAX_REGISTERS_PER_MULTIPROCESSOR // (per_warp * warps)]
-            if smem:
-                limits.append(dev.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR // (smem + 1024))  # 1 KB reserved a block
-            _RESIDENT[key] = max(1, min(limits))
-        except Exception:  # noqa: BLE001 - an older driver or Numba without these attributes: no estimate
-            _RESIDENT[key] = None
+        (compiled,) = spec.overloads.values()  # a specialized dispatcher holds exactly one kernel
+        per_grid = compiled.max_cooperative_grid_blocks(threads)
+        _RESIDENT[key] = max(1, per_grid // cuda.get_current_device().MULTIPROCESSOR_COUNT)
     return _RESIDENT[key]
 
 
@@ -188,4 +164,4 @@ def _configured(kernel, grid, block):
     return conf
 
 
-__all__ = ["SIM_SMS", "as_numba", "launch", "resident_blocks", "sm_count", "torch_stream"]
+__all__ = ["as_numba", "launch", "resident_blocks", "torch_stream"]

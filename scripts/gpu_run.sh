@@ -3,7 +3,7 @@
 # sweeps, benchmarks, nbval of the notebooks in gpu mode, compute-sanitizer on the Numba and Triton kernels.
 #
 #   scripts/gpu_run.sh [STAGE ...]      (default: all stages)
-#   stages: env bench nbval numba sanitize sanitize_triton triton rope paged train speculative serving
+#   stages: env bench nbval numba sanitize sanitize_triton triton variants rope paged train speculative serving
 #   NUMBA_ARGS, TRITON_ARGS, ROPE_ARGS, PAGED_ARGS, SPECULATIVE_ARGS, SERVING_ARGS (e.g. "--quick")
 #   pass options to one stage's script.
 #   NBVAL_NOTEBOOKS="solutions/00_setup.ipynb ..." limits the nbval stage to some notebooks.
@@ -72,6 +72,7 @@ for stage in "${STAGES[@]}"; do
     train) [ -f scripts/gpu/train_models.sh ] && run train bash scripts/gpu/train_models.sh data/models ;;
     numba)       [ -f scripts/gpu/numba_attention.py ] && run numba python3 scripts/gpu/numba_attention.py --out data/results ${NUMBA_ARGS:-} ;;
     triton)      [ -f scripts/gpu/triton_attention.py ] && run triton python3 scripts/gpu/triton_attention.py --out data/results ${TRITON_ARGS:-} ;;
+    variants)    run variants python3 scripts/gpu/triton_variants.py --out data/results/reverted ${VARIANTS_ARGS:-} ;;
     rope)        [ -f scripts/gpu/rope.py ] && run rope python3 scripts/gpu/rope.py --out data/results ${ROPE_ARGS:-} ;;
     paged)       [ -f scripts/gpu/paged.py ] && run paged python3 scripts/gpu/paged.py --out data/results ${PAGED_ARGS:-} ;;
     speculative) [ -f scripts/gpu/speculative.py ] && run speculative python3 scripts/gpu/speculative.py --out data/results ${SPECULATIVE_ARGS:-} ;;

@@ -12,7 +12,8 @@ from numba import cuda  # after labkit: the simulator in sim mode (a module glob
 from labkit import numba_bridge
 from labkit.attention import decode_attention, decode_bytes, reference_decode
 from labkit.attention import naive, online_softmax
-from labkit.attention.numba_fused import (GPU_CONFIG, SIM_CONFIG, SM90_CONFIG, launch_one_pass, launch_plan, numba_decode,
+from labkit.attention.numba_exercises import launch_one_pass
+from labkit.attention.numba_fused import (GPU_CONFIG, SIM_CONFIG, SM90_CONFIG, launch_plan, numba_decode,
                                          plan, workspace)
 from labkit.bench.passes import bench_naive_passes, kernel_launches
 from labkit.checks import CheckFailure, nb01, nb02, rel_error
@@ -158,7 +159,16 @@ def test_bridge_in_sim_mode_is_a_zero_copy_numpy_view():
     assert isinstance(view, np.ndarray)
     view[1, 2] = 5.0
     assert t[1, 2] == 5.0
-    assert numba_bridge.torch_stream() == 0 and numba_bridge.sm_count() == numba_bridge.SIM_SMS
+    assert numba_bridge.torch_stream() == 0
+
+
+def test_sim_mode_plans_for_the_t4_in_triton_and_few_sms_in_numba():
+    from labkit.attention.numba_fused import SIM_SMS, plan
+    from labkit.attention.splits import GPU_SMS, sm_count
+
+    assert sm_count() == GPU_SMS["T4"] and sm_count(sim=SIM_SMS) == SIM_SMS == 2
+    # Numba's simulator plans its splits for SIM_SMS: 1 block of 2 heads on 2 SMs asks for more splits than 40 would
+    assert plan(1, 2, 1, 256).splits != plan(1, 2, 1, 256, sms=40).splits
 
 
 def test_specialized_kernels_are_cached_per_argument_types():

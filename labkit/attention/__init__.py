@@ -7,7 +7,8 @@ benchmarks and the notebooks switch kernels by name::
 
 Implementations are imported on first use: asking for the float64 reference never compiles
 a kernel. Passes of several queries per sequence (prefill, verification) go through
-:func:`masked_attention`.
+:func:`masked_attention`, and causal attention over a whole sequence (training) through
+:func:`causal_attention`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 from labkit.attention.reference import decode_bytes, reference_decode
-from labkit.attention.sdpa import masked_attention
+from labkit.attention.sdpa import causal_attention, masked_attention
 from labkit.attention.validate import validate_decode
 
 IMPLEMENTATIONS = {
@@ -46,5 +47,5 @@ def decode_attention(q, k, v, *, impl: str = "triton_splitk", scale: float | Non
     return get_impl(impl)(q, k, v, scale=scale, **kwargs)
 
 
-__all__ = ["IMPLEMENTATIONS", "decode_attention", "decode_bytes", "get_impl", "masked_attention", "reference_decode",
+__all__ = ["IMPLEMENTATIONS", "causal_attention", "decode_attention", "decode_bytes", "get_impl", "masked_attention", "reference_decode",
            "validate_decode"]

@@ -6,7 +6,7 @@ batch 1 (split-K), and the last block of each group merges the splits in the sam
 :func:`numba_decode` therefore launches one kernel, allocates nothing on the hot path when
 ``out=`` is given (the workspace is cached per shape), never synchronises with the host and
 launches on torch's current stream: after one call outside, a call can be captured in a CUDA
-graph. ``launch_one_pass`` runs notebook 02's exercise kernel.
+graph. Notebook 02's exercise kernel is launched by :mod:`labkit.attention.numba_exercises`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from labkit import runtime
-from labkit.attention.splits import LOG2E, sm_utilisation
+from labkit.attention.splits import LOG2E, sm_count, sm_utilisation
 from labkit.attention.numba_kernels import KernelConfig, make_split_kernel
 from labkit.attention.validate import FP16_FP32, check_out, validate_decode
-from labkit.numba_bridge import launch, resident_blocks, sm_count
+from labkit.numba_bridge import launch, resident_blocks
 
 HEAD_DIMS = (64, 128)
 
@@ -40,6 +40,7 @@ SM90_CONFIG = KernelConfig(tile=128, threads=256, lanes=32, max_group=4, blocks_
 # The simulator runs one Python thread per CUDA thread: small blocks keep it quick.
 SIM_CONFIG = KernelConfig(tile=8, threads=16, lanes=8, max_group=4, blocks_per_sm=2, min_tiles=1,
                           resident_per_sm=2)
+SIM_SMS = 2  # and a pretend SM count: enough to exercise split-K, small enough to be quick
 
 _KERNELS: dict = {}
 
@@ -91,7 +92,7 @@ def plan(B: int, Hq: int, Hkv: int, T: int, *, splits: int | None = None, cfg: K
     blocks = B * Hkv * (Hq // Hkv // g)
     resident = resident or cfg.resident_per_sm
     if splits is None:
-        splits = _wave_splits(blocks, T, cfg, sms or sm_count(), min(resident, cfg.blocks_per_sm))
+        splits = _wave_splits(blocks, T, cfg, sms or sm_count(sim=SIM_SMS), min(resident, cfg.blocks_per_sm))
     if splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
     chunk = _chunk(T, splits, cfg.tile)
@@ -187,22 +188,5 @@ def launch_plan(q, k, v, *, splits: int | None = None, config: KernelConfig | No
     return _prepare(q, k, v, q, 1.0, splits, config or default_config())[0]
 
 
-def launch_one_pass(kernel, q, k, v, *, scale: float | None = None, threads: int, max_head_dim: int = 128):
-    """Launch notebook 02's exercise kernel: one block per (sequence, query head), no split.
-
-    ``kernel(q, k, v, out, scale)`` with q: [B, Hq, D]; k, v: [B, Hkv, T, D] (fp16 or fp32,
-    D <= ``max_head_dim``); grid ``(B * Hq,)``, block ``(threads,)``, on torch's stream. The
-    output [B, Hq, D] (q's dtype) starts full of NaN, so any element the kernel never
-    writes shows up in a check.
-    """
-    B, Hq, Hkv, T, D = validate_decode(q, k, v, dtypes=FP16_FP32, device=runtime.device())
-    if D > max_head_dim:
-        raise ValueError(f"head dim {D} is larger than the kernel's shared query buffer ({max_head_dim})")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    out = torch.full_like(q, float("nan"))
-    launch(kernel, B * Hq, threads, q, k, v, out, np.float32(scale))
-    return out
-
-
-__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "SM90_CONFIG", "launch_one_pass",
+__all__ = ["GPU_CONFIG", "HEAD_DIMS", "KernelConfig", "Plan", "SIM_CONFIG", "SM90_CONFIG", "SIM_SMS",
            "heads_per_block", "launch_plan", "numba_decode", "plan", "split_kernel", "workspace"]

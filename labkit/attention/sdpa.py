@@ -23,6 +23,18 @@ def sdpa_decode(q, k, v, *, scale: float | None = None, expand_kv: bool = True) 
     return F.scaled_dot_product_attention(q.unsqueeze(2), k, v, scale=scale, enable_gqa=Hq != Hkv).squeeze(2)
 
 
+def causal_attention(q, k, v, *, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal self-attention over a whole sequence (training, and the uncached forward pass
+    the cached paths are tested against), through SDPA's fused kernels.
+
+    q: [B, Hq, S, D]; k, v: [B, Hkv, S, D], Hq a multiple of Hkv (SDPA groups the heads
+    itself: without a mask its flash and cuDNN kernels take GQA natively). Returns
+    [B, Hq, S, D] in q's dtype.
+    """
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
 def masked_attention(q, k, v, mask=None, *, scale: float | None = None) -> torch.Tensor:
     """Attention of ``S`` queries per sequence under a mask, through SDPA.
 

@@ -23,11 +23,17 @@ GPU_SMS = {"T4": 40, "A100": 108, "H100": 132}
 
 
 @functools.lru_cache(maxsize=None)
-def sm_count(device_index: int | None = None) -> int:
-    """Streaming multiprocessors of the GPU (40 on a T4, 132 on an H100); 40 in sim mode (the T4 is the target)."""
+def sm_count(device_index: int | None = None, *, sim: int = GPU_SMS["T4"]) -> int:
+    """Streaming multiprocessors of the GPU (40 on a T4, 132 on an H100; default: the current one).
+
+    In sim mode (or with no GPU) ``sim``: the T4's 40 by default, the course's target, so the
+    Triton interpreter plans the splits a T4 would run; Numba's simulator, which runs every
+    CUDA thread as a Python thread, plans for fewer (:data:`labkit.attention.numba_fused.SIM_SMS`).
+    """
     if runtime.is_sim() or not torch.cuda.is_available():
-        return GPU_SMS["T4"]
-    return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
+        return sim
+    index = torch.cuda.current_device() if device_index is None else device_index
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def sm_utilisation(programs: int, sms: int, resident_per_sm: int = 1) -> float:

@@ -29,8 +29,8 @@ import triton.language as tl
 
 from labkit.attention.splits import LOG2E, MAX_SPLITS
 from labkit.attention.triton_args import prepare
-from labkit.attention.triton_plan import (HEAD_DIMS, Config, capability, heads_per_program, kernel_config, plan_splits,
-                                          short_context_block, workspace)
+from labkit.attention.triton_plan import (HEAD_DIMS, Config, config_for, default_splits, heads_per_program, kernel_config,
+                                          plan_splits, short_context_block, workspace)
 
 
 @triton.jit
@@ -223,27 +223,6 @@ def launch(q, k, v, out, *, scale: float, T: int, cfg: Config, num_splits: int, 
         _merge_kernel[(B * Hq,)](*ws, out, num_splits, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(num_splits),
                                  num_warps=4)
     return out
-
-
-def config_for(D: int, group: int, T: int, *, device_index: int | None = None, cc: tuple[int, int] | None = None,
-               block_t=None, num_warps=None, num_stages=None, use_dot=None, short_context: bool = True) -> Config:
-    """This GPU's (or compute capability ``cc``'s) :func:`kernel_config`, the tile shrunk for
-    short contexts, then any overrides.
-
-    A tile of fewer than 16 tokens is scored by reductions unless ``use_dot`` says otherwise:
-    ``tl.dot`` needs 16 columns.
-    """
-    if use_dot is None and block_t is not None and block_t < 16:
-        use_dot = False
-    cfg = kernel_config(D, group, cc or capability(device_index), use_dot=use_dot)
-    return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
-                  num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
-                  use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm)
-
-
-def default_splits(B: int, Hq: int, Hkv: int, T: int, D: int, device_index: int | None = None) -> int:
-    """The split count :func:`flash_decode` picks for this shape on this GPU."""
-    return plan_splits(B, Hq, Hkv, T, config_for(D, Hq // Hkv, T, device_index=device_index), device_index=device_index)
 
 
 def triton_decode(q, k, v, *, scale: float | None = None, lengths=None, rope=None, out=None,

@@ -114,6 +114,27 @@ def plan_splits(B: int, Hq: int, Hkv: int, T: int, cfg: Config, *, num_splits: i
     return max(1, min(num_splits, tiles, MAX_SPLITS))
 
 
+def config_for(D: int, group: int, T: int, *, device_index: int | None = None, cc: tuple[int, int] | None = None,
+               block_t=None, num_warps=None, num_stages=None, use_dot=None, short_context: bool = True) -> Config:
+    """This GPU's (or compute capability ``cc``'s) :func:`kernel_config`, the tile shrunk for
+    short contexts, then any overrides.
+
+    A tile of fewer than 16 tokens is scored by reductions unless ``use_dot`` says otherwise:
+    ``tl.dot`` needs 16 columns.
+    """
+    if use_dot is None and block_t is not None and block_t < 16:
+        use_dot = False
+    cfg = kernel_config(D, group, cc or capability(device_index), use_dot=use_dot)
+    return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
+                  num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
+                  use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm)
+
+
+def default_splits(B: int, Hq: int, Hkv: int, T: int, D: int, device_index: int | None = None) -> int:
+    """The split count :func:`flash_decode` picks for this shape on this GPU."""
+    return plan_splits(B, Hq, Hkv, T, config_for(D, Hq // Hkv, T, device_index=device_index), device_index=device_index)
+
+
 _WORKSPACES: dict[tuple, list[torch.Tensor]] = {}  # device -> flat fp32 buffers, the newest (largest) last
 
 
@@ -138,4 +159,4 @@ def workspace(device: torch.device, B: int, Hq: int, num_splits: int, D: int):
 
 
 __all__ = ["HEAD_DIMS", "MAX_DOT_ROWS", "MAX_REDUCE_HEADS", "MAX_SPLITS", "MIN_DOT_ROWS", "Config", "capability",
-           "heads_per_program", "kernel_config", "plan_splits", "short_context_block", "workspace"]
+           "config_for", "default_splits", "heads_per_program", "kernel_config", "plan_splits", "short_context_block", "workspace"]

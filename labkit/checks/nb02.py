@@ -96,7 +96,7 @@ def check_fused_kernel(fn, *, block: int) -> None:
 
 # What the exercise cell uses from the notebook's earlier cells.
 KERNEL_PREAMBLE = ("import math\nimport labkit\nfrom numba import cuda, float32\n"
-                   "from labkit.attention.numba_fused import launch_one_pass\n")
+                   "from labkit.attention.numba_exercises import launch_one_pass\n")
 
 
 def load_solution():

@@ -14,7 +14,7 @@ then, reads ``n`` to know when to stop, so the GPU never waits for Python.
   The host launches ``ceil(remaining / (γ + 1))`` rounds — each yields at least one token, so
   none is wasted — then reads ``n`` once, and repeats.
 
-On :class:`~labkit.decoding.triton_engine.TritonEngine`\ s a greedy step or round is Triton
+On :class:`~labkit.decoding.triton_engine.TritonEngine` engines a greedy step or round is Triton
 kernels only: each pass reads its tokens from ``seq`` at positions relative to ``n`` and writes
 its argmax back, and the verifying pass accepts and advances ``n`` itself (no PyTorch op at all).
 

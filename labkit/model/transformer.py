@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from labkit.attention import causal_attention
 from labkit.model.config import ModelConfig
 from labkit.rope import rope_tables
 
@@ -51,8 +52,7 @@ class Attention(nn.Module):
         q, k = qk[:, :, : self.n_heads].transpose(1, 2), qk[:, :, self.n_heads:].transpose(1, 2)
         v = v.transpose(1, 2)  # q [B, Hq, S, D]; k, v [B, Hkv, S, D]
         if cache is None:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_heads != self.n_kv,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            o = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         else:
             cache.append(layer, k, v)
             o = cache.attend(layer, q)

@@ -20,7 +20,8 @@ import torch
 
 from labkit import runtime
 from labkit.attention import reference_decode
-from labkit.attention.numba_fused import launch_one_pass, numba_decode
+from labkit.attention.numba_exercises import launch_one_pass
+from labkit.attention.numba_fused import numba_decode
 from labkit.bench.attention import make_decode_inputs
 from labkit.checks import nb02
 from labkit.checks.core import poisoned

@@ -1,0 +1,38 @@
+"""Notebook 02's exercise kernel: how it is launched.
+
+A student writes ``fused_decode_kernel(q, k, v, out, scale)``, a Numba CUDA kernel with one
+block per (sequence, query head) that streams K and V once with an online softmax (no split).
+The checks in :mod:`labkit.checks.nb02` and the notebook's demos launch it through
+:func:`launch_one_pass`, so the kernel only has to follow that signature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from labkit import runtime
+from labkit.attention.validate import FP16_FP32, validate_decode
+from labkit.numba_bridge import launch
+
+
+def launch_one_pass(kernel, q, k, v, *, scale: float | None = None, threads: int, max_head_dim: int = 128):
+    """Launch notebook 02's exercise kernel: one block per (sequence, query head), no split.
+
+    ``kernel(q, k, v, out, scale)`` with q: [B, Hq, D]; k, v: [B, Hkv, T, D] (fp16 or fp32,
+    D <= ``max_head_dim``); grid ``(B * Hq,)``, block ``(threads,)``, on torch's stream. The
+    output [B, Hq, D] (q's dtype) starts full of NaN, so any element the kernel never
+    writes shows up in a check.
+    """
+    B, Hq, Hkv, T, D = validate_decode(q, k, v, dtypes=FP16_FP32, device=runtime.device())
+    if D > max_head_dim:
+        raise ValueError(f"head dim {D} is larger than the kernel's shared query buffer ({max_head_dim})")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    out = torch.full_like(q, float("nan"))
+    launch(kernel, B * Hq, threads, q, k, v, out, np.float32(scale))
+    return out
+
+
+__all__ = ["launch_one_pass"]
