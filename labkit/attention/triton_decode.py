@@ -15,10 +15,11 @@ picks the tiles, the scoring path and the splits):
       M = max_i m_i,   out = Σ_i 2^(m_i − M)·acc_i / Σ_i 2^(m_i − M)·l_i
 
 Scores live in the log2 domain (scaled by scale·log2 e) so the kernels use ``exp2``. The same
-kernel reads a paged cache (:mod:`labkit.kvcache.paged_attention`): only a key's address
-changes. ``rope=(cos, sin, positions)`` rotates the query as it is loaded (rotate-half,
-:mod:`labkit.rope`). Nothing synchronises with the host or allocates on the hot path when
-``out=`` is given, so a call can be captured in a CUDA graph once it has run outside one.
+kernel reads a paged cache (:mod:`labkit.kvcache.paged_attention`): a key's address goes through
+the block table, whose entries are read a tile ahead. ``rope=(cos, sin, positions)`` rotates
+the query as it is loaded (rotate-half, :mod:`labkit.rope`). Nothing synchronises with the
+host or allocates on the hot path when ``out=`` is given, so a call can be captured in a CUDA
+graph once it has run outside one.
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def _attend_kernel(
 
     # 1. This program's KV range: the sequence's valid length cut into num_splits chunks of
     #    whole tiles, so every tile the loop visits holds at least one valid token.
+    if PAGED:
+        # The block table is the one read the contiguous kernel does not have, and it would
+        # stand between the length's read and the first K/V loads. Guess the range from the
+        # capacity T (right whenever the sequence fills its table) and read the first tile's
+        # blocks now, beside the length; a wrong guess reads them again below.
+        table = BlockTables + b.to(tl.int64) * stride_bt
+        t_guess = split * tl.cdiv(tl.cdiv(T, BLOCK_T), num_splits) * BLOCK_T
+        t = t_guess + tl.arange(0, BLOCK_T)
+        block = tl.load(table + t // BS, mask=t < T, other=0)
     if HAS_LENGTHS:
         length = tl.minimum(tl.maximum(tl.load(Lengths + b), 1), T)
     else:
@@ -113,15 +123,18 @@ def _attend_kernel(
     # 3. Stream K and V tile by tile with an online softmax per query head.
     if PAGED:
         kv_head = hk.to(tl.int64) * BS * HEAD_DIM  # a block holds [Hkv, BS, D]
-        table = BlockTables + b.to(tl.int64) * stride_bt
+        if t_begin != t_guess:  # a shorter sequence: its chunks start elsewhere
+            block = tl.load(table + (t_begin + offs_t) // BS, mask=t_begin + offs_t < t_end, other=0)
     else:
         kv_head = pid_bh.to(tl.int64) * T * HEAD_DIM  # this (sequence, KV head)'s [T, D] slab
     for start in tl.range(t_begin, t_end, BLOCK_T, num_stages=NUM_STAGES):
         t = start + offs_t
         mask_t = t < t_end
         if PAGED:  # token t lives at row t % BS of pool block BlockTables[b, t // BS]
-            block = tl.load(table + t // BS, mask=mask_t, other=0).to(tl.int64)
-            rows = kv_head + block * (HKV * BS * HEAD_DIM) + (t % BS) * HEAD_DIM
+            rows = kv_head + block.to(tl.int64) * (HKV * BS * HEAD_DIM) + (t % BS) * HEAD_DIM
+            # the next tile's blocks, read while this tile's K and V are in flight, so the
+            # table never stands between two tiles' loads
+            block = tl.load(table + (t + BLOCK_T) // BS, mask=t + BLOCK_T < t_end, other=0)
         else:
             rows = kv_head + t.to(tl.int64) * HEAD_DIM
         if USE_DOT:
