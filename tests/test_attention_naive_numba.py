@@ -189,6 +189,36 @@ def test_specialized_kernels_are_cached_per_argument_types():
     assert len(kern.calls) == 3 and kern.calls[0] == ("converted",)
 
 
+def test_resident_blocks_asks_the_drivers_occupancy_calculator(monkeypatch):
+    """The GPU path, with the compiled kernel and the device faked: blocks per SM are the
+    cooperative-grid limit over the SM count, cached per specialization and block size."""
+    import numba.cuda
+
+    asked = []
+
+    class Compiled:  # what a specialized dispatcher holds: one compiled kernel
+        def max_cooperative_grid_blocks(self, threads):
+            asked.append(threads)
+            return 3 * 132 if threads == 256 else 132
+
+    class Dispatcher:
+        overloads = {"sig": Compiled()}
+
+        def specialize(self, *args):
+            return self
+
+    class Device:
+        MULTIPROCESSOR_COUNT = 132
+
+    monkeypatch.setattr(numba_bridge.runtime, "is_sim", lambda: False)
+    monkeypatch.setattr(numba.cuda, "get_current_device", lambda: Device(), raising=False)
+    kernel = Dispatcher()
+    assert numba_bridge.resident_blocks(kernel, 256, 1, np.float32(2.0)) == 3
+    assert numba_bridge.resident_blocks(kernel, 256, 7, np.float32(5.0)) == 3  # same types: cached
+    assert numba_bridge.resident_blocks(kernel, 1024, 1, np.float32(2.0)) == 1
+    assert asked == [256, 1024]
+
+
 def test_launch_one_pass_poisons_its_output_and_validates():
     @cuda.jit
     def writes_first_half(q, k, v, out, scale):
