@@ -21,7 +21,6 @@ from labkit.testing import compile_numba_ptx_for_t4
 from labkit.checks.core import TOLERANCE
 
 
-
 def inputs(B, Hq, Hkv, T, D, dtype, seed=None):
     g = torch.Generator().manual_seed(random.randrange(1 << 30) if seed is None else seed)
     return tuple(torch.randn(s, generator=g).to(dtype) for s in ((B, Hq, D), (B, Hkv, T, D), (B, Hkv, T, D)))

@@ -26,7 +26,6 @@ from labkit.rope import apply_rope, rope_tables
 from labkit.testing.attend_builds import attend_build
 
 
-
 def inputs(B, Hq, Hkv, T, D, dtype=torch.float32):
     return (torch.randn(B, Hq, D).to(dtype), torch.randn(B, Hkv, T, D).to(dtype), torch.randn(B, Hkv, T, D).to(dtype))
 

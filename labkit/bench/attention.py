@@ -14,7 +14,6 @@ from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
 from labkit.checks.core import TOLERANCE, rel_error
 
 
-
 def make_decode_inputs(B: int, Hq: int, Hkv: int, T: int, D: int, dtype: torch.dtype, *, device=None,
                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random q [B, Hq, D] and k, v [B, Hkv, T, D] (standard normal, never zeros) on ``device``."""

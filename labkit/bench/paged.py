@@ -65,6 +65,20 @@ def reference_on_device(q, k, v, lengths=None) -> torch.Tensor:
     return out
 
 
+def contiguous_sets(B: int, Hq: int, Hkv: int, T: int, D: int, dtype: torch.dtype) -> list[tuple]:
+    """Random ``(q [B, Hq, D], k, v [B, Hkv, T, D], lengths [B] int32 = T)`` input sets, enough to
+    rotate past the L2 with one paged copy of them alive beside (see :func:`paged_sets`)."""
+    nbytes = decode_bytes(B, Hq, Hkv, T, D, torch.empty((), dtype=dtype).element_size())
+    device = runtime.device()
+    sets = []
+    for _ in range(rotation_count(3 * nbytes)):  # contiguous K/V plus one pool at a time
+        q = torch.randn(B, Hq, D, device=device).to(dtype)
+        k = torch.randn(B, Hkv, T, D, device=device).to(dtype)
+        v = torch.randn(B, Hkv, T, D, device=device).to(dtype)
+        sets.append((q, k, v, torch.full((B,), T, dtype=torch.int32, device=device)))
+    return sets
+
+
 def paged_sets(sets, bs: int, *, per_set_tables: bool) -> list[tuple]:
     """The contiguous input sets copied into shuffled pools of block size ``bs``: one table for
     all sets, or (``per_set_tables``) a fresh one each."""
@@ -102,13 +116,7 @@ def bench_paged(block_sizes=BLOCK_SIZES, *, B: int, Hq: int, Hkv: int, T: int, D
     from labkit.kvcache.paged_attention import paged_decode
 
     nbytes = decode_bytes(B, Hq, Hkv, T, D, torch.empty((), dtype=dtype).element_size())
-    device = runtime.device()
-    sets = []
-    for _ in range(rotation_count(3 * nbytes)):  # contiguous K/V plus one pool at a time
-        q = torch.randn(B, Hq, D, device=device).to(dtype)
-        k = torch.randn(B, Hkv, T, D, device=device).to(dtype)
-        v = torch.randn(B, Hkv, T, D, device=device).to(dtype)
-        sets.append((q, k, v, torch.full((B,), T, dtype=torch.int32, device=device)))
+    sets = contiguous_sets(B, Hq, Hkv, T, D, dtype)
     expected = reference_on_device(*sets[0][:3])
     shape = {"B": B, "Hq": Hq, "Hkv": Hkv, "T": T, "D": D}
     dname = str(dtype).replace("torch.", "")

@@ -12,7 +12,6 @@ from labkit.attention.reference import decode_bytes, reference_decode
 from labkit.checks.core import TOLERANCE, assert_close, assert_equal, fresh_seed, run_check
 
 
-
 def _inputs(rng: random.Random, B: int, Hq: int, Hkv: int, T: int, D: int, dtype: torch.dtype, q_gain: float = 1.0):
     g = torch.Generator().manual_seed(rng.randrange(1 << 62))
     q, k, v = (torch.randn(s, generator=g, dtype=torch.float32) for s in ((B, Hq, D), (B, Hkv, T, D), (B, Hkv, T, D)))

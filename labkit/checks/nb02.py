@@ -13,7 +13,6 @@ from labkit.attention.reference import reference_decode
 from labkit.checks.core import TOLERANCE, assert_close, fresh_seed, run_check
 
 
-
 def _partition(rng: random.Random, T: int) -> list[int]:
     cuts = sorted(rng.sample(range(1, T), rng.randint(1, min(5, T - 1))))
     return [b - a for a, b in zip([0] + cuts, cuts + [T])]

@@ -192,7 +192,6 @@ def check_slot_lookup(student_fn) -> None:
 # 05.paged_kernel: paged_attention(q, k_pool, v_pool, block_tables, lengths, out) -> out
 
 
-
 def _kernel_case(student_fn, rng: random.Random, *, lengths, block_size: int = 8, group: int = 1,
                  dtype=torch.float32, shuffle: bool = True, D: int = 16, kv_heads: int | None = None) -> None:
     from labkit.kvcache.paged_attention import paged_reference

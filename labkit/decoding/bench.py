@@ -231,4 +231,3 @@ def bench_fast(target, draft, prompts, *, gammas=(2, 3, 4, 5, 6), max_new_tokens
         res = measure(SpeculativeDecoder(te, de, gamma, temperature=temperature, graphs=graphs))
         records.append(record("speculative", gamma, *res, base))
     return records
-

@@ -25,8 +25,8 @@ import labkit  # noqa: F401  (decides the mode before triton is imported)
 import torch
 
 from labkit import runtime
-from labkit.bench import copy_roofline_gbps, rotating, rotation_count, run_meta, save_records, time_ms
-from labkit.bench.paged import BLOCK_SIZES, bench_paged, paged_sets, ratio_table, reference_on_device
+from labkit.bench import copy_roofline_gbps, rotating, run_meta, save_records, time_ms
+from labkit.bench.paged import BLOCK_SIZES, bench_paged, contiguous_sets, paged_sets, ratio_table, reference_on_device
 from labkit.attention import reference_decode
 from labkit.attention.validate import supported_dtypes
 from labkit.checks.core import TOLERANCE, rel_error
@@ -118,11 +118,7 @@ def tune() -> None:
     print("\n--tune: time in µs, contiguous | paged bs=16, over BLOCK_N/num_stages/splits (4 warps, KV rotated)")
     for B, Hkv, T in ((1, 8, 4096), (1, 8, 8192), (8, 8, 4096), (1, 32, 8192)):
         Hq, D = 32, 128
-        nbytes = 2 * B * Hkv * T * D * 2
-        contiguous = [(torch.randn(B, Hq, D, device=DEV, dtype=torch.float16),
-                       torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16),
-                       torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16),
-                       torch.full((B,), T, dtype=torch.int32, device=DEV)) for _ in range(rotation_count(3 * nbytes))]
+        contiguous = contiguous_sets(B, Hq, Hkv, T, D, torch.float16)
         paged = paged_sets(contiguous, 16, per_set_tables=True)  # a table per set, as the recorded tune
         cfg0 = config_for(D, Hq // Hkv, T)
         s0 = plan_splits(B, Hq, Hkv, T, cfg0)

@@ -102,17 +102,7 @@ def _rows_kernel(
 def _merge_pdl_kernel(Mws, Lws, Accws, Out, num_splits, HEAD_DIM: tl.constexpr, SPLITS_P: tl.constexpr):
     """The shipped merge, waiting first for the kernel it depends on (a PDL launch)."""
     tl.extra.cuda.gdc_wait()
-    row = tl.program_id(0).to(tl.int64)
-    offs_s = tl.arange(0, SPLITS_P)
-    offs_d = tl.arange(0, HEAD_DIM)
-    mask_s = offs_s < num_splits
-    m = tl.load(Mws + row * num_splits + offs_s, mask=mask_s, other=float("-inf"))
-    l = tl.load(Lws + row * num_splits + offs_s, mask=mask_s, other=0.0)
-    acc = tl.load(Accws + (row * num_splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
-                  mask=mask_s[:, None], other=0.0)
-    w = tl.exp2(m - tl.max(m, axis=0))
-    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
-    tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty))
+    _merge_kernel(Mws, Lws, Accws, Out, num_splits, HEAD_DIM, SPLITS_P)
 
 
 def rows_decode(q, k, v, *, block_t: int, num_warps: int, num_stages: int, num_splits: int, pdl: bool):
