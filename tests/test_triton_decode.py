@@ -222,7 +222,7 @@ def test_default_tiles_do_not_spill_registers():
     from labkit.testing import compile_triton_many_for_t4
 
     # A spilled tile goes through local memory: the loads the kernel exists to stream then
-    # compete with spill traffic (a 4-head group at 64 tokens spilled 640 bytes on sm_75).
+    # compete with spill traffic (8 heads at 64 tokens spill 100 bytes on sm_75).
     cases = [((7, 5), "fp16", 128, g) for g in (1, 2, 4, 8)] + [((7, 5), "fp32", 128, 1), ((7, 5), "fp16", 256, 4),
                                                                   ((9, 0), "fp16", 128, 4), ((9, 0), "fp16", 128, 8)]
     builds = compile_triton_many_for_t4([attend_build(dt, D, g, True, 8192, cc=cc) for cc, dt, D, g in cases],
@@ -243,6 +243,19 @@ def test_the_tensor_core_gqa_path_compiles_for_sm80_and_sm90():
         assert build.cubin_bytes > 0 and build.shared_bytes <= 100 * 1024
 
 
+def test_the_tensor_core_one_head_path_compiles_for_sm90():
+    from labkit.testing import compile_triton_many_for_t4
+
+    # One head per KV head with a 16-bit cache scores with tl.dot on sm_90, its tiles two stages
+    # deep in shared memory (an H100/H200 block may take 227 KB); fp32 stays on reductions.
+    cases = [("fp16", 128, True, False), ("bf16", 256, True, True), ("fp16", 64, False, False), ("fp32", 128, True, False)]
+    requests = [attend_build(dt, D, 1, split, 8192, cc=(9, 0), paged=paged) for dt, D, split, paged in cases]
+    assert [r[2]["USE_DOT"] for r in requests] == [True, True, True, False]
+    assert requests[0][2]["NUM_STAGES"] == 2
+    for build in compile_triton_many_for_t4(requests, ccs=[(9, 0)] * len(requests)):
+        assert build.cubin_bytes > 0 and build.shared_bytes <= 227 * 1024
+
+
 def test_configs_per_gpu():
     assert {64, 128} <= set(HEAD_DIMS)
     for D in HEAD_DIMS:
@@ -250,7 +263,10 @@ def test_configs_per_gpu():
             t4, h100 = kernel_config(D, group, (7, 5)), kernel_config(D, group, (9, 0))
             assert t4.num_stages == 1 and not t4.use_dot  # no cp.async before sm_80; the T4 stays on reductions
             assert 16 <= t4.block_t <= 128 and 16 <= h100.block_t <= 128
-            assert h100.use_dot == (group > 1)  # GQA on the tensor cores from sm_80
+            assert h100.use_dot  # 16-bit caches on the tensor cores on sm_90, one head as well as a group
+            assert kernel_config(D, group, (8, 0)).use_dot == (group > 1)  # sm_80: GQA only
+            assert kernel_config(D, group, (9, 0), itemsize=4).use_dot == (group > 1)  # fp32 stays on reductions
+            assert h100.num_stages == (2 if group == 1 else 1)
             assert short_context_block(h100.block_t, 512) <= h100.block_t
             assert heads_per_program(group, t4.use_dot) <= 4
             assert heads_per_program(group, True) >= 16  # tl.dot needs 16 rows

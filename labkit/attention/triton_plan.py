@@ -9,10 +9,11 @@ module picks that shape per GPU; :mod:`labkit.attention.triton_decode` runs it.
   program broadcasts its ``[HEADS, D]`` queries against a ``[BLOCK_T, D]`` tile and sums
   over D. The product tile holds ``HEADS × BLOCK_T × D`` fp32 values in registers, so a
   wide GQA group must take small tiles or several programs (:data:`MAX_REDUCE_HEADS`).
-* **Scores by ``tl.dot``** (GQA on sm_80+): the group's query heads are the rows of a
-  matrix product on the tensor cores, padded to :data:`MIN_DOT_ROWS`; K and V are read once
-  for the whole group and the register cost no longer grows with ``BLOCK_T × D``. The T4
-  stays on reductions (Triton's sm_75 ``tl.dot`` is no faster there and decode needs none).
+* **Scores by ``tl.dot``** (GQA on sm_80+; one head with a 16-bit cache on sm_90+): the
+  group's query heads are the rows of a matrix product on the tensor cores, padded to
+  :data:`MIN_DOT_ROWS`; K and V are read once for the whole group and the register cost no
+  longer grows with ``BLOCK_T × D``. The T4 stays on reductions (Triton's sm_75 ``tl.dot``
+  is no faster there and decode needs none).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from labkit import runtime
 from labkit.attention.splits import MAX_SPLITS, num_splits_heuristic, sm_count
 
 HEAD_DIMS = (16, 32, 64, 128, 256)  # powers of two: BLOCK_D = D, so every row is one contiguous load
-MAX_REDUCE_HEADS = 4  # query heads per reduction program: more would spill registers
+MAX_REDUCE_HEADS = 4  # query heads per reduction program: 8 take 255 registers on sm_75 from 16 tokens
 MIN_DOT_ROWS = 16  # tl.dot needs at least 16 rows; a GQA group is padded up to them
 MAX_DOT_ROWS = 64  # a larger group (MQA) takes several programs per KV head
 
@@ -39,7 +40,7 @@ class Config:
     block_t: int  # KV tokens per tile
     num_warps: int
     num_stages: int  # K/V tiles in flight per program (1: plain loads; more: cp.async prefetch, sm_80+)
-    use_dot: bool = False  # scores and p·V on the tensor cores (GQA, sm_80+) instead of reductions
+    use_dot: bool = False  # scores and p·V on the tensor cores (GQA on sm_80+, one head on sm_90+)
     programs_per_sm: int = 4  # the split heuristic's target of resident programs per SM
 
 
@@ -52,22 +53,34 @@ def capability(device_index: int | None = None) -> tuple[int, int]:
 
 
 def kernel_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *,
-                  use_dot: bool | None = None) -> Config:
-    """The launch configuration for a head dim, a GQA group size and a compute capability.
+                  use_dot: bool | None = None, itemsize: int = 2) -> Config:
+    """The launch configuration for a head dim, a GQA group size, a compute capability and
+    the cache's bytes per element (``itemsize``: 2 for fp16/bf16, 4 for fp32).
 
-    ``use_dot`` (default: GQA on sm_80+) picks the scoring path. Reductions hold the K and V
-    tiles and the ``heads × BLOCK_T × D`` product in registers; ptxas on sm_75 (4 warps, fp16)
-    fits 64 tokens of D = 128 for one head, and a product of 16K values for a group (4 heads
-    × 32 tokens × 128), at about 255 registers with no spills, and spills 640 bytes at 4 × 64 ×
-    128. So the tile is ``8192 // D`` tokens for one head (``16384 // D`` on sm_90, which the
-    H100 sweep measured fastest) and shrinks with the group. The tensor-core path takes
-    64-token tiles (254 registers, no spills on sm_90a). The sm_75 builds are compiled in
-    tests/test_triton_decode.py (64 KB of shared memory at most).
+    ``use_dot`` (default: GQA on sm_80+, and one head per KV head on sm_90+ with a 16-bit
+    cache) picks the scoring path. Reductions hold the K and V tiles and the
+    ``heads × BLOCK_T × D`` product in registers. ptxas on sm_75 (4 warps, fp16, D = 128,
+    pointers aligned as a launch has them): one head takes 96 registers at 64 tokens and 128
+    at 128; a 4-head group 185 at 32 tokens and 213 at 64; none spill, while 8 heads at 64
+    tokens spill 100 bytes. The tile is ``8192 // D`` tokens for one head (``16384 // D`` on
+    sm_90, which the H100 sweep measured fastest) and a product of 16K values for a group,
+    which leaves room for several resident programs; no T4 has timed the alternatives. The
+    tensor-core path takes 64-token tiles (120 registers for a 4-head group on sm_90a, no
+    spills). For one head it pads 15 rows of
+    zeros, so it costs 16× the multiply-adds; with a 16-bit cache that stays far below what
+    the tensor cores do while the tile streams, and its tiles go through shared memory, where
+    a second stage (cp.async, one tile ahead) keeps each program's next loads in flight. The
+    H200 sweep (``scripts/gpu/triton_attention.py``) measured 64 tokens, 4 warps and 2 stages
+    fastest for one head from 2k to 32k tokens, ahead of every reduction setting: 85.8% of
+    the copy roofline at 8k against 77.7%. An fp32 cache stays on reductions (its ``tl.dot``
+    runs on the FP32 cores). The sm_75 builds are compiled in tests/test_triton_decode.py (64
+    KB of shared memory at most).
     """
     cc = cc or capability()
-    use_dot = (group > 1 and cc >= (8, 0) and head_dim >= 16) if use_dot is None else use_dot
+    if use_dot is None:
+        use_dot = head_dim >= 16 and cc >= (8, 0) and (group > 1 or (cc >= (9, 0) and itemsize == 2))
     if use_dot:
-        return Config(block_t=64, num_warps=4, num_stages=1, use_dot=True, programs_per_sm=4)
+        return Config(block_t=64, num_warps=4, num_stages=2 if group == 1 else 1, use_dot=True, programs_per_sm=4)
     heads = heads_per_program(group, False)
     block_t = min(128, (16384 if cc >= (9, 0) else 8192) // head_dim)
     if heads > 1:
@@ -115,24 +128,27 @@ def plan_splits(B: int, Hq: int, Hkv: int, T: int, cfg: Config, *, num_splits: i
 
 
 def config_for(D: int, group: int, T: int, *, device_index: int | None = None, cc: tuple[int, int] | None = None,
-               block_t=None, num_warps=None, num_stages=None, use_dot=None, short_context: bool = True) -> Config:
-    """This GPU's (or compute capability ``cc``'s) :func:`kernel_config`, the tile shrunk for
-    short contexts, then any overrides.
+               block_t=None, num_warps=None, num_stages=None, use_dot=None, short_context: bool = True,
+               itemsize: int = 2) -> Config:
+    """This GPU's (or compute capability ``cc``'s) :func:`kernel_config` for a cache of
+    ``itemsize`` bytes per element, the tile shrunk for short contexts, then any overrides.
 
     A tile of fewer than 16 tokens is scored by reductions unless ``use_dot`` says otherwise:
     ``tl.dot`` needs 16 columns.
     """
     if use_dot is None and block_t is not None and block_t < 16:
         use_dot = False
-    cfg = kernel_config(D, group, cc or capability(device_index), use_dot=use_dot)
+    cfg = kernel_config(D, group, cc or capability(device_index), use_dot=use_dot, itemsize=itemsize)
     return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
                   num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
                   use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm)
 
 
-def default_splits(B: int, Hq: int, Hkv: int, T: int, D: int, device_index: int | None = None) -> int:
-    """The split count :func:`flash_decode` picks for this shape on this GPU."""
-    return plan_splits(B, Hq, Hkv, T, config_for(D, Hq // Hkv, T, device_index=device_index), device_index=device_index)
+def default_splits(B: int, Hq: int, Hkv: int, T: int, D: int, device_index: int | None = None,
+                   itemsize: int = 2) -> int:
+    """The split count :func:`flash_decode` picks for this shape and cache dtype on this GPU."""
+    cfg = config_for(D, Hq // Hkv, T, device_index=device_index, itemsize=itemsize)
+    return plan_splits(B, Hq, Hkv, T, cfg, device_index=device_index)
 
 
 _WORKSPACES: dict[tuple, list[torch.Tensor]] = {}  # device -> flat fp32 buffers, the newest (largest) last

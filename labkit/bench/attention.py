@@ -139,7 +139,7 @@ def bench_attention(shapes=tuple(SHAPES), *, batches=None, contexts=None, dtype:
         for r in recs:
             r.extra["shape"] = name
             if r.kernel == "triton_splitk":
-                r.extra["num_splits"] = default_splits(B, Hq, Hkv, T, D)
+                r.extra["num_splits"] = default_splits(B, Hq, Hkv, T, D, itemsize=dt.itemsize)
         records += recs
     _add_speedups(records)
     return records, failures

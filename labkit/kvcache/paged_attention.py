@@ -99,7 +99,7 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
         raise ValueError(f"block_n must be a power of two, got {block_n}")
     capacity = max_blocks * BS
     cfg = config_for(D, Hq // Hkv, capacity, device_index=q.device.index, block_t=block_n, num_warps=num_warps,
-                     num_stages=num_stages)
+                     num_stages=num_stages, itemsize=k_pool.element_size())
     splits = plan_splits(B, Hq, Hkv, capacity, cfg, num_splits=num_splits, device_index=q.device.index)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     return launch(q, k_pool, v_pool, check_out(out, q), scale=scale, T=capacity, cfg=cfg, num_splits=splits,

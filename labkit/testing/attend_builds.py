@@ -29,7 +29,7 @@ def attend_build(dt: str, D: int, group: int, split: bool, T: int, cc: tuple[int
     it; short contexts take smaller tiles) or the one-pass kernel (its tile at any context);
     ``paged``: K and V read through a block table of 16-token blocks.
     """
-    cfg = config_for(D, group, T, cc=cc, short_context=split or paged)
+    cfg = config_for(D, group, T, cc=cc, short_context=split or paged, itemsize=4 if dt == "fp32" else 2)
     meta = constexprs(8, group, D, cfg, bs=16 if paged else 1, has_lengths=split or paged, has_rope=split,
                       split=split, paged=paged)
     return (_attend_kernel, attend_signature(dt), meta, cfg.num_warps)

@@ -74,7 +74,11 @@ def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps:
     from triton.runtime.jit import JITFunction
 
     fn = kernel if isinstance(kernel, JITFunction) else JITFunction(getattr(kernel, "fn", kernel))
-    src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs or {}))
+    # A launch marks every pointer 16-byte aligned (torch's allocations are), and only then
+    # may Triton vectorise the loads and pipeline them (cp.async): compile as a launch does.
+    aligned = {(fn.arg_names.index(name),): [["tt.divisibility", 16]]
+               for name, ty in signature.items() if ty.startswith("*")}
+    src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs or {}), attrs=aligned)
     compiled = triton.compile(src, target=GPUTarget("cuda", cc[0] * 10 + cc[1], 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     md = compiled.metadata
