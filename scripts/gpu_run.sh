@@ -3,7 +3,7 @@
 # sweeps, benchmarks, nbval of the notebooks in gpu mode, compute-sanitizer on the Numba and Triton kernels.
 #
 #   scripts/gpu_run.sh [STAGE ...]      (default: all stages)
-#   stages: env bench nbval numba sanitize sanitize_triton triton variants rope paged train speculative serving
+#   stages: env bench nbval numba sanitize sanitize_triton triton variants rope paged stateful train speculative serving
 #   NUMBA_ARGS, TRITON_ARGS, ROPE_ARGS, PAGED_ARGS, SPECULATIVE_ARGS, SERVING_ARGS (e.g. "--quick")
 #   pass options to one stage's script.
 #   NBVAL_NOTEBOOKS="solutions/00_setup.ipynb ..." limits the nbval stage to some notebooks.
@@ -26,7 +26,7 @@ fi
 export PYTHONUNBUFFERED=1 LABKIT_MODE=gpu
 STAGES=("$@")
 # sanitize last: whatever a sanitizer run compiles goes to its own Triton cache (SANITIZE_CACHE), never the timed one
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(env bench numba triton rope paged speculative serving nbval sanitize)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(env bench numba triton rope paged stateful speculative serving nbval sanitize)
 status=0
 
 run() {  # run NAME CMD...: log to $OUT/NAME.log, remember failures
@@ -75,6 +75,8 @@ for stage in "${STAGES[@]}"; do
     variants)    run variants python3 scripts/gpu/triton_variants.py --out data/results/reverted ${VARIANTS_ARGS:-} ;;
     rope)        [ -f scripts/gpu/rope.py ] && run rope python3 scripts/gpu/rope.py --out data/results ${ROPE_ARGS:-} ;;
     paged)       [ -f scripts/gpu/paged.py ] && run paged python3 scripts/gpu/paged.py --out data/results ${PAGED_ARGS:-} ;;
+    stateful)  # the paged cache's hypothesis state machine, its writes and paged attention on the GPU
+      run stateful python3 -m pytest -p no:cacheprovider -o addopts="" -q tests/test_kvcache.py -k PagedCache ;;
     speculative) [ -f scripts/gpu/speculative.py ] && run speculative python3 scripts/gpu/speculative.py --out data/results ${SPECULATIVE_ARGS:-} ;;
     serving)     [ -f scripts/gpu/serving.py ] && run serving python3 scripts/gpu/serving.py --out data/results ${SERVING_ARGS:-} ;;
     *) echo "unknown stage $stage"; status=1 ;;

@@ -283,8 +283,9 @@ class PagedCacheMachine(RuleBasedStateMachine):
             return False
         k = torch.randn(LAYERS, n, HKV, D, generator=self.gen)
         v = torch.randn(LAYERS, n, HKV, D, generator=self.gen)
+        dev = self.cache.device  # the GPU in gpu mode: the writes and the kernel run there, the shadow on the CPU
         for layer in range(LAYERS):
-            self.cache.write(layer, slots, k[layer], v[layer])
+            self.cache.write(layer, slots, k[layer].to(dev), v[layer].to(dev))
         old_k, old_v = self.shadow[seq]
         self.shadow[seq] = (torch.cat([old_k, k.transpose(1, 2)], 2), torch.cat([old_v, v.transpose(1, 2)], 2))
         return True
@@ -349,7 +350,7 @@ class PagedCacheMachine(RuleBasedStateMachine):
         for seq, (k, v) in self.shadow.items():
             for layer in range(LAYERS):
                 gk, gv = self.cache.gather(layer, seq)
-                assert torch.equal(gk, k[layer]) and torch.equal(gv, v[layer]), f"sequence {seq} reads back wrong"
+                assert torch.equal(gk.cpu(), k[layer]) and torch.equal(gv.cpu(), v[layer]), f"sequence {seq} reads back wrong"
 
     @invariant()
     def paged_attention_equals_contiguous(self):
@@ -361,7 +362,7 @@ class PagedCacheMachine(RuleBasedStateMachine):
         self.steps += 1
         layer = self.steps % LAYERS
         group = (1, 2)[self.steps % 2]
-        q = torch.randn(len(live), HKV * group, D, generator=self.gen)
+        q = torch.randn(len(live), HKV * group, D, generator=self.gen).to(self.cache.device)
         tables, lengths = self.cache.tables(live)
         out = paged_decode(q, self.cache.k[layer], self.cache.v[layer], tables, lengths,
                            num_splits=(1, 2, 3)[self.steps % 3], block_n=(8, 16)[self.steps % 2])
@@ -371,8 +372,8 @@ class PagedCacheMachine(RuleBasedStateMachine):
         for i, s in enumerate(live):
             n = self.cache.length(s)
             k[i, :, :n], v[i, :, :n] = self.shadow[s][0][layer], self.shadow[s][1][layer]
-        expected = reference_decode(q, k, v, lengths=lengths)
-        assert rel_error(out, expected) <= 1e-5
+        expected = reference_decode(q.cpu(), k, v, lengths=lengths.cpu())
+        assert rel_error(out.cpu(), expected) <= 1e-5
 
 
 PagedCacheMachine.TestCase.settings = settings(max_examples=10, stateful_step_count=10, deadline=None,
