@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Download the wheels a GPU machine without a package registry needs to run the course's
 # notebooks through nbval and the paged cache's stateful property test (its image has torch,
-# triton, numba, numba-cuda, numpy and pytest, but no Jupyter stack and no hypothesis). Wheels land in .whl/ (git-ignored), for Python 3.12 on x86-64 Linux.
+# triton, numba, numba-cuda, numpy and pytest, but no Jupyter stack and no hypothesis).
+# Wheels land in .whl/ (git-ignored), for Python 3.12 on x86-64 Linux.
 # On that machine:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site:$PWD

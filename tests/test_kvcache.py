@@ -283,7 +283,7 @@ class PagedCacheMachine(RuleBasedStateMachine):
             return False
         k = torch.randn(LAYERS, n, HKV, D, generator=self.gen)
         v = torch.randn(LAYERS, n, HKV, D, generator=self.gen)
-        dev = self.cache.device  # the GPU in gpu mode: the writes and the kernel run there, the shadow on the CPU
+        dev = self.cache.device  # the GPU in gpu mode: writes and kernel run there; the shadow stays on the CPU
         for layer in range(LAYERS):
             self.cache.write(layer, slots, k[layer].to(dev), v[layer].to(dev))
         old_k, old_v = self.shadow[seq]

@@ -224,7 +224,8 @@ def test_default_tiles_do_not_spill_registers():
     # A spilled tile goes through local memory: the loads the kernel exists to stream then
     # compete with spill traffic (8 heads at 64 tokens spill 100 bytes on sm_75).
     cases = [((7, 5), "fp16", 128, g) for g in (1, 2, 4, 8)] + [((7, 5), "fp32", 128, 1), ((7, 5), "fp16", 256, 4),
-                                                                  ((9, 0), "fp16", 128, 4), ((9, 0), "fp16", 128, 8)]
+                                                                  ((9, 0), "fp16", 128, 1), ((9, 0), "fp16", 128, 4),
+                                                                  ((9, 0), "fp16", 128, 8)]
     builds = compile_triton_many_for_t4([attend_build(dt, D, g, True, 8192, cc=cc) for cc, dt, D, g in cases],
                                         ccs=[cc for cc, *_ in cases])
     for (cc, dt, D, g), build in zip(cases, builds):

@@ -61,7 +61,7 @@ def _attend_kernel(
     HAS_ROPE: tl.constexpr,
     SPLIT: tl.constexpr,  # write partials to the workspace (flash-decoding) or the final output
     PAGED: tl.constexpr,  # K and V are pools read through BlockTables
-    USE_DOT: tl.constexpr,  # scores and p·V as matrix products (GQA on sm_80+) or as reductions
+    USE_DOT: tl.constexpr,  # scores and p·V as matrix products (see triton_plan) or as reductions
 ):
     pid = tl.program_id(0)  # which (sequence, KV head, chunk of its query heads)
     split = tl.program_id(1)  # which chunk of the sequence's KV range

@@ -11,8 +11,9 @@ change, the address of a key:
 A block of 16 fp16 tokens at D = 128 is 4 KB of contiguous memory per KV head, so a tile of 64
 tokens is 4 such runs: the loads stay as wide and as coalesced as the contiguous kernel's,
 and the only extra traffic is the block-table row (4 bytes per 16 tokens). The splits, the
-GQA path (``tl.dot`` on sm_80+, reductions on the T4) and the log-sum-exp merge are shared.
-Every load and store is masked; it compiles for the T4 (sm_75) and runs in Triton's interpreter.
+scoring paths (``tl.dot`` for GQA on sm_80+ and for one head of a 16-bit cache on sm_90+,
+reductions on the T4) and the log-sum-exp merge are shared. Every load and store is masked;
+it compiles for the T4 (sm_75) and runs in Triton's interpreter.
 """
 
 from __future__ import annotations

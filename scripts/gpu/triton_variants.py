@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/gpu/triton_variants.py [--out DIR]
 
-The shipped reduction kernel (:mod:`labkit.attention.triton_decode`) reduces over the tile's
+The reduction kernel (:mod:`labkit.attention.triton_decode`, ``use_dot=False``) reduces over the tile's
 tokens three times a tile (the max, the sum and p·V): each reduction crosses warps, so each
 goes through shared memory behind a barrier, and the next tile's loads wait for it. The
 candidates:
@@ -14,9 +14,11 @@ candidates:
   while the split kernel runs and waits (``griddepcontrol.wait``) for its results, so the launch
   gap between the two kernels goes.
 
-Each variant is checked against the float64 reference before it is timed (CUDA graph, KV
-rotated past the L2), at fp16, 32 heads, d = 128, beside the shipped kernel and SDPA's best
-backend. Writes ``triton_variants_<gpu>.json``. GPU only.
+The record in ``data/results/reverted/`` was measured while one head still took the reduction
+kernel; ``shipped`` is now whatever :func:`flash_decode` picks (on sm_90 with fp16, the
+tensor-core path). Each variant is checked against the float64 reference before it is
+timed (CUDA graph, KV rotated past the L2), at fp16, 32 heads, d = 128, beside the shipped
+kernel and SDPA's best backend. Writes ``triton_variants_<gpu>.json``. GPU only.
 """
 
 from __future__ import annotations
