@@ -386,7 +386,7 @@ def test_workspace_is_cached_and_counters_stay_zero():
 
 def test_fp16_words_unpack_exactly_including_subnormals_and_signs():
     # Every finite fp16 bit pattern through the kernel's word unpacking (the simulator runs it as Python).
-    from labkit.attention import numba_kernels as nk
+    from labkit.attention import numba_words as nk
 
     bits = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16)
     halves = bits.view(torch.float16)

@@ -28,7 +28,7 @@ byte of K and V once, and keeps every intermediate on chip:
 
 Scores are in the log2 domain (the host folds ``log2 e`` into ``scale``) so ``exp2`` does the
 softmax. Everything runs unchanged in Numba's simulator: no warp shuffles or votes, and the
-one bit cast, ``as_float``, is libdevice's on a GPU and NumPy's in the simulator.
+word unpacking (:mod:`labkit.attention.numba_words`) has a NumPy bit cast there.
 """
 
 from __future__ import annotations
@@ -36,24 +36,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-from numba import config, cuda, float32, int32, int64, uint64
+from numba import cuda, float32, int32, int64, uint64
 
 from labkit import runtime
+from labkit.attention.numba_words import HALF_SCALE, _unpack_float, _unpack_half
 
-if config.ENABLE_CUDASIM:
-    def as_float(bits):
-        """The float32 whose bit pattern is the low 32 bits of ``bits`` (the simulator's bit cast)."""
-        return np.array(int(bits) & 0xFFFFFFFF, dtype=np.uint32).view(np.float32)[()]
-else:
-    from numba.cuda.libdevice import int_as_float
-
-    @cuda.jit(device=True, inline="always")
-    def as_float(bits):
-        """The float32 whose bit pattern is the low 32 bits of ``bits`` (int64)."""
-        return int_as_float(int32(bits))
-
-HALF_SCALE = 2.0 ** 112  # an fp16 bit pattern moved into fp32's place is the number times 2**-112
 U = uint64  # array indices: see split_kernel
 M_INIT = -3.4028234663852886e38  # the running max before any token: finite, so exp2(M_INIT - M_INIT) = 1
 
@@ -268,23 +255,3 @@ def make_split_kernel(D: int, G: int, half: bool, cfg: KernelConfig, clamp: bool
                 out[U(qrow * D + idx)] = num / den
 
     return split_kernel
-
-
-@cuda.jit(device=True, inline="always")
-def _unpack_half(w, f):
-    """Word ``w`` (int64) into ``f``: its four fp16 values, each times 2**-112.
-
-    Half ``i`` is moved to the top and shifted down arithmetically, which puts its exponent and
-    mantissa where fp32 has them and copies its sign into bits 31..28; the mask keeps bit 31.
-    """
-    f[0] = as_float(((w << 48) >> 35) & 0x8FFFE000)
-    f[1] = as_float(((w << 32) >> 35) & 0x8FFFE000)
-    f[2] = as_float(((w << 16) >> 35) & 0x8FFFE000)
-    f[3] = as_float((w >> 35) & 0x8FFFE000)
-
-
-@cuda.jit(device=True, inline="always")
-def _unpack_float(w, f):
-    """Word ``w`` (int64) into ``f``: its two fp32 values."""
-    f[0] = as_float(w)
-    f[1] = as_float(w >> 32)

@@ -10,9 +10,7 @@ picks the tiles, the scoring path and the splits):
 * :func:`flash_decode` splits each sequence's KV range across ``num_splits`` programs, so
   ``batch × kv_heads × num_splits`` programs fill the GPU even at batch 1. Each writes a
   partial ``(m, l, acc)`` (running max, sum of exponentials, unnormalised output) to a cached
-  fp32 workspace, and :func:`_merge_kernel` combines them by log-sum-exp:
-
-      M = max_i m_i,   out = Σ_i 2^(m_i − M)·acc_i / Σ_i 2^(m_i − M)·l_i
+  fp32 workspace, and :mod:`labkit.attention.triton_merge` combines them by log-sum-exp.
 
 Scores live in the log2 domain (scaled by scale·log2 e) so the kernels use ``exp2``. The same
 kernel reads a paged cache (:mod:`labkit.kvcache.paged_attention`): a key's address goes through
@@ -30,6 +28,7 @@ import triton.language as tl
 
 from labkit.attention.splits import LOG2E, MAX_SPLITS
 from labkit.attention.triton_args import prepare
+from labkit.attention.triton_merge import _merge_kernel
 from labkit.attention.triton_plan import (HEAD_DIMS, Config, config_for, default_splits, heads_per_program, kernel_config,
                                           plan_splits, short_context_block, workspace)
 
@@ -180,30 +179,6 @@ def _attend_kernel(
         tl.store(Accws + part * HEAD_DIM + offs_d, acc2, mask=mask_g)
     else:
         tl.store(Out + q_rows + offs_d, (acc2 / l2).to(Out.dtype.element_ty), mask=mask_g)
-
-
-@triton.jit
-def _merge_kernel(
-    Mws, Lws,  # [B·Hq, num_splits] fp32 partial max (log2 domain) and sum of exponentials
-    Accws,  # [B·Hq, num_splits, D] fp32 partial unnormalised outputs
-    Out,  # [B·Hq, D] the output, q's dtype
-    num_splits,  # partials per row
-    HEAD_DIM: tl.constexpr,  # D, a power of two
-    SPLITS_P: tl.constexpr,  # num_splits rounded up to a power of two
-):
-    row = tl.program_id(0).to(tl.int64)  # one (sequence, query head) per program
-    offs_s = tl.arange(0, SPLITS_P)
-    offs_d = tl.arange(0, HEAD_DIM)
-    mask_s = offs_s < num_splits
-    # A chunk with no valid tokens left m = -inf, l = 0, acc = 0: its weight below is 0.
-    m = tl.load(Mws + row * num_splits + offs_s, mask=mask_s, other=float("-inf"))
-    l = tl.load(Lws + row * num_splits + offs_s, mask=mask_s, other=0.0)
-    acc = tl.load(Accws + (row * num_splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
-                  mask=mask_s[:, None], other=0.0)
-    m_all = tl.max(m, axis=0)  # chunk 0 always holds a token, so this is finite
-    w = tl.exp2(m - m_all)  # each chunk's weight relative to the global max
-    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
-    tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
 def constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, has_rope: bool,
