@@ -21,39 +21,16 @@ every token one integer address (the *slot mapping*).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from labkit import runtime
 from labkit.kvcache.allocator import BlockAllocator, OutOfBlocks
+from labkit.kvcache.waste import PagedStats
 
 
 class UnknownSequence(LookupError):
     """A sequence id that was never created here, or was freed."""
-
-
-@dataclass(frozen=True)
-class PagedStats:
-    """Where the pool's memory goes."""
-
-    num_blocks: int  # blocks in the pool
-    used_blocks: int  # blocks some sequence points at
-    shared_blocks: int  # blocks two or more sequences point at
-    table_blocks: int  # sum of every block table's length (what it would take with no sharing)
-    tokens: int  # sum of every sequence's length
-    block_size: int
-
-    @property
-    def waste(self) -> float:
-        """Fraction of the used blocks' slots that hold no token (prefix sharing can make it negative)."""
-        slots = self.used_blocks * self.block_size
-        return 1.0 - self.tokens / slots if slots else 0.0
-
-    @property
-    def saved_by_sharing(self) -> int:
-        """Blocks that forked sequences share instead of each holding a copy."""
-        return self.table_blocks - self.used_blocks
 
 
 class PagedKVCache:

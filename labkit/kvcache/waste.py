@@ -12,7 +12,8 @@ summed over every step of every request (a time average: a slot idle for 100 ste
   wastes at most ``block_size - 1`` slots, in its last block.
 
 Counted in tokens, so the result holds for any model: bytes are tokens × (2 · layers ·
-KV heads · head_dim · itemsize).
+KV heads · head_dim · itemsize). :class:`PagedStats` is the same accounting for a live
+:class:`~labkit.kvcache.paged.PagedKVCache` (``cache.stats()``), with what prefix sharing saves.
 """
 
 from __future__ import annotations
@@ -22,6 +23,29 @@ from dataclasses import dataclass
 import numpy as np
 
 from labkit.workload import Request
+
+
+@dataclass(frozen=True)
+class PagedStats:
+    """Where the pool's memory goes."""
+
+    num_blocks: int  # blocks in the pool
+    used_blocks: int  # blocks some sequence points at
+    shared_blocks: int  # blocks two or more sequences point at
+    table_blocks: int  # sum of every block table's length (what it would take with no sharing)
+    tokens: int  # sum of every sequence's length
+    block_size: int
+
+    @property
+    def waste(self) -> float:
+        """Fraction of the used blocks' slots that hold no token (prefix sharing can make it negative)."""
+        slots = self.used_blocks * self.block_size
+        return 1.0 - self.tokens / slots if slots else 0.0
+
+    @property
+    def saved_by_sharing(self) -> int:
+        """Blocks that forked sequences share instead of each holding a copy."""
+        return self.table_blocks - self.used_blocks
 
 
 @dataclass(frozen=True)
