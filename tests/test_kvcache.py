@@ -350,7 +350,8 @@ class PagedCacheMachine(RuleBasedStateMachine):
         for seq, (k, v) in self.shadow.items():
             for layer in range(LAYERS):
                 gk, gv = self.cache.gather(layer, seq)
-                assert torch.equal(gk.cpu(), k[layer]) and torch.equal(gv.cpu(), v[layer]), f"sequence {seq} reads back wrong"
+                assert torch.equal(gk.cpu(), k[layer]) and torch.equal(gv.cpu(), v[layer]), \
+                    f"sequence {seq} reads back wrong"
 
     @invariant()
     def paged_attention_equals_contiguous(self):

@@ -249,7 +249,8 @@ def test_the_tensor_core_one_head_path_compiles_for_sm90():
 
     # One head per KV head with a 16-bit cache scores with tl.dot on sm_90, its tiles two stages
     # deep in shared memory (an H100/H200 block may take 227 KB); fp32 stays on reductions.
-    cases = [("fp16", 128, True, False), ("bf16", 256, True, True), ("fp16", 64, False, False), ("fp32", 128, True, False)]
+    cases = [("fp16", 128, True, False), ("bf16", 256, True, True), ("fp16", 64, False, False),
+             ("fp32", 128, True, False)]
     requests = [attend_build(dt, D, 1, split, 8192, cc=(9, 0), paged=paged) for dt, D, split, paged in cases]
     assert [r[2]["USE_DOT"] for r in requests] == [True, True, True, False]
     assert requests[0][2]["NUM_STAGES"] == 2

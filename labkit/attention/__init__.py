@@ -47,5 +47,5 @@ def decode_attention(q, k, v, *, impl: str = "triton_splitk", scale: float | Non
     return get_impl(impl)(q, k, v, scale=scale, **kwargs)
 
 
-__all__ = ["IMPLEMENTATIONS", "causal_attention", "decode_attention", "decode_bytes", "get_impl", "masked_attention", "reference_decode",
-           "validate_decode"]
+__all__ = ["IMPLEMENTATIONS", "causal_attention", "decode_attention", "decode_bytes", "get_impl", "masked_attention",
+           "reference_decode", "validate_decode"]

@@ -35,7 +35,8 @@ def _power_of_two(n: int) -> bool:
 
 
 def _block(n: int, most: int) -> int:
-    """The largest power of two ≤ most that divides n (at least 16: tl.dot's minimum)."""
+    """The largest power of two ≤ ``most`` that divides ``n`` (16 or more for the shapes
+    :class:`TritonEngine` accepts: tl.dot's minimum)."""
     b = most
     while n % b:
         b //= 2
@@ -43,15 +44,15 @@ def _block(n: int, most: int) -> int:
 
 
 def tiles(config, dtype: torch.dtype) -> dict:
-    """The kernels' tile sizes for a model: ``BLOCK_F`` (hidden units a program of the up kernel),
-    ``BLOCK_K_PROJ`` and ``BLOCK_K_DOWN`` (the K chunks of the two projections that loop over K), ``BLOCK_N`` (model dims a program of the down kernel) and ``BLOCK_V``
-    (logits a step of the head). The weight tiles are what ``tl.dot`` stages in shared memory,
-    so fp32 takes half of fp16's: at d = 256 the sm_75 builds then need at most 64 KB, the
-    T4's limit (tests/test_triton_engine.py compiles them)."""
+    """The kernels' tile sizes for a model: ``BLOCK_F`` (hidden units a program of the up
+    kernel), ``BLOCK_K_PROJ`` and ``BLOCK_K_DOWN`` (the K chunks of the two projections that
+    loop over K), ``BLOCK_N`` (model dims a program of the down kernel) and ``BLOCK_V`` (logits
+    a step of the head). The weight tiles are what ``tl.dot`` stages in shared memory, so fp32
+    takes half of fp16's: at d = 256 the sm_75 builds then need at most 64 KB, the T4's limit
+    (tests/test_triton_engine.py compiles them)."""
     wide = 2 if dtype == torch.float16 else 1
     return dict(BLOCK_F=_block(config.ff_dim, 32 * wide), BLOCK_K_PROJ=_block(config.d_model, 32),
-                BLOCK_K_DOWN=_block(config.ff_dim, 128),
-                BLOCK_N=_block(config.d_model, 32),
+                BLOCK_K_DOWN=_block(config.ff_dim, 128), BLOCK_N=_block(config.d_model, 32),
                 BLOCK_V=min(16 * wide, max(16, 1 << (config.vocab_size - 1).bit_length())))
 
 
@@ -139,8 +140,8 @@ class TritonEngine(StaticEngine):
             _mlp_up_kernel[(F // tile["BLOCK_F"],)](
                 self.x, self.o, self.x2, self.u, block.attn.proj.weight, block.norm2.weight, nb2,
                 block.mlp.fc.weight, S, eps,
-                DM=d, F=F, BLOCK_S=BLOCK_S, BLOCK_F=tile["BLOCK_F"], BLOCK_K=tile["BLOCK_K_PROJ"], RMS=self.rms, NORM_BIAS=has_b2,
-                num_warps=4)
+                DM=d, F=F, BLOCK_S=BLOCK_S, BLOCK_F=tile["BLOCK_F"], BLOCK_K=tile["BLOCK_K_PROJ"], RMS=self.rms,
+                NORM_BIAS=has_b2, num_warps=4)
             _mlp_down_kernel[(d // tile["BLOCK_N"],)](
                 self.x2, self.u, block.mlp.proj.weight, self.x, S,
                 F=F, DM=d, BLOCK_S=BLOCK_S, BLOCK_N=tile["BLOCK_N"], BLOCK_K=tile["BLOCK_K_DOWN"], num_warps=4)

@@ -12,8 +12,9 @@
 2. Benchmarks (copy roofline measured first; KV rotated past the L2; CUDA events, median):
    fp16 batch 1, 32 heads d=128 (MHA) and 32/8 (GQA), T = 512 … 32768: flash_decode's default
    configuration, the one-pass kernel, and at a few contexts the best of a small sweep over
-   BLOCK_T × num_warps × num_stages on both scoring paths (reductions, tl.dot) at the heuristic's splits, then split counts for the two
-   fastest (the winners are printed: hard-code them in ``kernel_config`` / the heuristic),
+   BLOCK_T × num_warps × num_stages on both scoring paths (reductions, tl.dot), each at half,
+   equal and twice the heuristic's splits (every line printed: hard-code the winners in
+   ``kernel_config`` / the heuristic),
    and SDPA's best backend (flash, efficient, cuDNN, math; GQA both expanded and native)
    -> ``triton_attention_<gpu>.json``.
 3. The targets, each PASS/MISS (a miss is reported, not fatal): >= 85% of the copy roofline
@@ -189,18 +190,20 @@ SWEEP_POINTS = {"llama": (2048, 8192, 32768), "llama-gqa": (2048, 8192, 32768)} 
 
 
 def kernel_configs(quick: bool, gqa: bool) -> list[Config]:
-    """Configurations around the default: tiles × warps × stages; GQA also on both scoring paths."""
+    """Configurations around the default: tiles × warps × stages, on both scoring paths."""
+    def dot(stages):  # the tensor-core path: K/V tiles feed tl.dot, which Triton pipelines
+        return [Config(bt, w, st, use_dot=True, programs_per_sm=4) for bt in (32, 64, 128) for w in (4, 8)
+                for st in stages]
+
+    full = (1, 2, 3)
     if gqa:
-        configs = [Config(bt, w, st, use_dot=True, programs_per_sm=4) for bt in (32, 64, 128) for w in (4, 8)
-                   for st in ((1,) if quick else (1, 2, 3))]
-        return configs + [Config(32, 4, 1, use_dot=False, programs_per_sm=2), Config(16, 4, 1, use_dot=False, programs_per_sm=2)]
-    configs = [Config(bt, w, st) for bt in (64, 128, 256) for w in (4, 8) for st in ((1,) if quick else (1, 2, 3))]
-    # quick still tries prefetching (cp.async) for the 4-warp tiles the default uses
+        return dot((1,) if quick else full) + [Config(32, 4, 1, use_dot=False, programs_per_sm=2),
+                                               Config(16, 4, 1, use_dot=False, programs_per_sm=2)]
+    configs = [Config(bt, w, st) for bt in (64, 128, 256) for w in (4, 8) for st in ((1,) if quick else full)]
+    # quick still tries prefetching (cp.async) for the 4-warp tiles the reduction path takes
     configs += [Config(bt, 4, st) for bt in (128, 256) for st in (2, 3)] if quick else []
-    # The tensor-core path pads the one head to 16 rows: 16x the multiply-adds and not a byte
-    # more read, and its K/V tiles feed tl.dot, which Triton pipelines through shared memory
-    return configs + [Config(bt, w, st, use_dot=True, programs_per_sm=4) for bt in (32, 64, 128) for w in (4, 8)
-                      for st in ((1, 2) if quick else (1, 2, 3))]
+    # one head padded to 16 rows: 16x the multiply-adds and not a byte more read (the sm_90 default)
+    return configs + dot((1, 2) if quick else full)
 
 
 def sweep(fn_for, sets, expected, T, Hq, Hkv, quick, warmup, rep, where) -> tuple | None:

@@ -2,10 +2,10 @@
 
     PYTHONPATH=. python scripts/gpu/triton_variants.py [--out DIR]
 
-The reduction kernel (:mod:`labkit.attention.triton_decode`, ``use_dot=False``) reduces over the tile's
-tokens three times a tile (the max, the sum and p·V): each reduction crosses warps, so each
-goes through shared memory behind a barrier, and the next tile's loads wait for it. The
-candidates:
+The reduction kernel (:mod:`labkit.attention.triton_decode`, ``use_dot=False``) reduces over
+the tile's tokens three times a tile (the max, the sum and p·V): each reduction crosses warps,
+so each goes through shared memory behind a barrier, and the next tile's loads wait for it.
+The candidates:
 
 * ``rows``: every token row of the tile keeps its own online softmax (m, l and a [D]
   accumulator per row), so the loop has no reduction across tokens at all; the rows are merged
