@@ -3,8 +3,8 @@
 # sweeps, benchmarks, nbval of the notebooks in gpu mode, compute-sanitizer on the Numba and Triton kernels.
 #
 #   scripts/gpu_run.sh [STAGE ...]      (default: all stages)
-#   stages: env bench nbval numba sanitize sanitize_triton triton variants rope paged stateful train speculative serving
-#   NUMBA_ARGS, TRITON_ARGS, ROPE_ARGS, PAGED_ARGS, SPECULATIVE_ARGS, SERVING_ARGS (e.g. "--quick")
+#   stages: env bench nbval numba sanitize sanitize_triton triton variants floor rope paged stateful train speculative serving
+#   NUMBA_ARGS, TRITON_ARGS, FLOOR_ARGS, ROPE_ARGS, PAGED_ARGS, SPECULATIVE_ARGS, SERVING_ARGS (e.g. "--quick")
 #   pass options to one stage's script.
 #   NBVAL_NOTEBOOKS="solutions/00_setup.ipynb ..." limits the nbval stage to some notebooks.
 #
@@ -73,6 +73,7 @@ for stage in "${STAGES[@]}"; do
     numba)       [ -f scripts/gpu/numba_attention.py ] && run numba python3 scripts/gpu/numba_attention.py --out data/results ${NUMBA_ARGS:-} ;;
     triton)      [ -f scripts/gpu/triton_attention.py ] && run triton python3 scripts/gpu/triton_attention.py --out data/results ${TRITON_ARGS:-} ;;
     variants)    run variants python3 scripts/gpu/triton_variants.py --out data/results/reverted ${VARIANTS_ARGS:-} ;;
+    floor)       run floor python3 scripts/gpu/decode_floor.py --out data/results ${FLOOR_ARGS:-} ;;
     rope)        [ -f scripts/gpu/rope.py ] && run rope python3 scripts/gpu/rope.py --out data/results ${ROPE_ARGS:-} ;;
     paged)       [ -f scripts/gpu/paged.py ] && run paged python3 scripts/gpu/paged.py --out data/results ${PAGED_ARGS:-} ;;
     stateful)  # the paged cache's hypothesis state machine, its writes and paged attention on the GPU
