@@ -26,7 +26,7 @@ fi
 export PYTHONUNBUFFERED=1 LABKIT_MODE=gpu
 STAGES=("$@")
 # sanitize last: whatever a sanitizer run compiles goes to its own Triton cache (SANITIZE_CACHE), never the timed one
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(env bench numba triton rope paged stateful speculative serving nbval sanitize)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(env bench numba triton floor rope paged stateful speculative serving nbval sanitize)
 status=0
 
 run() {  # run NAME CMD...: log to $OUT/NAME.log, remember failures

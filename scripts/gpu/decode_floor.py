@@ -20,7 +20,7 @@ the way every record is timed (CUDA graph, KV rotated past the L2, median):
   next replay: one launch instead of two. Checked against the float64 reference first.
 * ``sdpa_best``: SDPA's fastest backend.
 
-It ends with what the issue's "1.5× SDPA at 2048" asks in µs beside the floors. Writes
+It ends with SDPA's time over 1.5 at each context (a kernel 1.5× as fast), beside the floors. Writes
 ``decode_floor_<gpu>.json``. GPU only.
 """
 
