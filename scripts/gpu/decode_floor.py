@@ -142,16 +142,30 @@ def _merge_in_kernel(
 _COUNTS: dict[int, torch.Tensor] = {}
 
 
-def merge_in_kernel(q, k, v):
+def shipped_plan(q, k):
+    """The shipped launch's configuration, split count and workspace views for one head per KV head."""
     B, Hq, _ = q.shape
     T = k.shape[2]
-    cfg = config_for(D, 1, T, itemsize=2)
-    assert cfg.use_dot, "the candidate is the tensor-core path's (sm_90+, fp16)"
+    cfg = config_for(D, 1, T, itemsize=k.element_size())
     S = plan_splits(B, Hq, Hq, T, cfg)
+    return cfg, S, workspace(q.device, B, Hq, S, D)
+
+
+def split_kernel(q, k, v, out, cfg, S, ws):
+    """The shipped split kernel alone: partials into ``ws``, nothing merged."""
+    B, Hq, _ = q.shape
+    meta = constexprs(Hq, 1, D, cfg, bs=1, has_lengths=False, has_rope=False, split=True, paged=False)
+    _attend_kernel[(B * Hq, S)](q, k, v, q, q, q, q, q, out, *ws, D ** -0.5 * LOG2E, k.shape[2], S, 0, **meta,
+                                num_warps=cfg.num_warps)
+
+
+def merge_in_kernel(q, k, v):
+    B, Hq, _ = q.shape
+    cfg, S, ws = shipped_plan(q, k)
+    assert cfg.use_dot, "the candidate is the tensor-core path's (sm_90+, fp16)"
     counts = _COUNTS.setdefault(B * Hq, torch.zeros(B * Hq, dtype=torch.int32, device=q.device))
     out = torch.empty_like(q)
-    ws = workspace(q.device, B, Hq, S, D)
-    _merge_in_kernel[(B * Hq, S)](q, k, v, out, *ws, counts, D ** -0.5 * LOG2E, T, S, HKV=Hq, HEAD_DIM=D,
+    _merge_in_kernel[(B * Hq, S)](q, k, v, out, *ws, counts, D ** -0.5 * LOG2E, k.shape[2], S, HKV=Hq, HEAD_DIM=D,
                                   BLOCK_T=cfg.block_t, NUM_STAGES=cfg.num_stages,
                                   SPLITS_P=triton.next_power_of_2(S), num_warps=cfg.num_warps)
     return out
@@ -159,18 +173,13 @@ def merge_in_kernel(q, k, v):
 
 def shipped_parts(q, k, v, *, split: bool = True, merge: bool = True):
     """The shipped launch with either kernel left out (its output is then not attention)."""
-    B, Hq, _ = q.shape
-    T = k.shape[2]
-    cfg = config_for(D, 1, T, itemsize=2)
-    S = plan_splits(B, Hq, Hq, T, cfg)
+    cfg, S, ws = shipped_plan(q, k)
     out = torch.empty_like(q)
-    ws = workspace(q.device, B, Hq, S, D)
     if split:
-        meta = constexprs(Hq, 1, D, cfg, bs=1, has_lengths=False, has_rope=False, split=True, paged=False)
-        _attend_kernel[(B * Hq, S)](q, k, v, q, q, q, q, q, out, *ws, D ** -0.5 * LOG2E, T, S, 0, **meta,
-                                    num_warps=cfg.num_warps)
+        split_kernel(q, k, v, out, cfg, S, ws)
     if merge:
-        _merge_kernel[(B * Hq,)](*ws, out, S, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(S), num_warps=4)
+        _merge_kernel[(q.shape[0] * q.shape[1],)](*ws, out, S, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(S),
+                                                  num_warps=4)
     return out
 
 

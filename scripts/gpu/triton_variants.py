@@ -35,7 +35,7 @@ import triton.language as tl
 from labkit.attention import reference_decode
 from labkit.attention.reference import decode_bytes
 from labkit.attention.splits import LOG2E
-from labkit.attention.triton_decode import _merge_kernel, config_for, flash_decode, plan_splits
+from labkit.attention.triton_decode import _merge_kernel, flash_decode, plan_splits
 from labkit.attention.triton_plan import Config, workspace
 from labkit.bench import Record, copy_roofline_gbps, gbps, rotation_count, run_meta, save_records
 from labkit.bench.attention import make_decode_inputs
@@ -123,18 +123,12 @@ def rows_decode(q, k, v, *, block_t: int, num_warps: int, num_stages: int, num_s
 
 def shipped_pdl(q, k, v):
     """The shipped split kernel, then the merge as a PDL launch (implicit trigger at its end)."""
-    from labkit.attention.triton_decode import _attend_kernel, constexprs
-    B, H, _ = q.shape
-    T = k.shape[2]
-    cfg = config_for(D, 1, T)
-    S = plan_splits(B, H, H, T, cfg)
+    from decode_floor import shipped_plan, split_kernel
+    cfg, S, ws = shipped_plan(q, k)
     out = torch.empty_like(q)
-    ws = workspace(q.device, B, H, S, D)
-    meta = constexprs(H, 1, D, cfg, bs=1, has_lengths=False, has_rope=False, split=True, paged=False)
-    _attend_kernel[(B * H, S)](q, k, v, q, q, q, q, q, out, *ws, D ** -0.5 * LOG2E, T, S, 0, **meta,
-                               num_warps=cfg.num_warps)
-    _merge_pdl_kernel[(B * H,)](*ws, out, S, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(S), num_warps=4,
-                                launch_pdl=True)
+    split_kernel(q, k, v, out, cfg, S, ws)
+    _merge_pdl_kernel[(q.shape[0] * q.shape[1],)](*ws, out, S, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(S),
+                                                  num_warps=4, launch_pdl=True)
     return out
 
 
