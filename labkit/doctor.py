@@ -42,7 +42,7 @@ def _tiny_numba() -> None:
     import numpy as np
     from numba import cuda
 
-    from labkit.doctor_kernels import axpy
+    from labkit.testing.doctor_kernels import axpy
 
     x = np.arange(37, dtype=np.float32)
     y = np.ones(37, dtype=np.float32)
@@ -57,7 +57,7 @@ def _tiny_triton() -> None:
     import torch
     import triton
 
-    from labkit.doctor_kernels import scale_kernel
+    from labkit.testing.doctor_kernels import scale_kernel
 
     x = torch.randn(37, device=runtime.device())
     out = torch.full_like(x, float("nan"))

@@ -9,7 +9,7 @@ import torch
 
 import labkit  # noqa: F401  (first: it puts Numba in sim mode before numba is imported)
 from numba import cuda  # after labkit: the simulator in sim mode (a module global, so it can swap it)
-from labkit import numba_bridge
+from labkit.attention import numba_bridge
 from labkit.attention import decode_attention, decode_bytes, reference_decode
 from labkit.attention import naive, online_softmax
 from labkit.attention.numba_exercises import launch_one_pass

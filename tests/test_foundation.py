@@ -189,12 +189,12 @@ def test_doctor_runs_both_tiny_kernels_in_sim_mode():
 
 # --- T4 compilation ----------------------------------------------------------------------------
 def test_doctor_kernels_compile_for_the_t4():
-    from labkit.doctor_kernels import scale_kernel
+    from labkit.testing.doctor_kernels import scale_kernel
     from labkit.testing import compile_numba_ptx_for_t4, compile_triton_for_t4
 
     build = compile_triton_for_t4(scale_kernel, {"x_ptr": "*fp16", "out_ptr": "*fp16", "n": "i32"}, {"BLOCK": 1024})
     assert build.shared_bytes <= 64 * 1024 and build.cubin_bytes > 0
-    ptx = compile_numba_ptx_for_t4([("labkit.doctor_kernels", "axpy", "void(float32[:], float32[:], float32[:], float32)")])
+    ptx = compile_numba_ptx_for_t4([("labkit.testing.doctor_kernels", "axpy", "void(float32[:], float32[:], float32[:], float32)")])
     assert all(".target sm_75" in p for p in ptx.values())
 
 

@@ -15,7 +15,7 @@ from labkit.kvcache import (BlockAllocator, ContiguousKVCache, DoubleFree, OutOf
                             UnknownSequence)
 from labkit.kvcache.paged_attention import gather_paged, paged_decode, paged_reference
 from labkit.kvcache.waste import memory_waste
-from labkit.workload import SMALL_MIX, Request, generate_workload, poisson_arrivals, summarize
+from labkit.kvcache.workload import SMALL_MIX, Request, generate_workload, poisson_arrivals, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 

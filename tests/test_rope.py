@@ -12,10 +12,10 @@ import triton.language as tl
 
 from labkit import checks
 from labkit.checks.core import CheckFailure, TOLERANCE, rel_error
-from labkit.kvcache.rope_write import write_decode_kv, write_kv_rope, write_kv_rope_kernel
+from labkit.rope.write import write_decode_kv, write_kv_rope, write_kv_rope_kernel
 from labkit.rope import (apply_rope, apply_rope_interleaved, interleaved_permutation, rope_angles, rope_ops,
                          rope_tables)
-from labkit.rope_triton import rope_kernel, rope_triton
+from labkit.rope.rotate import rope_kernel, rope_triton
 
 MAX_LEN = 4096
 
@@ -210,7 +210,7 @@ def test_attention_rotates_q_as_it_loads_it(impl, dtype, Hq, Hkv):
 # --- the decode step, unfused and fused --------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_unfused_and_fused_steps_match_the_reference(dtype):
-    from labkit.rope_fusion import fused_decode_step, reference_decode_step, unfused_decode_step
+    from labkit.rope.fusion import fused_decode_step, reference_decode_step, unfused_decode_step
 
     B, Hq, Hkv, T, D = 3, 4, 2, 70, 16
     cos, sin = tables(D, max_len=T)
@@ -229,7 +229,7 @@ def test_unfused_and_fused_steps_match_the_reference(dtype):
 
 
 def test_decode_step_costs_count_the_code_as_written():
-    from labkit.rope_fusion import count_torch_ops, decode_step_costs, summarize_costs
+    from labkit.rope.fusion import count_torch_ops, decode_step_costs, summarize_costs
 
     B, Hq, Hkv, D, s = 2, 8, 4, 64, 2
     short, long = (summarize_costs(decode_step_costs(B, Hq, Hkv, T, D, torch.float16)) for T in (512, 4096))

@@ -15,7 +15,7 @@ import torch
 
 from labkit import runtime
 from labkit.attention.validate import FP16_FP32, validate_decode
-from labkit.numba_bridge import launch
+from labkit.attention.numba_bridge import launch
 
 
 def launch_one_pass(kernel, q, k, v, *, scale: float | None = None, threads: int, max_head_dim: int = 128):

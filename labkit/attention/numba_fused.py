@@ -21,7 +21,7 @@ from labkit import runtime
 from labkit.attention.splits import LOG2E, sm_count, sm_utilisation
 from labkit.attention.numba_kernels import KernelConfig, make_split_kernel
 from labkit.attention.validate import FP16_FP32, check_out, validate_decode
-from labkit.numba_bridge import launch, resident_blocks
+from labkit.attention.numba_bridge import launch, resident_blocks
 
 HEAD_DIMS = (64, 128)
 

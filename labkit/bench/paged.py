@@ -207,7 +207,7 @@ def record_waste(directory=None, *, block_sizes=BLOCK_SIZES, **workload) -> tupl
     """Compute the waste records on the default workload (:data:`WASTE_WORKLOAD`, overridable) and
     save them as ``paged_waste_<device>.json``; return ``(records, path)``. CPU arithmetic only."""
     from labkit.bench.records import run_meta, save_records
-    from labkit.workload import generate_workload
+    from labkit.kvcache.workload import generate_workload
 
     spec = {**WASTE_WORKLOAD, **workload}
     records = waste_records(generate_workload(**spec), block_sizes, seed=spec["seed"])

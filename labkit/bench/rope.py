@@ -17,7 +17,7 @@ from labkit.bench.records import Record
 from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
 from labkit.checks.core import TOLERANCE, rel_error
 from labkit.rope import apply_rope, rope_tables
-from labkit.rope_fusion import (decode_step_costs, fused_decode_step, reference_decode_step, summarize_costs,
+from labkit.rope.fusion import (decode_step_costs, fused_decode_step, reference_decode_step, summarize_costs,
                                 unfused_decode_step)
 
 KERNELS = ("sdpa", "flash", "flash+rope", "unfused step", "fused step")

@@ -98,7 +98,7 @@ def check_rope(student_fn) -> None:
 
 def check_rope_kernel(kernel) -> None:
     """``kernel``: a ``@triton.jit`` kernel with :func:`labkit.rope_triton.rope_kernel`'s signature."""
-    from labkit.rope_triton import rope_triton
+    from labkit.rope.rotate import rope_triton
 
     rng = _rng()
     device = runtime.device()
@@ -129,7 +129,7 @@ def check_rope_kernel(kernel) -> None:
 
 def _write_case(kernel, rng, *, dtype=torch.float32, paged=False, rope=True, low=0, high=None, H=None,
                 block_h=None, strided=False):
-    from labkit.kvcache.rope_write import write_kv_rope
+    from labkit.rope.write import write_kv_rope
 
     device = runtime.device()
     D = 16

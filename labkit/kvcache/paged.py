@@ -178,7 +178,7 @@ class PagedKVCache:
         One launch of :func:`labkit.kvcache.rope_write.write_kv_rope`, which addresses the pool as
         ``[block, head, row, :]``; ``rope=(cos, sin, positions)`` rotates the keys on the way in.
         """
-        from labkit.kvcache.rope_write import write_kv_rope
+        from labkit.rope.write import write_kv_rope
 
         want = (slots.shape[0], self.num_kv_heads, self.head_dim)
         if tuple(k.shape) != want or tuple(v.shape) != want:
@@ -218,13 +218,6 @@ class PagedKVCache:
             raise ValueError(f"sequences {empty} hold no tokens: decode attention needs at least one")
         table, lengths = self.tables(seqs)
         return paged_decode(q, self.k[layer], self.v[layer], table, lengths, scale=scale, check_values=False)
-
-    def batch(self, seqs, **kwargs):
-        """These sequences as one batch behind the model's cache protocol
-        (a :class:`~labkit.kvcache.paged_batch.PagedBatch`; kwargs: impl, max_len, static_shapes)."""
-        from labkit.kvcache.paged_batch import PagedBatch
-
-        return PagedBatch(self, seqs, **kwargs)
 
     # -- accounting ------------------------------------------------------------------------
 

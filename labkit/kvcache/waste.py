@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labkit.workload import Request
+from labkit.kvcache.workload import Request
 
 
 @dataclass(frozen=True)

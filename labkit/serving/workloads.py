@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 
 from labkit.serving.request import GREEDY, Request, SamplingParams
-from labkit.workload import LengthMix, generate_workload
+from labkit.kvcache.workload import LengthMix, generate_workload
 
 # For the shipped models (1024-token context): nine in ten requests want a short answer, one in
 # ten a long one. Output lengths, not prompts, are what leave static batching's slots idle.

@@ -282,7 +282,7 @@ def host_overhead(cfg) -> None:
 
 
 def kernel_resources() -> None:
-    from labkit.numba_bridge import _SPECIALIZED
+    from labkit.attention.numba_bridge import _SPECIALIZED
 
     for key, spec in _SPECIALIZED.items():
         kinds = ",".join(str(k[1]).replace("torch.", "") for k in key[1:] if isinstance(k, tuple))

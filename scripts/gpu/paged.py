@@ -30,7 +30,7 @@ from labkit.bench.paged import BLOCK_SIZES, bench_paged, contiguous_sets, paged_
 from labkit.attention import reference_decode
 from labkit.attention.validate import supported_dtypes
 from labkit.checks.core import TOLERANCE, rel_error
-from labkit.kvcache import ContiguousKVCache, PagedKVCache
+from labkit.kvcache import ContiguousKVCache, PagedBatch, PagedKVCache
 from labkit.viz import format_table
 from labkit.kvcache.paged_attention import gather_paged, paged_decode, plan_splits
 
@@ -71,7 +71,7 @@ def check_protocol(rng: random.Random, n: int, max_prefill: int = 100) -> list[s
         bs, dtype = rng.choice(BLOCK_SIZES), rng.choice([torch.float16, torch.float32])
         contiguous = ContiguousKVCache(L, B, Hkv, D, 512, dtype=dtype, device=DEV)
         cache = PagedKVCache(L, Hkv, D, num_blocks=B * (512 // bs), block_size=bs, dtype=dtype, device=DEV)
-        paged = cache.batch([cache.new_sequence() for _ in range(B)])
+        paged = PagedBatch(cache, [cache.new_sequence() for _ in range(B)])
         for S in [rng.randint(2, max_prefill)] + [1] * 6 + [rng.randint(2, 9)] + [1] * 3:
             contiguous.begin(S), paged.begin(S)
             for layer in range(L):
@@ -87,7 +87,7 @@ def check_protocol(rng: random.Random, n: int, max_prefill: int = 100) -> list[s
         # own, so the shared, partly filled last block has to be copied (copy-on-write).
         prefix = [cache.gather(0, s) for s in paged.seqs]
         children = [cache.fork(s) for s in paged.seqs]
-        both = cache.batch(paged.seqs + children)
+        both = PagedBatch(cache, paged.seqs + children)
         both.begin(1)
         k, v = (torch.randn(2 * B, Hkv, 1, D, device=DEV).to(dtype) for _ in range(2))
         both.append(0, k, v)

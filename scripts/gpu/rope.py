@@ -31,10 +31,10 @@ from labkit.attention.validate import supported_dtypes
 from labkit.bench import copy_roofline_gbps, run_meta, save_records
 from labkit.bench.rope import bench_rope, format_fusion_summary
 from labkit.checks.core import TOLERANCE, rel_error
-from labkit.kvcache.rope_write import write_kv_rope
+from labkit.rope.write import write_kv_rope
 from labkit.rope import apply_rope, rope_tables
-from labkit.rope_fusion import fused_decode_step, reference_decode_step, unfused_decode_step
-from labkit.rope_triton import rope_triton
+from labkit.rope.fusion import fused_decode_step, reference_decode_step, unfused_decode_step
+from labkit.rope.rotate import rope_triton
 from labkit.viz import format_table
 
 DEV = runtime.device()

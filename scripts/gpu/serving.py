@@ -40,7 +40,7 @@ from labkit.serving.bench import format_comparison, load_runner, measure, pool_b
 from labkit.serving.plots import format_sweep
 from labkit.serving.runner import PagedRunner
 from labkit.serving.workloads import SERVING_MIX, SMALL_SERVING_MIX, describe, make_requests
-from labkit.workload import LengthMix
+from labkit.kvcache.workload import LengthMix
 
 TIE = 1e-3  # logits closer than this are a tie: fp32 rounding may pick either
 CHECK_MIX = (LengthMix("short", 0.7, prompt_median=40, prompt_sigma=0.8, output_median=12, output_sigma=0.6),

@@ -25,7 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from labkit.attention.reference import decode_bytes, reference_decode
-from labkit.rope import apply_rope, rope_ops
+from labkit.rope.reference import apply_rope, rope_ops
 
 
 def _flash_decode():
@@ -57,7 +57,7 @@ def fused_decode_step(q, k_new, v_new, k_cache, v_cache, positions, cos, sin, *,
 
     Arguments as :func:`unfused_decode_step`. Index values are not checked (no device sync).
     """
-    from labkit.kvcache.rope_write import write_kv_rope
+    from labkit.rope.write import write_kv_rope
 
     rows = torch.arange(q.shape[0], device=q.device) if rows is None else rows
     lengths = positions + 1 if lengths is None else lengths
