@@ -62,7 +62,7 @@ def bench_rope(*, batches=None, contexts=None, Hq: int | None = None, Hkv: int |
 
     Kernels: ``sdpa`` and ``flash`` (``flash_decode`` on an already rotated q),
     ``flash+rope`` (``flash_decode`` rotating q inside the kernel), ``unfused step`` and ``fused step``
-    (:mod:`labkit.rope_fusion`: rotate q and k, write k and v, attend). Defaults: batches 1
+    (:mod:`labkit.rope.fusion`: rotate q and k, write k and v, attend). Defaults: batches 1
     and 8, contexts 512 … 4096, the Llama shape (32 heads, D = 128) on a GPU; the sim sizes of
     :data:`labkit.runtime.SIZES` in sim mode. Bytes are what each must move: decode attention's
     q, K, V and output, plus (rope) the cos/sin rows, plus (steps) reading and writing the new

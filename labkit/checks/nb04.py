@@ -2,10 +2,10 @@
 
 * :func:`check_rope` — RoPE from the tables in PyTorch, ``fn(x, positions, cos, sin)``.
 * :func:`check_rope_kernel` — rotate-half on a tile in a Triton kernel with the signature of
-  :func:`labkit.rope_triton.rope_kernel`, launched by :func:`labkit.rope_triton.rope_triton`.
+  :func:`labkit.rope.rotate.rope_kernel`, launched by :func:`labkit.rope.rotate.rope_triton`.
 * :func:`check_write_kv_rope` — the fused RoPE + KV-cache write kernel with the signature of
-  :func:`labkit.kvcache.rope_write.write_kv_rope_kernel`, launched by
-  :func:`labkit.kvcache.rope_write.write_kv_rope`, on a contiguous cache and a paged pool.
+  :func:`labkit.rope.write.write_kv_rope_kernel`, launched by
+  :func:`labkit.rope.write.write_kv_rope`, on a contiguous cache and a paged pool.
 
 Every case draws fresh random shapes, positions and values; outputs are poisoned with NaN.
 """
@@ -97,7 +97,7 @@ def check_rope(student_fn) -> None:
 
 
 def check_rope_kernel(kernel) -> None:
-    """``kernel``: a ``@triton.jit`` kernel with :func:`labkit.rope_triton.rope_kernel`'s signature."""
+    """``kernel``: a ``@triton.jit`` kernel with :func:`labkit.rope.rotate.rope_kernel`'s signature."""
     from labkit.rope.rotate import rope_triton
 
     rng = _rng()
@@ -169,7 +169,7 @@ def _write_case(kernel, rng, *, dtype=torch.float32, paged=False, rope=True, low
 
 
 def check_write_kv_rope(kernel) -> None:
-    """``kernel``: a ``@triton.jit`` kernel with :func:`labkit.kvcache.rope_write.write_kv_rope_kernel`'s signature."""
+    """``kernel``: a ``@triton.jit`` kernel with :func:`labkit.rope.write.write_kv_rope_kernel`'s signature."""
     rng = _rng()
     case = lambda **kw: _write_case(kernel, rng, **kw)  # noqa: E731
     run_check("04.write_kv_rope", [

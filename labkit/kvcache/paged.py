@@ -175,7 +175,7 @@ class PagedKVCache:
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, rope=None) -> None:
         """Store keys and values k, v: [n, Hkv, D] of layer ``layer`` at ``slots`` (int64 [n]).
 
-        One launch of :func:`labkit.kvcache.rope_write.write_kv_rope`, which addresses the pool as
+        One launch of :func:`labkit.rope.write.write_kv_rope`, which addresses the pool as
         ``[block, head, row, :]``; ``rope=(cos, sin, positions)`` rotates the keys on the way in.
         """
         from labkit.rope.write import write_kv_rope

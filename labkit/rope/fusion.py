@@ -9,7 +9,7 @@ A decode step of one attention layer, after the q/k/v projections of the new tok
 **Unfused** (:func:`unfused_decode_step`): RoPE as PyTorch ops on q and k
 (:func:`labkit.rope.rope_ops`), two scatters into the cache, then the attention kernel on the
 rotated query. **Fused** (:func:`fused_decode_step`): one Triton launch rotates the key and
-writes key and value (:func:`labkit.kvcache.rope_write.write_kv_rope`), and the attention
+writes key and value (:func:`labkit.rope.write.write_kv_rope`), and the attention
 kernel rotates the query as it loads it (``flash_decode(..., rope=...)``).
 
 :func:`decode_step_costs` counts both paths' launches and bytes for a shape: the PyTorch ops

@@ -1,7 +1,7 @@
 """RoPE as one Triton kernel: rotate-half on a tile of heads, cos/sin read from the tables.
 
 This is the rotation every fused kernel in notebook 04 performs inside its loads (the KV
-write of :mod:`labkit.kvcache.rope_write`, the query load of
+write of :mod:`labkit.rope.write`, the query load of
 :func:`labkit.attention.triton_decode.flash_decode`), shown on its own: one program per token
 loads both halves of every head as two ``[BLOCK_H, BLOCK_HALF]`` tiles, the token's cos and
 sin rows once, and writes the rotated halves.

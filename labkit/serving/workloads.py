@@ -1,6 +1,6 @@
-"""Serving workloads: :mod:`labkit.workload`'s seeded lengths and arrivals turned into requests.
+"""Serving workloads: :mod:`labkit.kvcache.workload`'s seeded lengths and arrivals turned into requests.
 
-:func:`labkit.workload.generate_workload` draws prompt and output lengths from a mixture of
+:func:`labkit.kvcache.workload.generate_workload` draws prompt and output lengths from a mixture of
 log-normal profiles and Poisson arrival times; :func:`make_requests` gives each a prompt of
 real token ids (held-out text through the model's tokenizer, or seeded random ids) and makes
 it a :class:`~labkit.serving.request.Request` for the engine.
@@ -33,7 +33,7 @@ SMALL_SERVING_MIX = (
 def make_requests(num_requests: int, *, seed: int = 0, rate: float | None = None, mix=SERVING_MIX,
                   max_context: int = 1024, vocab_size: int | None = None, tokenizer=None, text: str | None = None,
                   sampling: SamplingParams = GREEDY) -> list[Request]:
-    """``num_requests`` requests with lengths and arrivals from :func:`labkit.workload.generate_workload`.
+    """``num_requests`` requests with lengths and arrivals from :func:`labkit.kvcache.workload.generate_workload`.
 
     rate: requests per clock unit (per second on a GPU, per step on sim mode's logical clock);
     None: all arrive at time 0. Prompts: slices of ``text`` encoded by ``tokenizer`` (the
