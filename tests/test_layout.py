@@ -125,3 +125,14 @@ def test_readme_layout_table_matches_the_tree():
     actual |= {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
     missing = sorted(actual - set(inside))
     assert not missing, f"labkit/ holds {missing}, which README's layout table does not name"
+
+
+DATA_SUFFIXES = {".json", ".png", ".safetensors", ".txt"}  # records, plots, weights, corpus
+
+
+def test_data_holds_only_what_the_course_reads():
+    files = [p for p in (ROOT / "data").rglob("*") if p.is_file()]
+    assert files, "data/ is empty"
+    stray = sorted(str(p.relative_to(ROOT)) for p in files if p.suffix not in DATA_SUFFIXES)
+    assert not stray, f"data/ holds logs, patches or other files the course does not read: {stray}"
+    assert not [p for p in files if p.suffix in (".log", ".patch")]
