@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download the wheels a GPU machine without a package registry needs to run the course's
-# notebooks through nbval and the paged cache's stateful property test (its image has torch,
-# triton, numba, numba-cuda, numpy and pytest, but no Jupyter stack and no hypothesis).
+# notebooks through nbval, the GPU tests and labkit bench's progress bars (its image has torch,
+# triton, numba, numba-cuda, numpy and pytest, but no Jupyter stack, no hypothesis, no tqdm).
 # Wheels land in .whl/ (git-ignored), for Python 3.12 on x86-64 Linux.
 # On that machine:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
@@ -17,7 +17,7 @@ WHEELS=(
   ptyprocess==0.7.0 stack-data==0.6.3 executing==2.3.0 asttokens==3.0.2 pure_eval==0.2.4
   fastjsonschema==2.22.3 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0
   rpds-py==2026.9.1 ipywidgets==8.1.9 widgetsnbextension==4.0.16 jupyterlab_widgets==3.0.17
-  decorator==5.2.1 hypothesis==6.170.17 sortedcontainers==2.4.0
+  decorator==5.2.1 hypothesis==6.170.17 sortedcontainers==2.4.0 tqdm==4.70.1
 )
 mkdir -p .whl
 mkdir -p .git/info; grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude

@@ -51,7 +51,7 @@ class StaticEngine:
 
     linear: one of ``LINEAR_MODES`` or a dict {S: mode} per pass size (missing S: "mm"). At
     S = 1 cuBLAS runs a matrix-vector kernel; for S > 1 which mode is fastest depends on the
-    libraries' heuristics, so it is measured (scripts/gpu/speculative.py), not assumed.
+    libraries' heuristics, so it is measured (``labkit bench --sections speculative``), not assumed.
     """
 
     def __init__(self, model, max_len: int, *, linear="mm"):

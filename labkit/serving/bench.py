@@ -172,7 +172,7 @@ def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, o
 def bench_serving(model: str = "target", *, max_batch: int = 32, token_budget: int = 512, offline_requests: int = 128,
                   rate_fractions=(0.1, 0.3, 1.0), per_rate: int = 64) -> tuple[list[Record], str]:
     """Static vs continuous batching on a shipped model, measured now on a GPU (a smaller run than
-    ``scripts/gpu/serving.py``'s), or in sim mode the recorded GPU results. Returns (records, source)."""
+    the recorded one), or in sim mode the recorded GPU results. Returns (records, source)."""
     if runtime.is_sim():
         records, meta = recorded_sweep()
         if meta is None:

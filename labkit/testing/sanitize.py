@@ -1,4 +1,4 @@
-"""What the compute-sanitizer targets (scripts/gpu/sanitize_*.py) share: run each case twice and check it.
+"""What the compute-sanitizer targets (labkit.testing.sanitize_numba, sanitize_triton) share: run each case twice and check it.
 
 Running every kernel twice catches state a launch leaves behind (the split counters a merging
 block resets); synchronising after each call makes the sanitizer report a fault at the launch

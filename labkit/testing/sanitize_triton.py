@@ -1,6 +1,6 @@
 """Run the Triton decode kernels at small, odd shapes: a target for compute-sanitizer's memcheck.
 
-    compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/gpu/sanitize_triton.py
+    compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m labkit.testing.sanitize_triton
 
 Covers ``flash_decode`` and its merge kernel (more splits than tiles, splits left empty by short
 ``lengths``, GQA on both scoring paths), the one-pass kernel, and ``paged_decode`` through block

@@ -1,7 +1,7 @@
 """Run the Numba decode kernels a few times at small, odd shapes: a target for compute-sanitizer.
 
-    compute-sanitizer --tool memcheck  --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
-    compute-sanitizer --tool racecheck --error-exitcode 3 python3 scripts/gpu/sanitize_numba.py
+    compute-sanitizer --tool memcheck  --error-exitcode 3 python3 -m labkit.testing.sanitize_numba
+    compute-sanitizer --tool racecheck --error-exitcode 3 python3 -m labkit.testing.sanitize_numba
 
 Covers ``numba_decode``'s kernel in both its variants (rows clamped when T is under one tile;
 the last tile moved back otherwise), fp16 and fp32, D 64 and 128, one split and several (the
