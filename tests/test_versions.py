@@ -165,3 +165,15 @@ def test_release_rewrites_only_the_setup_cell_and_link_and_check_catches_drift(t
     assert student.cells[1].source == colab.setup_cell_source()
     assert colab.link_line("00_setup.ipynb") in student.cells[0].source.splitlines()
     assert "https://colab.research.google.com/github/" in colab.link_line("00_setup.ipynb")
+
+
+# --- labkit bench's small print -------------------------------------------------------------------------
+def test_seed_table_explains_its_t4_columns_and_keeps_two_digits_below_a_tenth():
+    from labkit.bench.attention import ratio, seed_table
+    from labkit.bench.records import Record
+
+    assert (ratio(0.034), ratio(0.0312), ratio(0.1), ratio(6.54)) == ("0.034", "0.031", "0.1", "6.5")
+    timed = [Record(k, {"B": 1, "Hq": 12, "Hkv": 12, "T": 4096, "D": 64}, "float32", 1, ms, extra={"shape": "gpt2"})
+             for k, ms in (("naive", 1.0), ("numba", 0.5), ("triton_splitk", 0.25), ("sdpa", 30.0))]
+    table = seed_table(timed)
+    assert "0.033×" in table and "T4 seed ×: the speedups over naive" in table
