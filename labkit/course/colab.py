@@ -26,11 +26,13 @@ COURSE_REPO = "https://github.com/gpu-decoding-course/labkit"  # instructors: yo
 COURSE_BRANCH = "main"  # the branch the "Open in Colab" links and the clone use
 
 COURSE_DIR = "/content/course"  # where the setup cell clones the course on Colab
-# What the setup cell installs, in order. {course} is the course's folder. labkit itself with
-# --no-deps: its other dependencies are Colab's own (torch, triton, ipywidgets, numba, numpy, ...).
+# What the setup cell installs, in order. {course} is the course's folder. First the few packages
+# Colab lacks, then labkit itself with --no-deps: its other dependencies are Colab's own (torch,
+# triton, ipywidgets, numba, numpy, ...). In this order pip prints no "dependency conflicts" about
+# labkit's instructor-only requirements (nbval, jupyterlab), which the notebooks never import.
 PIP_INSTALLS = (
-    "pip install -q --no-deps -e {course}",
     'pip install -q "numba-cuda[cu12]" nbformat nbclient safetensors tqdm',
+    "pip install -q --no-deps -e {course}",
 )
 
 SETUP_MARK = "# Setup. On Colab"  # a setup cell's source starts with this
