@@ -1,11 +1,13 @@
-# The README's quick start: `make bench` (the speedup report) and `make test` (the whole suite).
-# Each installs what it needs into .venv first. Pass extra pip constraints with
-# PIP_CONSTRAINT=file (CI pins the CPU torch build that way).
+# The README's quick start: `make bench` (the speedup report), `make test` (the whole suite) and
+# `make lab` (JupyterLab on the notebooks). Each installs what it needs into .venv first: the
+# newest releases within pyproject.toml's ranges (pass pip constraints with PIP_CONSTRAINT=file).
+# With no GPU, install torch's CPU build first (.venv/bin/pip install torch --index-url
+# https://download.pytorch.org/whl/cpu), or pip takes the multi-GB CUDA build.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install bench test release doctor clean
+.PHONY: install bench test lab release doctor clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +25,9 @@ doctor: install
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+lab: install
+	$(PY) -m jupyter lab notebooks/
 
 release: install
 	$(PY) -m labkit release

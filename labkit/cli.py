@@ -28,7 +28,8 @@ def _release(args) -> int:
         return 2
     if args.check:
         if result.stale:
-            print("notebooks/ is stale; run `labkit release` and commit:", file=sys.stderr)
+            print("out of step (student notebooks, or a master's setup cell or Colab link); run `labkit release` "
+                  "and commit:", file=sys.stderr)
             for p in result.stale:
                 print(f"  {p}", file=sys.stderr)
             return 1

@@ -116,6 +116,53 @@ def _fix_triton_interpreter() -> None:
 
     patched._labkit = True
     interpreter._patch_lang_tensor = patched
+    _fix_interpreter_masks(interpreter)
+
+
+# The interpreter's methods that take a load/store mask (a keyword of the same name in every
+# Triton from 3.4 to 3.9).
+_MASKED_OPS = ("create_masked_load", "create_masked_store", "create_atomic_rmw", "create_atomic_load",
+               "create_atomic_store")
+
+
+def _fix_interpreter_masks(interpreter) -> None:
+    # In Triton's interpreter a comparison keeps its operand's type (int32, int64) on its numpy
+    # data's handle, so a *scalar* condition splatted over a tile becomes 0/1 integers:
+    # `mask = (cols < n) & (row < num_rows)` with a scalar `row` holds int32, not bool. Triton
+    # <= 3.6 read such a mask as true/false; Triton 3.9 refuses it ("mask has unsupported
+    # dtype"). The compiled kernel is right either way (the mask is an i1 in the IR): convert
+    # the mask to bool where the interpreter receives it. Kernels are unchanged, so is the GPU code.
+    import inspect
+
+    import numpy as np
+
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    handle_cls = getattr(interpreter, "TensorHandle", None)
+    if builder is None or handle_cls is None:  # pragma: no cover - a future interpreter layout
+        return
+    for name in _MASKED_OPS:
+        method = getattr(builder, name, None)
+        if method is None or getattr(method, "_labkit", False):
+            continue
+        try:
+            index = list(inspect.signature(method).parameters).index("mask")
+        except ValueError:  # pragma: no cover - no mask argument in this version
+            continue
+
+        def patched(*args, _method=method, _index=index, **kwargs):
+            mask = kwargs.get("mask") if "mask" in kwargs else (args[_index] if _index < len(args) else None)
+            data = getattr(mask, "data", None)
+            if isinstance(data, np.ndarray) and data.dtype != np.bool_:
+                fixed = handle_cls(data != 0, mask.dtype)
+                if "mask" in kwargs:
+                    kwargs["mask"] = fixed
+                else:
+                    args = args[:_index] + (fixed,) + args[_index + 1:]
+            return _method(*args, **kwargs)
+
+        patched._labkit = True
+        patched.__wrapped__ = method
+        setattr(builder, name, patched)
 
 
 @dataclass(frozen=True)

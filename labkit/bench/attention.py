@@ -157,6 +157,15 @@ def _add_speedups(records: list[Record]) -> None:
                     r.extra[f"speedup_vs_{base}"] = ref.time_ms / r.time_ms
 
 
+def ratio(x: float) -> str:
+    """A speedup for a table: one decimal, two significant digits below 0.1 (0.034, not 0.0)."""
+    return f"{x:.2g}" if abs(x) < 0.1 else f"{x:.1f}"
+
+
+SEED_NOTE = ("T4 seed ×: the speedups over naive the course's claims quote for a T4 (GPT-2 shape, batch 1;\n"
+             "fused = a Numba fused kernel, flash = Triton flash-decoding), for comparison; — where none exists.")
+
+
 def seed_table(records: list[Record], *, shape: str = "gpt2", B: int = 1,
                kernels=("numba", "triton_splitk", "sdpa")) -> str:
     """Speedup over naive per context for ``shape`` at batch ``B``, beside the seed's T4 figures."""
@@ -170,11 +179,11 @@ def seed_table(records: list[Record], *, shape: str = "gpt2", B: int = 1,
     for T in sorted(rows):
         row = rows[T]
         naive = row.get("naive")
-        cells = "".join(f"{naive.time_ms / row[k].time_ms:15.1f}×" if naive and k in row else f"{'—':>16}"
+        cells = "".join(f"{ratio(naive.time_ms / row[k].time_ms):>15}×" if naive and k in row else f"{'—':>16}"
                         for k in kernels)
-        seed = "".join(f"{SEED_T4[k][T]:16.1f}×" if T in SEED_T4[k] else f"{'—':>17}" for k in ("numba", "triton_splitk"))
+        seed = "".join(f"{ratio(SEED_T4[k][T]):>16}×" if T in SEED_T4[k] else f"{'—':>17}" for k in ("numba", "triton_splitk"))
         lines.append(f"{T:>8}{naive.time_ms * 1e3 if naive else float('nan'):>10.1f}{cells}{seed}")
-    return "\n".join(lines)
+    return "\n".join(lines + [SEED_NOTE])
 
 
 def correctness_summary(records: list[Record]) -> str:

@@ -11,6 +11,11 @@ Conventions in a master notebook:
   master by this metadata).
 * Every output and execution count is stripped; cell ids and metadata are kept, so a
   release is byte-for-byte reproducible and ``--check`` can compare.
+* The **setup cell** (the first code cell, ``# Setup. On Colab: ...``; every master has one, a
+  test checks) and the **"Open in Colab" link** line of the first (markdown) cell are generated from
+  :mod:`labkit.course.colab`, the one place naming the course's repository. A release rewrites
+  them in the masters too (and nothing else there); ``--check`` lists a master whose setup
+  cell or link is out of step as stale.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import nbformat
 
+from labkit.course import colab
 from labkit.paths import ROOT
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -86,6 +92,44 @@ def student_notebook(master: nbformat.NotebookNode, name: str) -> nbformat.Noteb
     return nb
 
 
+def _with_link(source: str, line: str) -> str:
+    """``source`` (a notebook's first markdown cell) with its "Open in Colab" line set to ``line``.
+
+    An existing link line is replaced; otherwise the line goes after the title (the first
+    line), separated by blank lines.
+    """
+    lines = source.split("\n")
+    for i, old in enumerate(lines):
+        if old.startswith(colab.LINK_MARK):
+            lines[i] = line
+            return "\n".join(lines)
+    rest = lines[1:]
+    while rest and not rest[0].strip():
+        rest = rest[1:]
+    return "\n".join([lines[0], "", line, "", *rest]) if rest else "\n".join([lines[0], "", line])
+
+
+def sync_colab(master: nbformat.NotebookNode, name: str) -> bool:
+    """Set ``master``'s setup cell and "Open in Colab" link from :mod:`labkit.course.colab`, in place.
+
+    Only those two change: the first code cell, when it starts with ``# Setup. On Colab``, and
+    one line of the first cell, when it is markdown (the title cell). Returns whether anything
+    changed.
+    """
+    changed = False
+    cells = master.cells
+    if cells and cells[0].cell_type == "markdown":
+        linked = _with_link(cells[0].source, colab.link_line(name))
+        if linked != cells[0].source:
+            cells[0].source, changed = linked, True
+    code = next((c for c in cells if c.cell_type == "code"), None)
+    if code is not None and code.source.startswith(colab.SETUP_MARK):
+        setup = colab.setup_cell_source()
+        if code.source != setup:
+            code.source, changed = setup, True
+    return changed
+
+
 def master_paths(src: Path) -> list[Path]:
     return sorted(p for p in src.glob("*.ipynb") if not p.name.startswith("."))
 
@@ -95,13 +139,20 @@ def release(src: str | Path = ROOT / "solutions", dst: str | Path = ROOT / "note
     """Release every master in ``src`` to ``dst``; with ``check``, write nothing and list stale files.
 
     A file in ``dst`` is stale when it differs from a fresh release, is missing, or has no
-    master any more.
+    master any more; a master is stale when its setup cell or "Open in Colab" link is out of
+    step with :mod:`labkit.course.colab` (a release rewrites those two in the master).
     """
     src, dst = Path(src), Path(dst)
     written, stale = [], []
     expected = set()
     for path in master_paths(src):
         master = nbformat.read(path, as_version=4)
+        if sync_colab(master, path.name):
+            if check:
+                stale.append(path)
+            else:
+                path.write_text(nbformat.writes(master) + "\n")
+                written.append(path)
         text = nbformat.writes(student_notebook(master, path.name)) + "\n"
         target = dst / path.name
         expected.add(target.name)

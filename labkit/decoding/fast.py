@@ -33,7 +33,18 @@ from labkit.decoding.graphs import Replay
 from labkit.decoding.generate import Generation, _device, as_prompt
 from labkit.decoding.sampling import check_sampling, probs, sample
 from labkit.decoding.speculative import accept_draft, check_pair
-from labkit.decoding.triton_engine import BLOCK_S, TritonEngine
+
+try:
+    from labkit.decoding.triton_engine import BLOCK_S, TritonEngine
+except ModuleNotFoundError as _exc:  # no Triton (macOS, Windows): the PyTorch engine still decodes
+    if not (_exc.name or "").startswith("triton"):
+        raise
+    BLOCK_S = 0
+
+    class TritonEngine:  # noqa: D101 - a stand-in that says why it can't run
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("engine='triton' needs Triton, which installs on Linux only: run this on Colab or a "
+                               "Linux machine, or use engine='torch'")
 
 
 def _pick(logits: torch.Tensor, temperature: float, out: torch.Tensor) -> torch.Tensor | None:
