@@ -190,8 +190,9 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
     The T4 (and every GPU before sm_80) reduces in fp32: the 8-bit tile costs the registers
     of the fp32 values it becomes, so the tiles are the fp16 kernel's (64 tokens at D = 128).
     sm_80+ dequantizes to fp16 and scores with ``tl.dot``; a tile of 128 tokens keeps as many
-    bytes in flight per program as the fp16 kernel's 64, two stages deep on sm_90 (one head)
-    — the H200 sweep in ``labkit.bench.quant`` chose it (see its record).
+    bytes in flight per program as the fp16 kernel's 64, three stages deep on sm_90: the H200
+    sweep in ``labkit.bench.quant`` measured it fastest at 8k-32k tokens (B = 1 and 8) among 64-256
+    tokens, 4 or 8 warps and 1-4 stages (``data/results/quant_sweep_nvidia-h200.json``).
     """
     cc = cc or capability()
     if use_dot is None:
@@ -375,5 +376,21 @@ def reference_quant_decode(q, k: QuantKV, v: QuantKV, *, scale: float | None = N
                             lengths=lengths)
 
 
-__all__ = ["fp8_decode", "int8_decode", "quant_config", "quant_config_for", "quant_constexprs", "quant_flash_decode",
+def launch_int8_one_pass(kernel, q, k: QuantKV, v: QuantKV, out, *, block_t: int = 16, scale: float | None = None):
+    """Launch notebook 08's exercise kernel: one program per (sequence, query head), grid ``(B·Hq,)``.
+
+    ``kernel(Q, K, V, KS, VS, Out, scale, T, HQ, GROUP, HEAD_DIM, BLOCK_T)``: Q, Out [B, Hq, D];
+    K, V the 8-bit data [B, Hkv, T, D]; KS, VS their fp32 scales [B, Hkv, T]; all contiguous.
+    Program ``pid`` computes query head ``pid % HQ`` of sequence ``pid // HQ``, reading KV head
+    ``(pid % HQ) // GROUP`` of that sequence, as notebook 03's ``one_pass_kernel`` does.
+    """
+    B, Hq, D = q.shape
+    Hkv, T = k.data.shape[1], k.data.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    kernel[(B * Hq,)](q, k.data, v.data, k.scale, v.scale, out, scale, T, HQ=Hq, GROUP=Hq // Hkv, HEAD_DIM=D,
+                      BLOCK_T=block_t)
+    return out
+
+
+__all__ = ["BIASED_INT8", "fp8_decode", "int8_decode", "launch_int8_one_pass", "quant_config", "quant_config_for", "quant_constexprs", "quant_flash_decode",
            "quant_launch", "quant_paged_decode", "reference_quant_decode"]
