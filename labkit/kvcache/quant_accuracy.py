@@ -170,21 +170,34 @@ def key_channel_stats(acts: list) -> dict:
 
 def run_study(*, windows: int = 32, length: int = 512, seed: int = 0) -> dict:
     """The whole study on the shipped target model, in fp32 on the CPU."""
-    from labkit.bench.records import versions
+    from dataclasses import asdict
+
+    from labkit import runtime
+    from labkit.bench.records import Record, versions
+    from labkit.kvcache.quant import bytes_per_token
     from labkit.model import load_model
 
     torch.manual_seed(seed)
     model, tok = load_model("target", device="cpu", dtype=torch.float32)
     tokens = heldout_windows(tok, windows, length, seed=seed)
     acts = model_activations(model, tokens[:8, :-1])
+    attention, quality = attention_errors(acts), model_quality(model, tokens)
+    cfg = model.config
+    records = [asdict(Record(f"kv_cache_{s}", {"model": "target", "positions": quality["positions"]}, s,
+                             cfg.n_layers * bytes_per_token(cfg.kv_heads, cfg.head_dim, None if s == "fp16" else
+                                                            s.replace("_channel_keys", "")),
+                             extra={**quality[s], "attention_error_random": attention["random"][s],
+                                    "attention_error_model_mean": attention["model_mean"][s]}))
+               for s in ("int8", "fp8_e4m3", "int8_channel_keys")]
     return {
         "meta": {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": "cpu",
-                 "versions": versions(), "model": "target", "config": model.config.__dict__,
-                 "windows": windows, "length": length, "seed": seed,
+                 "cc": None, "mode": runtime.MODE, "versions": versions(), "roofline_gbps": None,
+                 "model": "target", "config": cfg.__dict__, "windows": windows, "length": length, "seed": seed,
                  "what": "CPU float64/float32 study of a quantized KV cache against an fp16 cache "
-                         "(labkit.kvcache.quant_accuracy)"},
-        "attention": attention_errors(acts),
-        "model_quality": model_quality(model, tokens),
+                         "(labkit.kvcache.quant_accuracy); records[].bytes: cache bytes per token, all layers"},
+        "records": records,
+        "attention": attention,
+        "model_quality": quality,
         "keys": key_channel_stats(acts),
     }
 
