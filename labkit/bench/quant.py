@@ -240,7 +240,13 @@ def quant_section(out, roofline, args) -> int:
         print(f"quant: FAILED {exc}")
         return 1
     if runtime.is_sim():
+        from labkit.bench.records import label, load_results
+        from labkit.viz.quant import format_quant_table
+
         print(f"quant: {timings_need_gpu_message()}")
+        for res in load_results("quant_*.json"):
+            if any(r.kernel == "triton_int8" for r in res["records"]):
+                print(f"  recorded on {label(res['meta'])}:\n{format_quant_table(res['records'])}")
         return 0
     path = save_records(records, "quant", run_meta(roofline), out)
     print(f"quant: -> {path}")
