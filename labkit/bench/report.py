@@ -19,7 +19,7 @@ from labkit.bench.timing import copy_roofline_gbps, timings_need_gpu_message
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(RESULTS_DIR), help="folder for JSON results and plots (default data/results)")
     p.add_argument("--sections", default="all",
-                   help="comma-separated sections to run: roofline, attention (default all)")
+                   help="comma-separated sections to run: roofline, attention, quant (default all)")
     p.add_argument("--shapes", default="all", help="attention shapes: gpt2, llama, llama-gqa, or all")
     p.add_argument("--dtype", default=None, help="force one dtype (float16 or float32) for every shape")
     p.add_argument("--contexts", default=None, help="comma-separated context lengths (default: the mode's sizes)")
@@ -52,6 +52,12 @@ def _sections():
         from labkit.bench.attention import attention_section
 
         sections["attention"] = attention_section
+    except ImportError:
+        pass
+    try:
+        from labkit.bench.quant import quant_section
+
+        sections["quant"] = quant_section
     except ImportError:
         pass
     return sections

@@ -94,6 +94,12 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
     ``num_stages`` override the contiguous kernel's configuration for this GPU (for tuning and tests); the
     splits default to the heuristic over the tables' capacity, ``max_blocks × BS``.
     """
+    if type(k_pool).__name__ == "QuantKV":  # an 8-bit pool (notebook 08): the dequantizing kernel
+        from labkit.attention.triton_quant import quant_paged_decode
+
+        return quant_paged_decode(q, k_pool, v_pool, block_tables, lengths, scale=scale, out=out,
+                                  check_values=check_values, block_n=block_n, num_splits=num_splits,
+                                  num_warps=num_warps, num_stages=num_stages)
     B, Hq, Hkv, BS, D, _, max_blocks = validate_paged(q, k_pool, v_pool, block_tables, lengths,
                                                       check_values=check_values)
     if block_n is not None and (block_n < 1 or block_n & (block_n - 1)):

@@ -1,0 +1,396 @@
+"""Flash-decoding over a quantized KV cache: 8-bit K and V dequantized in registers.
+
+The kernel is :mod:`labkit.attention.triton_decode`'s split-K flash-decoding with one change:
+what a tile load returns. K and V arrive as 8-bit tiles (``int8``, or ``fp8 e4m3`` on sm_89+)
+with one fp32 scale per token (:mod:`labkit.kvcache.quant`), and the scales factor out of the
+two products, so the dequantization costs one multiply per token, not one per element:
+
+    s_t = (q · k_t) · scale·log2e  ≈  (q · kq_t) · ks_t · scale·log2e
+    Σ_t p_t · v_t                  ≈  Σ_t (p_t · vs_t) · vq_t
+
+The key scale multiplies the token's score after the dot product; the value scale is folded
+into the softmax weight before the weighted sum. The 8-bit tile is converted to fp32 (the
+reduction path: the T4's, loads and sums only, no int8 ``tl.dot``, no fp8) or to fp16 (the
+tensor-core path on sm_80+: an int8 value converts to fp16 exactly) in registers. The split
+plan, the fp32 workspace and the log-sum-exp merge (:mod:`labkit.attention.triton_merge`)
+are flash-decoding's. The same kernel reads a paged pool through block tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from labkit import runtime
+from labkit.attention.splits import LOG2E
+from labkit.attention.triton_merge import _merge_kernel
+from labkit.attention.triton_plan import (HEAD_DIMS, Config, capability, heads_per_program, plan_splits,
+                                          short_context_block, workspace)
+from labkit.attention.validate import check_out, check_tensor, supported_dtypes
+from labkit.kvcache.quant import SCALE_DTYPE, QuantKV, get_format, quantize
+
+
+@triton.jit
+def _to_f16(x):
+    """An 8-bit tile as fp16 for ``tl.dot``. int8 by the magic-number trick: the byte's bits
+    x + 128 placed under fp16's exponent of 1024 (bits 0x6400 | byte) read 1024 + x + 128, and
+    one subtraction leaves x, exactly. That is integer logic and a packed fp16 subtract, where a
+    plain conversion (I2F) runs at a quarter of the rate and measured slower than the loads on
+    sm_90. fp8 converts with the GPU's packed instruction."""
+    if x.dtype == tl.int8:
+        bits = x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480
+        return bits.to(tl.float16, bitcast=True) - 1152.0
+    else:
+        return x.to(tl.float16)
+
+
+@triton.jit
+def _i8_biased_f16(x):
+    """An int8 tile as fp16 values ``x + 1152`` (bits 0x6400 | (x + 128)): no subtraction; the
+    caller removes the bias from the dot product (1152·Σ of the other operand)."""
+    return (x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _quant_attend_kernel(
+    Q,  # [B, Hq, D] queries (fp16/fp32/bf16), contiguous
+    K, V,  # 8-bit data: contiguous [B, Hkv, T, D]; paged pools [num_blocks, Hkv, BS, D]
+    KS, VS,  # fp32 scales, the data's shape without D: one per (token, KV head)
+    BlockTables,  # [B, max_blocks] int32 (read only if PAGED)
+    Lengths,  # [B] int32 valid KV length per sequence (read only if HAS_LENGTHS)
+    Out,  # [B, Hq, D] (written only if not SPLIT)
+    Mws, Lws, Accws,  # fp32 partials for the merge (written only if SPLIT)
+    qk_scale,  # softmax scale × log2(e)
+    T,  # tokens a sequence can hold
+    num_splits,
+    stride_bt,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEADS: tl.constexpr,
+    HEAD_CHUNKS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PAGED: tl.constexpr,
+    USE_DOT: tl.constexpr,  # dequantize to fp16 and use tl.dot (sm_80+) or reduce in fp32 (the T4)
+    BIASED: tl.constexpr = False,  # int8 with tl.dot: biased fp16 tiles, the bias taken off after the dot
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_bh = pid // HEAD_CHUNKS
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    head0 = hk * GROUP + (pid % HEAD_CHUNKS) * HEADS
+
+    # 1. This program's KV range (whole tiles, every visited tile holds a valid token).
+    if HAS_LENGTHS:
+        length = tl.minimum(tl.maximum(tl.load(Lengths + b), 1), T)
+    else:
+        length = T
+    tiles_per_split = tl.cdiv(tl.cdiv(length, BLOCK_T), num_splits)
+    t_begin = split * tiles_per_split * BLOCK_T
+    t_end = tl.minimum(t_begin + tiles_per_split * BLOCK_T, length)
+
+    # 2. The query heads as one [HEADS, D] tile.
+    offs_g = tl.arange(0, HEADS)[:, None]
+    offs_d = tl.arange(0, HEAD_DIM)[None, :]
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_g = head0 + offs_g < (hk + 1) * GROUP
+    q_rows = (b * (HKV * GROUP) + head0 + offs_g).to(tl.int64) * HEAD_DIM
+    q = tl.load(Q + q_rows + offs_d, mask=mask_g, other=0.0).to(tl.float32)
+    if USE_DOT:
+        q_op = q.to(tl.float16)
+        q_bias = 1152.0 * tl.sum(q_op.to(tl.float32), axis=1, keep_dims=True)  # [HEADS, 1] (BIASED)
+        m = tl.full([HEADS, 1], float("-inf"), dtype=tl.float32)
+        l = tl.zeros([HEADS, 1], dtype=tl.float32)
+        acc = tl.zeros([HEADS, HEAD_DIM], dtype=tl.float32)
+    else:
+        q3 = q[:, None, :]
+        m = tl.full([HEADS, 1, 1], float("-inf"), dtype=tl.float32)
+        l = tl.zeros([HEADS, 1, 1], dtype=tl.float32)
+        acc = tl.zeros([HEADS, 1, HEAD_DIM], dtype=tl.float32)
+
+    # 3. Stream the 8-bit K and V tiles and their per-token scales.
+    if PAGED:
+        table = BlockTables + b.to(tl.int64) * stride_bt
+        head_row = hk.to(tl.int64) * BS  # a pool block holds [Hkv, BS] rows
+    else:
+        head_row = pid_bh.to(tl.int64) * T  # this (sequence, KV head)'s first row
+    for start in tl.range(t_begin, t_end, BLOCK_T, num_stages=NUM_STAGES):
+        t = start + offs_t
+        mask_t = t < t_end
+        if PAGED:  # token t is row t % BS of pool block BlockTables[b, t // BS]
+            block = tl.load(table + t // BS, mask=mask_t, other=0)
+            srow = block.to(tl.int64) * (HKV * BS) + head_row + t % BS
+        else:
+            srow = head_row + t  # the row of (token, KV head): its scale's index
+        rows = srow * HEAD_DIM  # its data's first element
+        ks = tl.load(KS + srow, mask=mask_t, other=0.0)  # [BLOCK_T] fp32
+        vs = tl.load(VS + srow, mask=mask_t, other=0.0)
+        if USE_DOT:
+            kv_offs = rows[:, None] + offs_d  # [BLOCK_T, D]
+            if BIASED:
+                k = _i8_biased_f16(tl.load(K + kv_offs, mask=mask_t[:, None], other=0))
+                v = _i8_biased_f16(tl.load(V + kv_offs, mask=mask_t[:, None], other=0))
+                s = (tl.dot(q_op, tl.trans(k)) - q_bias) * (ks * qk_scale)[None, :]
+            else:
+                k = _to_f16(tl.load(K + kv_offs, mask=mask_t[:, None], other=0.0))
+                v = _to_f16(tl.load(V + kv_offs, mask=mask_t[:, None], other=0.0))
+                s = tl.dot(q_op, tl.trans(k)) * (ks * qk_scale)[None, :]  # the key scale after the dot
+            s = tl.where(mask_t[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1, keep_dims=True))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(s - m_new)
+            l = l * alpha + tl.sum(p, axis=1, keep_dims=True)
+            pv = (p * vs[None, :]).to(tl.float16)  # the value scale folded into the weights
+            if BIASED:
+                acc = acc * alpha + (tl.dot(pv, v) - 1152.0 * tl.sum(pv.to(tl.float32), axis=1, keep_dims=True))
+            else:
+                acc = acc * alpha + tl.dot(pv, v)
+        else:
+            kv_offs = rows[None, :, None] + offs_d[:, None, :]  # [1, BLOCK_T, D]
+            mask3 = mask_t[None, :, None]
+            k = tl.load(K + kv_offs, mask=mask3, other=0.0).to(tl.float32)
+            v = tl.load(V + kv_offs, mask=mask3, other=0.0).to(tl.float32)
+            ks3 = (ks * qk_scale)[None, :, None]
+            s = tl.sum(q3 * k, axis=2, keep_dims=True) * ks3  # [HEADS, BLOCK_T, 1]
+            s = tl.where(mask3, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1, keep_dims=True))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(s - m_new)
+            l = l * alpha + tl.sum(p, axis=1, keep_dims=True)
+            acc = acc * alpha + tl.sum((p * vs[None, :, None]) * v, axis=1, keep_dims=True)
+        m = m_new
+
+    # 4. The normalised output, or this chunk's partial for the merge.
+    acc2 = tl.reshape(acc, [HEADS, HEAD_DIM])
+    m2 = tl.reshape(m, [HEADS, 1])
+    l2 = tl.reshape(l, [HEADS, 1])
+    if SPLIT:
+        part = (b * (HKV * GROUP) + head0 + offs_g).to(tl.int64) * num_splits + split
+        tl.store(Mws + part, m2, mask=mask_g)
+        tl.store(Lws + part, l2, mask=mask_g)
+        tl.store(Accws + part * HEAD_DIM + offs_d, acc2, mask=mask_g)
+    else:
+        tl.store(Out + q_rows + offs_d, (acc2 / l2).to(Out.dtype.element_ty), mask=mask_g)
+
+
+BIASED_INT8 = False  # int8 on the tensor-core path: biased tiles (measured slower on the H200), or the subtraction
+
+
+def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *, use_dot: bool | None = None) -> Config:
+    """The launch configuration of the quantized kernel for a head dim, GQA group and GPU.
+
+    The T4 (and every GPU before sm_80) reduces in fp32: the 8-bit tile costs the registers
+    of the fp32 values it becomes, so the tiles are the fp16 kernel's (64 tokens at D = 128).
+    sm_80+ dequantizes to fp16 and scores with ``tl.dot``; a tile of 128 tokens keeps as many
+    bytes in flight per program as the fp16 kernel's 64, three stages deep on sm_90: the H200
+    sweep in ``labkit.bench.quant`` measured it fastest at 8k-32k tokens (B = 1 and 8) among 64-256
+    tokens, 4 or 8 warps and 1-4 stages (``data/results/quant_sweep_nvidia-h200.json``).
+    """
+    cc = cc or capability()
+    if use_dot is None:
+        use_dot = head_dim >= 16 and cc >= (8, 0)
+    if use_dot:
+        return Config(block_t=128, num_warps=4, num_stages=3 if cc >= (9, 0) else 1, use_dot=True,
+                      programs_per_sm=4)
+    heads = heads_per_program(group, False)
+    block_t = min(128, 8192 // head_dim)
+    if heads > 1:
+        block_t = min(block_t, 16384 // (heads * head_dim))
+    return Config(block_t=max(16, block_t), num_warps=4, num_stages=1, use_dot=False,
+                  programs_per_sm=4 if heads == 1 else 2)
+
+
+def quant_config_for(D: int, group: int, T: int, *, cc=None, block_t=None, num_warps=None, num_stages=None,
+                     use_dot=None, short_context: bool = True) -> Config:
+    """:func:`quant_config`, the tile shrunk for short contexts, then any overrides."""
+    if use_dot is None and block_t is not None and block_t < 16:
+        use_dot = False
+    cfg = quant_config(D, group, cc, use_dot=use_dot)
+    return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
+                  num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
+                  use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm)
+
+
+def quant_constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, split: bool,
+                     paged: bool, biased: bool = False) -> dict:
+    """The kernel's compile-time arguments for a launch (the compile tests build the same)."""
+    heads = heads_per_program(group, cfg.use_dot)
+    return dict(HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
+                BLOCK_T=cfg.block_t, BS=bs, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=has_lengths, SPLIT=split,
+                PAGED=paged, USE_DOT=cfg.use_dot, BIASED=biased and cfg.use_dot)
+
+
+def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: Config, num_splits: int,
+                 lengths=None, block_tables=None, kernel=None, biased: bool | None = None):
+    """Launch the kernel (and the merge when ``num_splits > 1``) on validated inputs; returns ``out``.
+
+    ``kernel`` (default :func:`_quant_attend_kernel`) may be any kernel with its signature:
+    notebook 08's exercise runs the student's through the same launch.
+    """
+    B, Hq, D = q.shape
+    Hkv = k.data.shape[1]
+    ws = workspace(q.device, B, Hq, num_splits, D) if num_splits > 1 else (out, out, out)
+    if biased is None:
+        biased = BIASED_INT8 and k.data.dtype == torch.int8
+    meta = quant_constexprs(Hkv, Hq // Hkv, D, cfg, bs=k.data.shape[2] if block_tables is not None else 1,
+                            has_lengths=lengths is not None, split=num_splits > 1, paged=block_tables is not None,
+                            biased=biased and k.data.dtype == torch.int8)
+    (kernel or _quant_attend_kernel)[(B * Hkv * meta["HEAD_CHUNKS"], num_splits)](
+        q, k.data, v.data, k.scale, v.scale,
+        block_tables if block_tables is not None else q,
+        lengths if lengths is not None else q,
+        out, *ws,
+        scale * LOG2E, T, num_splits, block_tables.stride(0) if block_tables is not None else 0,
+        **meta, num_warps=cfg.num_warps,
+    )
+    if num_splits > 1:
+        _merge_kernel[(B * Hq,)](*ws, out, num_splits, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(num_splits),
+                                 num_warps=4)
+    return out
+
+
+def _check_quant(name: str, x, fmt: str | None, device) -> QuantKV:
+    if not isinstance(x, QuantKV):
+        raise TypeError(f"{name} must be a labkit.kvcache.quant.QuantKV (8-bit data and scales), got "
+                        f"{type(x).__name__}")
+    f = get_format(x.fmt)
+    if fmt is not None and f.name != get_format(fmt).name:
+        raise TypeError(f"{name} is in format {f.name!r}, expected {get_format(fmt).name!r}")
+    if not runtime.is_sim() and x.device.type == "cuda":
+        cc = torch.cuda.get_device_capability(x.device)
+        if cc < f.min_cc:
+            raise TypeError(f"format {f.name!r} needs compute capability {f.min_cc[0]}.{f.min_cc[1]}; this GPU "
+                            f"has {cc[0]}.{cc[1]} (use 'int8')")
+    check_tensor(f"{name}.data", x.data, ndim=4, dtypes=(f.dtype,), device=device)
+    check_tensor(f"{name}.scale", x.scale, ndim=3, dtypes=(SCALE_DTYPE,), device=device)
+    return x
+
+
+def _as_quant(x, fmt: str):
+    return x if isinstance(x, QuantKV) else quantize(x, fmt)
+
+
+def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num_splits: int | None = None,
+                       out=None, fmt: str | None = None, block_t: int | None = None, num_warps: int | None = None,
+                       num_stages: int | None = None, use_dot: bool | None = None, kernel=None,
+                       biased: bool | None = None) -> torch.Tensor:
+    """Flash-decoding over a quantized contiguous cache.
+
+    q: [B, Hq, D] fp16/fp32 (bf16 where the GPU has it); k, v: :class:`~labkit.kvcache.quant.QuantKV`
+    of data [B, Hkv, T, D] and scales [B, Hkv, T] (a plain tensor is quantized first, to
+    ``fmt`` or int8 — convenient, not fast). ``lengths``: optional [B] int32 in [1, T].
+    Returns [B, Hq, D] in q's dtype. ``num_splits``, ``block_t``, ``num_warps``,
+    ``num_stages`` and ``use_dot`` override the plan (tuning).
+    """
+    k, v = _as_quant(k, fmt or "int8"), _as_quant(v, fmt or "int8")
+    device = runtime.device()
+    check_tensor("q", q, ndim=3, dtypes=supported_dtypes(), device=device)
+    _check_quant("k", k, fmt, device)
+    _check_quant("v", v, k.fmt, device)
+    B, Hq, D = q.shape
+    Bk, Hkv, T, Dk = k.data.shape
+    if v.data.shape != k.data.shape:
+        raise ValueError(f"k and v must have one shape, got {tuple(k.data.shape)} and {tuple(v.data.shape)}")
+    if Bk != B or Dk != D or Hq % Hkv or T < 1:
+        raise ValueError(f"k {tuple(k.data.shape)} does not fit q {tuple(q.shape)}: expected [B={B}, Hkv dividing "
+                         f"{Hq}, T >= 1, D={D}]")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"head dim {D} is not supported here; expected one of {HEAD_DIMS}")
+    if lengths is not None:
+        check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int32,), device=device)
+        if lengths.shape[0] != B:
+            raise ValueError(f"lengths must have shape [{B}], got {tuple(lengths.shape)}")
+        if lengths.device.type == "cpu":
+            lo, hi = int(lengths.min()), int(lengths.max())
+            if lo < 1 or hi > T:
+                raise ValueError(f"lengths must lie in [1, T={T}], got values from {lo} to {hi}")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    cfg = quant_config_for(D, Hq // Hkv, T, block_t=block_t, num_warps=num_warps, num_stages=num_stages,
+                           use_dot=use_dot)
+    splits = plan_splits(B, Hq, Hkv, T, cfg, num_splits=num_splits, device_index=q.device.index)
+    return quant_launch(q, k, v, check_out(out, q), scale=scale, T=T, cfg=cfg, num_splits=splits, lengths=lengths,
+                        kernel=kernel, biased=biased)
+
+
+def int8_decode(q, k, v, *, scale=None, **kwargs):
+    """``decode_attention(..., impl="triton_int8")``: :func:`quant_flash_decode` with int8."""
+    return quant_flash_decode(q, k, v, scale=scale, fmt="int8", **kwargs)
+
+
+def fp8_decode(q, k, v, *, scale=None, **kwargs):
+    """``decode_attention(..., impl="triton_fp8")``: :func:`quant_flash_decode` with fp8 e4m3 (sm_89+)."""
+    return quant_flash_decode(q, k, v, scale=scale, fmt="fp8_e4m3", **kwargs)
+
+
+def quant_paged_decode(q, k_pool: QuantKV, v_pool: QuantKV, block_tables, lengths, *, scale: float | None = None,
+                       out=None, check_values: bool = True, block_n: int | None = None, num_splits: int | None = None,
+                       num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+    """Decode attention over a quantized paged pool (``paged_decode`` sends a QuantKV pool here).
+
+    k_pool, v_pool: QuantKV of data [num_blocks, Hkv, BS, D] and scales [num_blocks, Hkv, BS];
+    the rest as :func:`labkit.kvcache.paged_attention.paged_decode`.
+    """
+    device = runtime.device()
+    check_tensor("q", q, ndim=3, dtypes=supported_dtypes(), device=device)
+    _check_quant("k_pool", k_pool, None, device)
+    _check_quant("v_pool", v_pool, k_pool.fmt, device)
+    check_tensor("block_tables", block_tables, ndim=2, dtypes=(torch.int32,), device=device)
+    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int32,), device=device)
+    B, Hq, D = q.shape
+    num_blocks, Hkv, BS, Dk = k_pool.data.shape
+    if v_pool.data.shape != k_pool.data.shape or Dk != D or Hq % Hkv or BS & (BS - 1) or D not in HEAD_DIMS:
+        raise ValueError(f"pools {tuple(k_pool.data.shape)}, {tuple(v_pool.data.shape)} do not fit q {tuple(q.shape)}: "
+                         f"expected [num_blocks, Hkv dividing {Hq}, BS a power of two, D={D} in {HEAD_DIMS}]")
+    if block_tables.shape[0] != B or lengths.shape[0] != B:
+        raise ValueError(f"block_tables must be [{B}, max_blocks] and lengths [{B}]")
+    max_blocks = block_tables.shape[1]
+    if check_values:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > max_blocks * BS:
+            raise ValueError(f"lengths must be in [1, {max_blocks * BS}], got values in [{lo}, {hi}]")
+        used = torch.arange(max_blocks, device=lengths.device)[None, :] < (lengths[:, None] + BS - 1) // BS
+        ids = block_tables[used]
+        if int(ids.min()) < 0 or int(ids.max()) >= num_blocks:
+            raise ValueError(f"block_tables points outside the pool of {num_blocks} blocks")
+    capacity = max_blocks * BS
+    cfg = quant_config_for(D, Hq // Hkv, capacity, block_t=block_n, num_warps=num_warps, num_stages=num_stages)
+    splits = plan_splits(B, Hq, Hkv, capacity, cfg, num_splits=num_splits, device_index=q.device.index)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    return quant_launch(q, k_pool, v_pool, check_out(out, q), scale=scale, T=capacity, cfg=cfg, num_splits=splits,
+                        lengths=lengths, block_tables=block_tables)
+
+
+def reference_quant_decode(q, k: QuantKV, v: QuantKV, *, scale: float | None = None, lengths=None) -> torch.Tensor:
+    """The float64 answer over the *dequantized* cache (what the kernel must match tightly)."""
+    from labkit.attention.reference import reference_decode
+
+    return reference_decode(q, k.dequantize(torch.float64).cpu(), v.dequantize(torch.float64).cpu(), scale=scale,
+                            lengths=lengths)
+
+
+def launch_int8_one_pass(kernel, q, k: QuantKV, v: QuantKV, out, *, block_t: int = 16, scale: float | None = None):
+    """Launch notebook 08's exercise kernel: one program per (sequence, query head), grid ``(B·Hq,)``.
+
+    ``kernel(Q, K, V, KS, VS, Out, scale, T, HQ, GROUP, HEAD_DIM, BLOCK_T)``: Q, Out [B, Hq, D];
+    K, V the 8-bit data [B, Hkv, T, D]; KS, VS their fp32 scales [B, Hkv, T]; all contiguous.
+    Program ``pid`` computes query head ``pid % HQ`` of sequence ``pid // HQ``, reading KV head
+    ``(pid % HQ) // GROUP`` of that sequence, as notebook 03's ``one_pass_kernel`` does.
+    """
+    B, Hq, D = q.shape
+    Hkv, T = k.data.shape[1], k.data.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    kernel[(B * Hq,)](q, k.data, v.data, k.scale, v.scale, out, scale, T, HQ=Hq, GROUP=Hq // Hkv, HEAD_DIM=D,
+                      BLOCK_T=block_t)
+    return out
+
+
+__all__ = ["BIASED_INT8", "fp8_decode", "int8_decode", "launch_int8_one_pass", "quant_config", "quant_config_for", "quant_constexprs", "quant_flash_decode",
+           "quant_launch", "quant_paged_decode", "reference_quant_decode"]

@@ -1,0 +1,315 @@
+"""The quantized KV cache (notebook 08): formats, quantize-on-write, the dequantizing
+flash-decoding kernel (contiguous and paged), notebook 08's checks, and the T4 compile tests —
+in sim mode, against float64 references.
+
+Two references: the float64 attention over the *dequantized* cache, which the kernels must
+match to fp32/fp16 rounding (tight), and the float64 attention over the unquantized cache,
+which they match within the quantization bound stated below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import labkit  # noqa: F401  (first: it switches Triton to its interpreter)
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from labkit.attention import decode_attention, reference_decode
+from labkit.attention.triton_quant import (_quant_attend_kernel, quant_config_for, quant_constexprs,
+                                           quant_flash_decode, reference_quant_decode)
+from labkit.checks.core import CheckFailure, rel_error
+from labkit.kvcache.paged_attention import paged_decode
+from labkit.kvcache.quant import (FORMATS, QuantKV, bytes_per_token, empty_quant, quant_decode_bytes, quantize,
+                                  quantize_per_channel, to_paged_quant)
+from labkit.kvcache.quant_write import quant_write, quant_write_kernel, reference_quant_write
+from labkit.rope import rope_tables
+
+# int8, one absmax scale per row of D standard-normal values: the step is max|x|/127 (about 0.02
+# at D = 128), the error uniform within half a step; the attention output's relative error
+# against the unquantized cache measures about 0.008 (data/results/quant_accuracy_cpu.json).
+INT8_BOUND = 0.02
+TIGHT = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def qkv(B, Hq, Hkv, T, D, dtype=torch.float32, gen=None):
+    q = torch.randn(B, Hq, D, generator=gen).to(dtype)
+    k = torch.randn(B, Hkv, T, D, generator=gen)
+    v = torch.randn(B, Hkv, T, D, generator=gen)
+    return q, k, v
+
+
+# --- formats -----------------------------------------------------------------------------------
+def test_int8_quantization_is_symmetric_absmax_within_half_a_step():
+    x = torch.randn(3, 4, 37, 64) * torch.logspace(-3, 3, 37)[None, None, :, None]
+    x[0, 0, 5] = 0
+    q = quantize(x, "int8")
+    assert q.data.dtype == torch.int8 and q.scale.dtype == torch.float32 and q.scale.shape == x.shape[:-1]
+    assert int(q.data.min()) >= -127 and bool((q.data.abs().amax(-1)[q.scale > 0] == 127).all())
+    err = (q.dequantize(torch.float64) - x.double()).abs()
+    assert bool((err <= q.scale.double()[..., None] / 2 * (1 + 1e-6) + 1e-30).all())
+    assert float(q.dequantize()[0, 0, 5].abs().max()) == 0 and torch.isfinite(q.dequantize()).all()
+
+
+def test_fp8_quantization_error_is_fp8s():
+    x = torch.randn(2, 3, 50, 128)
+    q = quantize(x, "fp8_e4m3")
+    assert q.data.dtype == torch.float8_e4m3fn
+    rel = (q.dequantize() - x).abs() / x.abs().amax(-1, keepdim=True)
+    assert float(rel.max()) <= 2 ** -4 * 1.01  # 3 mantissa bits: half a step is 1/16 of the value at most
+
+
+def test_per_channel_keys_and_bytes():
+    x = torch.randn(2, 2, 30, 16)
+    x[..., 3] *= 50  # an outlier channel
+    per_channel = quantize_per_channel(x)
+    per_token = quantize(x).dequantize()
+    small = [c for c in range(16) if c != 3]
+    assert rel_error(per_channel[..., small], x[..., small]) < rel_error(per_token[..., small], x[..., small])
+    assert bytes_per_token(8, 128, "int8") == 2 * 8 * 132 and bytes_per_token(8, 128) == 2 * 8 * 256
+    assert quant_decode_bytes(1, 32, 32, 100, 128) == 100 * 2 * 32 * 132 + 2 * 32 * 128 * 2
+
+
+def test_quantkv_rejects_mismatched_parts():
+    with pytest.raises(TypeError, match="int8"):
+        QuantKV(torch.zeros(2, 4, dtype=torch.int16), torch.zeros(2))
+    with pytest.raises(ValueError, match="scale"):
+        QuantKV(torch.zeros(2, 4, dtype=torch.int8), torch.zeros(4))
+    with pytest.raises(ValueError, match="format"):
+        quantize(torch.randn(2, 4), "int4")
+
+
+# --- quantize-on-write -------------------------------------------------------------------------
+@pytest.mark.parametrize("D,H,rope,dtype", [(64, 3, True, torch.float16), (32, 2, False, torch.float32),
+                                            (128, 4, True, torch.float32)])
+def test_quant_write_equals_reference(D, H, rope, dtype):
+    R, S, N = 3, 10, 5
+    kn, vn = (torch.randn(N, H, D).to(dtype) for _ in range(2))
+    got_k, got_v, want_k, want_v = (empty_quant((R, H, S, D)) for _ in range(4))
+    for t in (got_k, got_v, want_k, want_v):
+        t.data.fill_(99), t.scale.fill_(-1.0)
+    rows = torch.tensor([0, 1, 2, 0, 1], dtype=torch.int32)
+    slots = torch.tensor([0, 3, S - 1, 5, 7], dtype=torch.int32)
+    r = None
+    if rope:
+        cos, sin = rope_tables(64, D)
+        r = (cos, sin, torch.tensor([1, 5, 63, 0, 17], dtype=torch.int32))
+    quant_write(kn, vn, got_k, got_v, rows, slots, r)
+    reference_quant_write(kn, vn, want_k, want_v, rows, slots, r)
+    for got, want in ((got_k, want_k), (got_v, want_v)):
+        assert int((got.data.int() - want.data.int()).abs().max()) <= 1  # a rounding tie at most
+        assert float((got.data != want.data).float().mean()) < 1e-3
+        assert torch.allclose(got.scale, want.scale, rtol=1e-6, atol=0)  # untouched slots stay -1 in both
+
+
+def test_quant_write_paged_pool_then_decode():
+    B, H, D, BS, T = 2, 2, 64, 8, 21
+    k, v = torch.randn(B, H, T, D), torch.randn(B, H, T, D)
+    tables = torch.randperm(2 * math.ceil(T / BS)).view(B, -1).int()
+    kp, vp = empty_quant((tables.numel(), H, BS, D)), empty_quant((tables.numel(), H, BS, D))
+    for p in (kp, vp):
+        p.data.zero_(), p.scale.zero_()
+    pos = torch.arange(T).repeat(B).int()
+    seq = torch.arange(B).repeat_interleave(T)
+    rows = tables[seq.long(), (pos // BS).long()]
+    quant_write(k.transpose(1, 2).reshape(-1, H, D), v.transpose(1, 2).reshape(-1, H, D), kp, vp, rows,
+                (pos % BS).int())
+    lengths = torch.full((B,), T, dtype=torch.int32)
+    q = torch.randn(B, 4, D)
+    out = paged_decode(q, kp, vp, tables, lengths)
+    expected = reference_quant_decode(q, quantize(k), quantize(v))
+    assert rel_error(out, expected) < 1e-5
+
+
+def test_quant_write_skips_out_of_range_tokens():
+    kc, vc = empty_quant((2, 1, 4, 16)), empty_quant((2, 1, 4, 16))
+    for t in (kc, vc):
+        t.data.fill_(7), t.scale.fill_(3.0)
+    kn = torch.randn(2, 1, 16)
+    quant_write(kn, kn.clone(), kc, vc, torch.tensor([0, 5], dtype=torch.int32), torch.tensor([1, 1], dtype=torch.int32),
+                check_indices=False)
+    assert float(kc.scale[0, 0, 1]) != 3.0 and bool((kc.data[1] == 7).all()) and bool((kc.scale[1] == 3.0).all())
+    with pytest.raises(ValueError, match="rows"):
+        quant_write(kn, kn, kc, vc, torch.tensor([0, 5], dtype=torch.int32), torch.tensor([1, 1], dtype=torch.int32))
+
+
+# --- the dequantizing kernel -------------------------------------------------------------------
+CASES = [  # (B, Hq, Hkv, T, D, dtype, num_splits, use_dot)
+    (2, 4, 4, 37, 64, torch.float32, 3, None),  # T not a multiple of the tile
+    (1, 2, 2, 5, 128, torch.float16, 4, None),  # T shorter than one tile and than the splits
+    (3, 8, 2, 1, 64, torch.float32, None, None),  # T = 1, GQA 4
+    (2, 8, 2, 70, 16, torch.float16, 5, None),
+    (1, 8, 1, 33, 32, torch.float32, 2, None),  # GQA 8: two programs per KV head
+    (2, 6, 2, 19, 16, torch.float16, 3, None),  # GQA 3
+    (2, 4, 2, 45, 64, torch.float16, 3, True),  # the tensor-core path (sm_80+), in the interpreter
+]
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,T,D,dtype,splits,use_dot", CASES)
+def test_kernel_matches_dequantized_reference_and_the_bound(B, Hq, Hkv, T, D, dtype, splits, use_dot):
+    q, kf, vf = qkv(B, Hq, Hkv, T, D, dtype)
+    k, v = quantize(kf), quantize(vf)
+    lengths = torch.randint(1, T + 1, (B,), dtype=torch.int32)
+    lengths[0] = T
+    out = torch.full_like(q, float("nan"))
+    quant_flash_decode(q, k, v, lengths=lengths, num_splits=splits, use_dot=use_dot, out=out)
+    assert torch.isfinite(out).all(), "an output element was left unwritten"
+    tight = TIGHT[dtype] if not use_dot else 1e-3  # the tensor-core path rounds p·scale to fp16
+    assert rel_error(out, reference_quant_decode(q, k, v, lengths=lengths)) < tight
+    assert rel_error(out, reference_decode(q, kf, vf, lengths=lengths)) < INT8_BOUND
+
+
+def test_decode_attention_and_paged_decode_accept_the_quantized_cache():
+    q, kf, vf = qkv(2, 4, 2, 40, 64)
+    k, v = quantize(kf), quantize(vf)
+    expected = reference_quant_decode(q, k, v)
+    assert rel_error(decode_attention(q, k, v, impl="triton_int8"), expected) < 1e-5
+    assert rel_error(decode_attention(q, kf, vf, impl="triton_int8"), expected) < 1e-5  # quantized on the way in
+    kp, tables = to_paged_quant(k, 16)
+    vp, _ = to_paged_quant(v, 16, tables=tables)
+    lengths = torch.tensor([40, 17], dtype=torch.int32)
+    out = paged_decode(q, kp, vp, tables, lengths, num_splits=3)
+    assert rel_error(out, reference_quant_decode(q, k, v, lengths=lengths)) < 1e-5
+    assert rel_error(out, quant_flash_decode(q, k, v, lengths=lengths, num_splits=3)) < 1e-6
+
+
+def test_kernel_rejects_bad_inputs():
+    q, kf, vf = qkv(1, 2, 2, 8, 64)
+    k, v = quantize(kf), quantize(vf)
+    with pytest.raises(TypeError, match="QuantKV"):
+        paged_decode(q, k, kf, torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32))
+    with pytest.raises(TypeError, match="format"):
+        quant_flash_decode(q, k, v, fmt="fp8_e4m3")
+    with pytest.raises(ValueError, match="lengths"):
+        quant_flash_decode(q, k, v, lengths=torch.tensor([9], dtype=torch.int32))
+
+
+# --- notebook 08's checks ------------------------------------------------------------------------
+def _solution_quantize(x):
+    x = x.float()
+    amax = x.abs().amax(dim=-1)
+    y = x * (127 / torch.where(amax > 0, amax, torch.ones_like(amax)))[..., None]
+    return torch.round(y).clamp(-127, 127).to(torch.int8), amax / 127
+
+
+@triton.jit
+def _solution_dequant_kernel(Q, K, V, KS, VS, Out, scale, T, HQ: tl.constexpr, GROUP: tl.constexpr,
+                             HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid = tl.program_id(0)
+    kv = (pid // HQ) * (HQ // GROUP) + (pid % HQ) // GROUP
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + pid * HEAD_DIM + d).to(tl.float32) * scale
+    m = float("-inf")
+    l = 0.0
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in range(0, T, BLOCK_T):
+        t = start + tl.arange(0, BLOCK_T)
+        mask = t < T
+        rows = (kv * T + t[:, None]) * HEAD_DIM + d[None, :]
+        k = tl.load(K + rows, mask=mask[:, None], other=0).to(tl.float32)
+        v = tl.load(V + rows, mask=mask[:, None], other=0).to(tl.float32)
+        ks = tl.load(KS + kv * T + t, mask=mask, other=0.0)
+        vs = tl.load(VS + kv * T + t, mask=mask, other=0.0)
+        s = tl.where(mask, tl.sum(k * q[None, :], axis=1) * ks, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new)
+        l = l * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum((p * vs)[:, None] * v, axis=0)
+        m = m_new
+    tl.store(Out + pid * HEAD_DIM + d, (acc / l).to(Out.dtype.element_ty))
+
+
+@triton.jit
+def _stub_kernel(Q, K, V, KS, VS, Out, scale, T, HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 BLOCK_T: tl.constexpr):
+    raise NotImplementedError("08.dequant_kernel")
+
+
+def test_nb08_checks_pass_solutions_and_fail_stubs(capsys):
+    from labkit.checks import nb08
+
+    nb08.check_quantize(_solution_quantize)
+    nb08.check_dequant_kernel(_solution_dequant_kernel)
+    out = capsys.readouterr().out
+    assert "08.quantize: all 6 properties pass" in out and "08.dequant_kernel: all 10 properties pass" in out
+
+    def stub(x):
+        raise NotImplementedError("08.quantize")
+
+    with pytest.raises(CheckFailure, match="not started"):
+        nb08.check_quantize(stub)
+    with pytest.raises(CheckFailure, match="not started"):
+        nb08.check_dequant_kernel(_stub_kernel)
+    with pytest.raises(CheckFailure, match="absmax"):  # a wrong answer: the scale from the mean
+        nb08.check_quantize(lambda x: (torch.round(x.float() / (x.float().abs().mean(-1, keepdim=True) / 50)).clamp(
+            -127, 127).to(torch.int8), x.float().abs().mean(-1) / 50))
+    assert set(nb08.SOLUTIONS) == {"08.quantize", "08.dequant_kernel"}
+
+
+# --- the accuracy study's machinery --------------------------------------------------------------
+def test_quantized_cache_patch_is_restored_and_attention_errors_are_ordered():
+    import labkit.model.transformer as tr
+    from labkit.kvcache.quant_accuracy import attention_errors, quantized_cache
+
+    original = tr.causal_attention
+    with quantized_cache("int8"):
+        assert tr.causal_attention is not original
+    assert tr.causal_attention is original
+    acts = [tuple(torch.randn(1, 2, 20, 16) for _ in range(3))]
+    errs = attention_errors(acts, random_T=64, random_D=16)
+    assert errs["random"]["int8"] < errs["random"]["fp8_e4m3"] < 0.1 and errs["model_mean"]["int8"] < INT8_BOUND
+
+
+# --- compiles for the T4 (and the sm_89+/sm_90 paths) -------------------------------------------
+def _quant_build(fmt: str, D: int, group: int, split: bool, T: int, cc=(7, 5), paged: bool = False):
+    cfg = quant_config_for(D, group, T, cc=cc)
+    meta = quant_constexprs(8, group, D, cfg, bs=16 if paged else 1, has_lengths=True, split=split, paged=paged)
+    sig = {"Q": "*fp16", "K": f"*{fmt}", "V": f"*{fmt}", "KS": "*fp32", "VS": "*fp32", "BlockTables": "*i32",
+           "Lengths": "*i32", "Out": "*fp16", "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32",
+           "T": "i32", "num_splits": "i32", "stride_bt": "i32"}
+    return (_quant_attend_kernel, sig, meta, cfg.num_warps)
+
+
+def _write_build(fmt: str, torch_dtype: torch.dtype):
+    from labkit.kvcache.quant import get_format
+
+    f = get_format(fmt)
+    sig = {"k_new_ptr": "*fp16", "v_new_ptr": "*fp16", "k_ptr": f"*{f.triton}", "v_ptr": f"*{f.triton}",
+           "ks_ptr": "*fp32", "vs_ptr": "*fp32", "rows_ptr": "*i32", "slots_ptr": "*i32", "pos_ptr": "*i32",
+           "cos_ptr": "*fp32", "sin_ptr": "*fp32", **{n: "i32" for n in (
+               "H", "D", "HALF", "num_rows", "num_slots", "max_pos", "s_kn", "s_kh", "s_vn", "s_vh", "s_r", "s_h",
+               "s_s", "ss_r", "ss_h", "ss_s", "s_tab")}}
+    meta = dict(ROPE=True, QMAX=f.qmax, IS_INT=torch_dtype == torch.int8, BLOCK_H=8, BLOCK_HALF=64)
+    return (quant_write_kernel, sig, meta, 4)
+
+
+def test_quant_kernels_compile_for_sm75_within_64kb_without_spills():
+    from labkit.testing import compile_triton_many_for_t4
+
+    requests = [_quant_build("i8", D, g, split, T, paged=paged) for D, g, split, T, paged in (
+        (128, 1, True, 8192, False), (128, 4, True, 8192, False), (64, 1, False, 8192, False),
+        (128, 1, True, 512, False), (128, 1, True, 8192, True), (128, 4, True, 8192, True), (256, 2, True, 8192, False))]
+    requests.append(_write_build("int8", torch.int8))
+    builds = compile_triton_many_for_t4(requests)
+    for build in builds:
+        assert 0 < build.shared_bytes <= 64 * 1024 and build.cubin_bytes > 0
+        assert build.spill_bytes in (None, 0), f"{build.name}: {build.spill_bytes} bytes spilled on sm_75"
+    assert not any(r[2]["USE_DOT"] for r in requests[:-1])  # the T4 path: loads and reductions only
+
+
+def test_the_tensor_core_and_fp8_paths_compile_for_sm90():
+    from labkit.testing import compile_triton_many_for_t4
+
+    requests = [_quant_build(fmt, 128, g, True, 8192, cc=(9, 0), paged=paged)
+                for fmt, g, paged in (("i8", 1, False), ("fp8e4nv", 1, False), ("i8", 4, True), ("fp8e4nv", 8, True))]
+    assert all(r[2]["USE_DOT"] for r in requests) and requests[0][2]["NUM_STAGES"] == 3
+    requests.append(_write_build("fp8_e4m3", torch.float8_e4m3fn))
+    for build in compile_triton_many_for_t4(requests, ccs=[(9, 0)] * len(requests)):
+        assert build.cubin_bytes > 0 and build.shared_bytes <= 227 * 1024
+
+
+def test_formats_name_their_gpus():
+    assert FORMATS["int8"].min_cc == (7, 5) and FORMATS["fp8_e4m3"].min_cc == (8, 9)
