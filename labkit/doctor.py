@@ -86,6 +86,9 @@ def check_versions(report: Report, *, system: str | None = None) -> None:
                        f"{TRITON_NOTEBOOKS} need it; {NO_TRITON_NOTEBOOKS} run here",
                        "run the Triton notebooks on Colab (each has an 'Open in Colab' link) or on a Linux machine",
                        warning=True)
+        elif state == "missing" and system in t.not_on:
+            report.add(True, f"{t.name} is not installed (it has no {system} build): Numba's own CUDA simulator "
+                       "runs the Numba notebooks here")
         elif state == "missing":
             report.add(False, f"{t.name} is not installed", f"pip install '{t.name}>={t.oldest}'")
         else:

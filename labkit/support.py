@@ -22,6 +22,7 @@ class Tested:
     oldest: str  # Colab's version: the oldest the course is tested on
     newest: str  # the newest release tested (a series: "3.9" covers 3.9.x)
     linux_only: bool = False  # installs on Linux only (Triton): labkit installs without it elsewhere
+    not_on: tuple[str, ...] = ()  # systems with no build of it (labkit installs without it there)
 
 
 # Edit together with pyproject.toml (lower bounds), .ci/colab-floor.txt and the README's table.
@@ -30,7 +31,7 @@ TESTED = (
     Tested("torch", "2.11", "2.13"),
     Tested("triton", "3.6", "3.9", linux_only=True),
     Tested("numba", "0.61", "0.68"),
-    Tested("numba-cuda", "0.22", "0.30"),
+    Tested("numba-cuda", "0.22", "0.30", not_on=("Darwin",)),  # macOS: Numba's own simulator runs instead
     Tested("numpy", "2.1", "2.4"),
     Tested("ipywidgets", "7.7", "8.1"),
     Tested("matplotlib", "3.10", "3.11"),

@@ -18,14 +18,16 @@ from labkit.course.release import release
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Run in a subprocess: Triton is not importable there, as on macOS and Windows.
+# Run in a subprocess: neither Triton nor numba-cuda is importable there, as on macOS (where
+# Numba's own CUDA simulator runs the Numba kernels).
 NO_TRITON = '''
 import importlib.abc, sys
-class _NoTriton(importlib.abc.MetaPathFinder):
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "NumbaCudaFinder"]  # numba-cuda's redirect
+class _NotOnMacOS(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "triton" or name.startswith("triton."):
+        if name.split(".")[0] in ("triton", "numba_cuda"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, _NoTriton())
+sys.meta_path.insert(0, _NotOnMacOS())
 '''
 
 
@@ -108,6 +110,8 @@ def test_doctor_says_what_to_do_outside_the_tested_range(monkeypatch, capsys):
 def test_without_triton_labkit_imports_and_doctor_explains_where_triton_notebooks_run():
     code = NO_TRITON + '''
 import labkit, labkit.attention, labkit.decoding, labkit.serving, labkit.checks.nb06, labkit.testing.doctor_kernels
+import numba.cuda
+print("numba.cuda:", numba.cuda.implementation)
 from labkit.decoding.fast import engine_class
 try:
     engine_class("triton")(None, 1)
@@ -126,6 +130,7 @@ sys.exit(0 if doctor().ok else 1)
     assert "Triton split-K decode (notebook 03): skipped, no Triton here" in proc.stdout
     assert "Numba fused decode (notebook 02) ran and its result is right" in proc.stdout
     assert "engine='triton' needs Triton" in proc.stdout
+    assert "numba.cuda: Built-in" in proc.stdout  # Numba's own simulator, not numba-cuda's
 
 
 # --- the Colab setup cell and links --------------------------------------------------------------------
