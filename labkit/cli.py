@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check the GPU, versions and that tiny Numba and Triton kernels run")
     p.set_defaults(func=_doctor)
 
-    p = sub.add_parser("bench", help="the speedup report: copy roofline and every kernel vs naive and SDPA")
+    p = sub.add_parser("bench", help="the speedup report: one section per notebook, a summary of each headline")
     from labkit.bench.report import add_arguments
 
     add_arguments(p)

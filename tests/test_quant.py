@@ -29,7 +29,7 @@ from labkit.rope import rope_tables
 
 # int8, one absmax scale per row of D standard-normal values: the step is max|x|/127 (about 0.02
 # at D = 128), the error uniform within half a step; the attention output's relative error
-# against the unquantized cache measures about 0.008 (data/results/quant_accuracy_cpu.json).
+# against the unquantized cache measures about 0.008 (data/results/quant-accuracy_cpu.json).
 INT8_BOUND = 0.02
 TIGHT = {torch.float32: 1e-5, torch.float16: 2e-3}
 

@@ -192,7 +192,7 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
     sm_80+ dequantizes to fp16 and scores with ``tl.dot``; a tile of 128 tokens keeps as many
     bytes in flight per program as the fp16 kernel's 64, three stages deep on sm_90: the H200
     sweep in ``labkit.bench.quant`` measured it fastest at 8k-32k tokens (B = 1 and 8) among 64-256
-    tokens, 4 or 8 warps and 1-4 stages (``data/results/quant_sweep_nvidia-h200.json``).
+    tokens, 4 or 8 warps and 1-4 stages (``data/results/quant-sweep_nvidia-h200.json``).
     """
     cc = cc or capability()
     if use_dot is None:

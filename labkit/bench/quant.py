@@ -238,32 +238,6 @@ def format_row(shape: dict, row: dict) -> str:
     return "  ".join(parts)
 
 
-def quant_section(out, roofline, args) -> int:
-    """``labkit bench --sections quant``: the table above, saved as ``quant_<gpu>.json``."""
-    from labkit.bench.timing import timings_need_gpu_message
-
-    batches = [int(b) for b in args.batches.split(",")] if getattr(args, "batches", None) else BATCHES
-    contexts = [int(t) for t in args.contexts.split(",")] if getattr(args, "contexts", None) else None
-    try:
-        records = bench_quant(batches=batches if not runtime.is_sim() else (1,), contexts=contexts,
-                              roofline=roofline)
-    except AssertionError as exc:
-        print(f"quant: FAILED {exc}")
-        return 1
-    if runtime.is_sim():
-        from labkit.bench.records import label, load_results
-        from labkit.viz.quant import format_quant_table
-
-        print(f"quant: {timings_need_gpu_message()}")
-        for res in load_results("quant_*.json"):
-            if any(r.kernel == "triton_int8" for r in res["records"]):
-                print(f"  recorded on {label(res['meta'])}:\n{format_quant_table(res['records'])}")
-        return 0
-    path = save_records(records, "quant", run_meta(roofline), out)
-    print(f"quant: -> {path}")
-    return 0
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None)
@@ -281,7 +255,7 @@ def main(argv=None) -> int:
         for f in fmts:
             for B, T in ((1, 8192), (1, 32768), (8, 8192)):
                 records += sweep(f, B, T, roof, 10, 40)  # the sweep's timings are short; the table's are not
-        save_records(records, "quant_sweep", run_meta(roof), args.out)
+        save_records(records, "quant-sweep", run_meta(roof), args.out)
     contexts = [int(t) for t in args.contexts.split(",")] if args.contexts else None
     records += bench_quant(contexts=contexts, roofline=roof, warmup=warmup, rep=rep)
     if not runtime.is_sim():
@@ -293,4 +267,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["BATCHES", "CONTEXTS", "bench_quant", "make_sets", "quant_section", "sdpa_best", "sweep"]
+__all__ = ["BATCHES", "CONTEXTS", "bench_quant", "make_sets", "sdpa_best", "sweep"]

@@ -14,7 +14,7 @@ Three measurements, each against a cache of fp16 K and V (what the course's cach
 3. **Key outliers** (:func:`key_channel_stats`): per-channel magnitudes of the model's keys,
    which make one scale per token coarse when a few channels are much larger than the rest.
 
-    python -m labkit.kvcache.quant_accuracy [--out data/results]   # writes quant_accuracy_cpu.json
+    python -m labkit.kvcache.quant_accuracy [--out data/results]   # writes quant-accuracy_cpu.json
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=512)
     args = p.parse_args(argv)
     res = run_study(windows=args.windows, length=args.length)
-    path = Path(args.out) / "quant_accuracy_cpu.json"
+    path = Path(args.out) / "quant-accuracy_cpu.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
     mq = res["model_quality"]
     print(f"positions {mq['positions']}, fp16-cache CE {mq['fp16_ce']:.4f}")

@@ -17,7 +17,9 @@ def recorded(pattern: str) -> tuple[list[Record], dict | None]:
     results = load_results(pattern)
     if not results:
         return [], None
-    newest = max(results, key=lambda r: str(r["meta"].get("date", "")))
+    # a GPU's record before one made on the CPU (sim mode), then the newest
+    newest = max(results, key=lambda r: (str(r["meta"].get("device", "cpu")).lower() not in ("cpu", "cpu (sim)"),
+                                         str(r["meta"].get("date", ""))))
     return newest["records"], newest["meta"]
 
 

@@ -1,0 +1,58 @@
+"""``labkit bench``'s sections: one per part of the course, each runnable alone.
+
+A section is a module with
+
+* ``TITLE`` (str), ``NOTEBOOKS`` (str, e.g. ``"05"``), ``RESULTS`` (the records' file stem:
+  ``data/results/<RESULTS>_<gpu>.json``);
+* ``run(quick: bool = False, *, roofline_gbps=None, progress=True) -> list[Record]``: on a GPU,
+  check and time the kernels (``quick``: a first look, a few minutes in all); in sim mode, check
+  them at small sizes (records without times). Raises :class:`SectionFailed` (carrying the
+  records it has) when a kernel gives a wrong answer;
+* ``summary(records) -> dict | None``: the notebook's headline figure from ``records`` (this
+  run's, or the recorded GPU results in sim mode): ``{"figure", "value", "unit", "text"}``,
+  ``value`` a ratio ("× a baseline") where there is one, for the summary plot;
+* ``show(records, source)`` (optional): print the section's table.
+
+The notebooks' benchmark cells call the same ``run`` and ``summary``.
+
+**Adding a section** (e.g. notebook 08's ``quant``): write ``labkit/bench/sections/quant.py``
+with the names above and add one line to :data:`SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+SECTIONS = {  # name -> module, in the order the report runs and prints them
+    "roofline": "labkit.bench.sections.roofline",
+    "passes": "labkit.bench.sections.passes",
+    "attention": "labkit.bench.sections.attention",
+    "rope": "labkit.bench.sections.rope",
+    "paged": "labkit.bench.sections.paged",
+    "speculative": "labkit.bench.sections.speculative",
+    "serving": "labkit.bench.sections.serving",
+    "quant": "labkit.bench.sections.quant",
+}
+
+
+class SectionFailed(Exception):
+    """A section's kernels gave wrong answers; ``records`` holds what it measured before."""
+
+    def __init__(self, failures: list[str], records=None):
+        super().__init__("; ".join(failures))
+        self.failures, self.records = list(failures), list(records or [])
+
+
+def load_section(name: str):
+    """The module of section ``name`` (see :data:`SECTIONS`)."""
+    if name not in SECTIONS:
+        raise ValueError(f"unknown section {name!r}; expected some of {list(SECTIONS)}")
+    return importlib.import_module(SECTIONS[name])
+
+
+def headline(text: str, value: float | None = None, unit: str = "", figure: str = "") -> dict:
+    """A summary row: what is measured (``figure``), a number to plot (``value``, ``unit``) and the text."""
+    return {"figure": figure, "value": value, "unit": unit, "text": text}
+
+
+__all__ = ["SECTIONS", "SectionFailed", "headline", "load_section"]
