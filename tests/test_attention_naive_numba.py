@@ -19,6 +19,7 @@ from labkit.bench.passes import bench_naive_passes, kernel_launches
 from labkit.checks import CheckFailure, nb01, nb02, rel_error
 from labkit.testing import compile_numba_ptx_for_t4
 from labkit.checks.core import TOLERANCE
+from labkit.course.solutions import NB02_KERNEL_PREAMBLE, load_fused_kernel
 
 
 def inputs(B, Hq, Hkv, T, D, dtype, seed=None):
@@ -312,7 +313,7 @@ def test_nb02_kernel_check_catches_a_dropped_tail_and_unwritten_elements():
 
 
 def test_nb02_solution_kernel_from_the_master_passes_its_check():
-    fused_decode, tile = nb02.load_solution()
+    fused_decode, tile = load_fused_kernel()
     assert tile == 8  # sim mode
     q, k, v = inputs(1, 2, 1, 11, 16, torch.float16)
     assert rel_error(fused_decode(q, k, v), reference_decode(q, k, v)) <= 2e-3
@@ -329,7 +330,7 @@ def test_numba_kernels_compile_for_t4(tmp_path, monkeypatch):
 
     # The notebook's exercise kernel, as a module the child process can import; its tile is the GPU's.
     module = tmp_path / "nb02_exercise_kernel.py"
-    write_exercise_module("02_numba_fused", "02.fused_kernel", module, preamble=nb02.KERNEL_PREAMBLE)
+    write_exercise_module("02_numba_fused", "02.fused_kernel", module, preamble=NB02_KERNEL_PREAMBLE)
     module.write_text(module.read_text().replace("labkit.is_sim()", "False"))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{monkeypatch.delenv('PYTHONPATH', raising=False) or ''}")
     mod = "labkit.testing.numba_builds"

@@ -49,9 +49,15 @@ def rel_error(yours, expected) -> float:
 
 
 def _where(y: np.ndarray, e: np.ndarray, bad: np.ndarray) -> str:
+    """Where ``y`` and ``e`` part: the first and the largest difference (NaN and inf count as the largest)."""
     idx = np.argwhere(bad)
+    if not len(idx):
+        return ""
     first = tuple(int(i) for i in idx[0])
-    worst = np.unravel_index(np.nanargmax(np.where(bad, np.abs(y - e), -np.inf)), y.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(y - e)
+    diff = np.where(np.isfinite(diff), diff, np.inf)
+    worst = np.unravel_index(int(np.argmax(np.where(bad, diff, -1.0))), y.shape) if y.ndim else ()
     worst = tuple(int(i) for i in worst)
     lines = [
         f"{len(idx)} of {y.size} elements differ; first at index {first}: "
@@ -62,6 +68,54 @@ def _where(y: np.ndarray, e: np.ndarray, bad: np.ndarray) -> str:
         rows = sorted({int(i[0]) for i in idx})
         lines.append(f"differing positions along dim 0: {rows[:12]}{' …' if len(rows) > 12 else ''}")
     return "\n".join(lines)
+
+
+class NotStarted(NotImplementedError):
+    """An output left exactly as it was poisoned: the code that should write it did nothing.
+
+    On a GPU a stub kernel's ``raise NotImplementedError`` inside ``@cuda.jit`` (or a Triton
+    kernel that is never written) does not raise: the kernel returns and its NaN-poisoned
+    output stays NaN. :func:`run_check` reports this as "not started" when it is what the
+    first property finds, the same as the ``NotImplementedError`` the simulator raises.
+    """
+
+
+def _percent(n: int, total: int) -> str:
+    p = 100.0 * n / max(total, 1)
+    return f"{p:.0f}%" if p in (0.0, 100.0) or p >= 1 else f"{p:.2g}%"
+
+
+def assert_finite(yours, *, what: str = "output", expected=None) -> None:
+    """Raise unless every element of ``yours`` is finite; say how much is NaN (never written) or inf.
+
+    A result that is NaN everywhere raises :class:`NotStarted` (outputs are poisoned with NaN
+    before a run, so nothing was written); some NaN or inf raises ``AssertionError`` with where.
+    Never raises anything else (no NumPy warnings turned into errors, no all-NaN reductions).
+    """
+    y = _as_numpy(yours)
+    if y.dtype.kind not in "fc":
+        return
+    y64 = y.astype(np.float64) if y.dtype.kind == "f" else np.abs(y)
+    nan, inf = np.isnan(y64), np.isinf(y64)
+    if not (nan.any() or inf.any()):
+        return
+    n_nan, n_inf = int(nan.sum()), int(inf.sum())
+    if n_nan == y.size:
+        raise NotStarted(f"your kernel left 100% of the {what} unwritten (NaN): nothing was written "
+                         "(a stub kernel's `raise` does not stop it on a GPU)")
+    parts = []
+    if n_nan:
+        parts.append(f"your kernel left {_percent(n_nan, y.size)} of the {what} unwritten (NaN: {n_nan} of {y.size} elements)")
+    if n_inf:
+        parts.append(f"{_percent(n_inf, y.size)} of the {what} is inf ({n_inf} of {y.size} elements: an overflow)")
+    msg = "; ".join(parts)
+    if expected is not None:
+        e64 = _as_numpy(expected).astype(np.float64)
+        if e64.shape == y64.shape:
+            msg += "\n" + _where(y64, e64, nan | inf)
+    else:
+        msg += f"\nfirst at index {tuple(int(i) for i in np.argwhere(nan | inf)[0])}"
+    raise AssertionError(msg)
 
 
 def assert_close(yours, expected, *, rtol: float, atol: float = 0.0, what: str = "output") -> None:
@@ -76,13 +130,9 @@ def assert_close(yours, expected, *, rtol: float, atol: float = 0.0, what: str =
     if y.shape != e.shape:
         raise AssertionError(f"{what}: shape {tuple(y.shape)} (yours) vs {tuple(e.shape)} (expected)")
     y64, e64 = y.astype(np.float64), e.astype(np.float64)
-    nonfinite = ~np.isfinite(y64)
-    if nonfinite.any():
-        raise AssertionError(
-            f"{what}: {int(nonfinite.sum())} of {y.size} elements are NaN or inf "
-            f"(never written, or overflow)\n" + _where(y64, e64, nonfinite)
-        )
-    err = rel_error(y64, e64)
+    assert_finite(y64, what=what, expected=e64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = rel_error(y64, e64)
     if not err <= rtol:
         scale = np.abs(e64).max() if e64.size else 1.0
         bad = np.abs(y64 - e64) > atol + rtol * max(scale, 1e-30)
@@ -98,6 +148,8 @@ def assert_equal(yours, expected, *, what: str = "value") -> None:
     y, e = _as_numpy(yours), _as_numpy(expected)
     if y.shape != e.shape:
         raise AssertionError(f"{what}: shape {tuple(y.shape)} (yours) vs {tuple(e.shape)} (expected)")
+    if y.dtype.kind == "f" and e.dtype.kind == "f" and np.isfinite(e).all():
+        assert_finite(y, what=what, expected=e)
     bad = y != e
     if bad.any():
         raise AssertionError(f"{what} differs\n" + _where(y.astype(np.float64), e.astype(np.float64), bad))
@@ -108,38 +160,95 @@ def _reason(exc: BaseException) -> str:
         return f"not started: {exc}" if str(exc) else "not started (NotImplementedError)"
     if isinstance(exc, AssertionError):
         return str(exc) or "assertion failed"
-    tb = traceback.extract_tb(exc.__traceback__)[-1]
-    return f"raised {type(exc).__name__}: {exc} (at {os.path.basename(tb.filename)}:{tb.lineno})"
+    tb = traceback.extract_tb(exc.__traceback__)
+    at = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
+    return f"raised {type(exc).__name__}: {exc}{at}"
 
 
 def run_check(exercise: str, properties: Sequence[tuple[str, Callable[[], object]]]) -> None:
     """Run each named property; print a pass line each; raise :class:`CheckFailure` on any failure.
 
     ``properties`` is a sequence of ``(name, fn)``; ``fn`` raises ``AssertionError`` when the
-    property does not hold. Once the exercise is found unstarted, the remaining properties
-    are reported unstarted without running them.
+    property does not hold. Once the exercise is found unstarted (``NotImplementedError`` from a
+    stub, or :class:`NotStarted`: an output left all NaN by the first property that ran), the
+    remaining properties are not run, and the failure says "not started" once, not once per property.
     """
     failures: list[tuple[str, str]] = []
     print(f"Checking {exercise}")
     unstarted: BaseException | None = None
+    skipped: list[str] = []
+    passed = 0
     for name, fn in properties:
         if unstarted is not None:
-            failures.append((name, _reason(unstarted)))
+            skipped.append(name)
             print(f"  {FAIL} {name}")
             continue
         try:
             fn()
         except Exception as exc:  # noqa: BLE001 - every error is a failed property
-            if isinstance(exc, NotImplementedError):
+            if isinstance(exc, NotStarted) and (passed or failures):
+                failures.append((name, str(exc)))  # written elsewhere: a bug in this case, not a stub
+            elif isinstance(exc, NotImplementedError):
                 unstarted = exc
-            failures.append((name, _reason(exc)))
+                skipped.append(name)
+            else:
+                failures.append((name, _reason(exc)))
             print(f"  {FAIL} {name}")
         else:
+            passed += 1
             print(f"  {PASS} {name}")
-    if failures:
+    if unstarted is not None and not failures and not passed:
+        raise CheckFailure(f"{exercise}: {_reason(unstarted)}\n"
+                           f"(none of its {len(properties)} properties can pass until it is written: "
+                           f"{', '.join(skipped)})")
+    if failures or unstarted is not None:
         body = "\n\n".join(f"[{name}]\n{why}" for name, why in failures)
-        raise CheckFailure(f"{exercise}: {len(failures)} of {len(properties)} properties failed\n\n{body}")
+        if unstarted is not None:
+            body += ("\n\n" if body else "") + f"[{', '.join(skipped)}]\n{_reason(unstarted)}"
+        n = len(failures) + len(skipped)
+        raise CheckFailure(f"{exercise}: {n} of {len(properties)} properties failed\n\n{body}")
     print(f"{exercise}: all {len(properties)} properties pass")
+
+
+def _unwrap(obj):
+    """The Python object behind a wrapper: partials, bound methods, Numba dispatchers, Triton kernels."""
+    seen = set()
+    while id(obj) not in seen:
+        seen.add(id(obj))
+        for attr in ("func", "__func__", "py_func", "fn", "__wrapped__"):
+            inner = getattr(obj, attr, None)
+            if inner is not None and inner is not obj and (callable(inner) or isinstance(inner, type)):
+                obj = inner
+                break
+        else:
+            break
+    return obj
+
+
+def _labkit_origin(obj) -> str | None:
+    """``module.qualname`` when ``obj`` (or what it wraps) is defined inside labkit (not its checks)."""
+    for candidate in (obj, _unwrap(obj)):
+        target = candidate if isinstance(candidate, type) or callable(candidate) else type(candidate)
+        module = getattr(target, "__module__", None) or ""
+        if isinstance(module, str) and (module == "labkit" or module.startswith("labkit.")) \
+                and not module.startswith("labkit.checks"):
+            return f"{module}.{getattr(target, '__qualname__', getattr(target, '__name__', type(target).__name__))}"
+    return None
+
+
+def reject_labkit_answer(answer, exercise: str) -> None:
+    """Fail ``exercise`` when ``answer`` is labkit's own code rather than the student's.
+
+    Checks call this on what the notebook passes them (a function, a kernel, a class): an answer
+    defined in a ``labkit`` module (other than the checks themselves), or a wrapper of one
+    (``functools.partial``, a bound method, a Numba or Triton kernel), raises
+    :class:`CheckFailure`. An answer that only *calls* labkit's implementation is caught by the
+    grader (``labkit grade`` reads the exercise cell), not here.
+    """
+    origin = _labkit_origin(answer)
+    if origin is not None:
+        raise CheckFailure(f"{exercise}: your answer is labkit's own `{origin}`, not your code. "
+                           "Write the exercise yourself: handing in labkit's implementation earns no points.")
 
 
 def properties(pairs: Iterable[tuple[str, Callable[[], object]]]) -> list[tuple[str, Callable[[], object]]]:

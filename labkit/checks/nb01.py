@@ -80,3 +80,10 @@ def check_pass_bytes(fn) -> None:
 
 
 __all__ = ["check_naive_decode", "check_pass_bytes"]
+
+# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
+# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+SOLUTIONS = {
+    "01.naive_decode": ("labkit.attention.naive:naive_decode", "labkit.attention.reference:reference_decode", "labkit.attention.naive:naive_passes", "labkit.attention.sdpa"),
+    "01.pass_bytes": ("labkit.attention.naive:pass_bytes",),
+}

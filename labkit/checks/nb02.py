@@ -93,17 +93,11 @@ def check_fused_kernel(fn, *, block: int) -> None:
     ])
 
 
-# What the exercise cell uses from the notebook's earlier cells.
-KERNEL_PREAMBLE = ("import math\nimport labkit\nfrom numba import cuda, float32\n"
-                   "from labkit.attention.numba_exercises import launch_one_pass\n")
+__all__ = ["check_fused_kernel", "check_online_update"]
 
-
-def load_solution():
-    """The master notebook's solution to 02.fused_kernel: ``(fused_decode, TILE)``, ready to run."""
-    from labkit.course.solutions import load_exercise
-
-    ns = load_exercise("02_numba_fused", "02.fused_kernel", preamble=KERNEL_PREAMBLE)
-    return ns["fused_decode"], ns["TILE"]
-
-
-__all__ = ["KERNEL_PREAMBLE", "check_fused_kernel", "check_online_update", "load_solution"]
+# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
+# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+SOLUTIONS = {
+    "02.online_update": ("labkit.attention.online_softmax:online_update",),
+    "02.fused_kernel": ("labkit.attention.numba_fused:numba_decode", "labkit.attention.numba_fused:split_kernel", "labkit.attention.numba_kernels:make_split_kernel", "labkit.attention.reference:reference_decode"),
+}

@@ -154,3 +154,11 @@ def check_merge(kernel) -> None:
 
 
 __all__ = ["check_merge", "check_one_pass", "check_split"]
+
+# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
+# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+SOLUTIONS = {
+    "03.one_pass": ("labkit.attention.triton_decode:triton_decode", "labkit.attention.triton_decode:flash_decode", "labkit.attention.triton_decode:_attend_kernel", "labkit.attention.reference:reference_decode"),
+    "03.split": ("labkit.attention.triton_decode:flash_decode", "labkit.attention.triton_decode:_attend_kernel", "labkit.attention.splits:reference_partials"),
+    "03.merge": ("labkit.attention.triton_merge:_merge_kernel", "labkit.attention.splits:merge_reference"),
+}

@@ -237,3 +237,11 @@ def check_paged_kernel(student_fn) -> None:
                                           for bs in (4, 16)]),
         ("fp16 inputs", lambda: _kernel_case(student_fn, rng, lengths=[rng.randint(5, 40)], dtype=torch.float16)),
     ])
+
+# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
+# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+SOLUTIONS = {
+    "05.allocator": ("labkit.kvcache.allocator:BlockAllocator",),
+    "05.slot_lookup": ("labkit.kvcache.paged:PagedKVCache",),
+    "05.paged_kernel": ("labkit.kvcache.paged_attention:paged_decode", "labkit.kvcache.paged_attention:paged_reference", "labkit.kvcache.paged_attention:gather_paged", "labkit.attention.reference:reference_decode"),
+}

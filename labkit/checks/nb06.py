@@ -271,3 +271,10 @@ def check_round(fn) -> None:
             ("a draft identical to the target is always accepted", identical_draft),
             ("sampled tokens follow the target's distribution (statistical)", distribution),
         ])
+
+# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
+# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+SOLUTIONS = {
+    "06.accept": ("labkit.decoding.speculative:accept_draft", "labkit.decoding:accept_draft"),
+    "06.round": ("labkit.decoding.speculative:speculative_round", "labkit.decoding.speculative:speculative_generate", "labkit.decoding:speculative_generate"),
+}

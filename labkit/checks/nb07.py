@@ -227,3 +227,11 @@ def check_schedule_running(student_fn) -> None:
         ("in the engine: every output equals the request run alone, no block leaked",
          lambda: _end_to_end(schedule_running=student_fn)),
     ])
+
+# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
+# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+SOLUTIONS = {
+    "07.static_schedule": ("labkit.serving.static:static_schedule", "labkit.serving.static:StaticScheduler"),
+    "07.admit": ("labkit.serving.scheduler:admit", "labkit.serving.scheduler:Scheduler"),
+    "07.schedule_running": ("labkit.serving.scheduler:schedule_running", "labkit.serving.scheduler:Scheduler"),
+}

@@ -1,9 +1,13 @@
 """``labkit grade``: grade submitted notebooks through nbval and write a gradebook and feedback.
 
 For each submitted notebook: match it to its master in ``solutions/`` (see
-:mod:`labkit.course.prepare`), restore every check cell from the master, then execute it in a
-fresh kernel with ``pytest --nbval-lax`` in a subprocess (a per-cell and a per-notebook time
-limit; several notebooks at once). nbval runs every cell even after one fails or is interrupted
+:mod:`labkit.course.prepare`), build the notebook to grade from the master (the student's
+exercise cells and extra cells, the master's own code and its checks, each check run against
+check modules loaded fresh), read its code for reused solutions and suspicious lines
+(:mod:`labkit.course.reuse`), then execute it in a fresh kernel with ``pytest --nbval-lax`` in a
+subprocess (a per-cell and a per-notebook time limit; several notebooks at once), against a
+pristine read-only copy of labkit verified after every notebook (:mod:`labkit.course.isolation`).
+Per-cell results come only from the pytest process, over a pipe (:mod:`labkit.course.nbval_hooks`). nbval runs every cell even after one fails or is interrupted
 for running too long, so one broken exercise costs only its own points; one broken or hanging
 submission never stops the batch. Results (see :mod:`labkit.course.gradebook`) go to::
 
@@ -11,18 +15,20 @@ submission never stops the batch. Results (see :mod:`labkit.course.gradebook`) g
     OUT/totals.csv             one line per student and notebook
     OUT/results.json           everything, with each run's start and end times
     OUT/feedback/STUDENT/NOTEBOOK.md    the score and each failed check's message
-    OUT/prepared/, OUT/junit/, OUT/logs/  the notebooks as graded, nbval's JUnit XML and output
+    OUT/prepared/, OUT/logs/  the notebooks as graded and each run's output, written after the batch
 
-Submissions are untrusted code: run the grader in a container or a VM.
+Submissions are untrusted code: run the grader in a container or a VM (docs/instructors.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -31,9 +37,10 @@ from pathlib import Path
 
 import nbformat
 
-from labkit.course.gradebook import NotebookResult, error_rows, read_log, safe_name, score, write_outputs
-from labkit.course.nbval_hooks import LOG_ENV
-from labkit.course.prepare import Check, GradeError, Masters, find_submissions, restore_checks
+from labkit.course import reuse
+from labkit.course.gradebook import NotebookResult, error_rows, read_records, safe_name, score, write_outputs
+from labkit.course.isolation import PACKAGE, Slots, remove_tree, run_env
+from labkit.course.prepare import PRISTINE, Check, Graded, GradeError, Masters, build_graded, find_submissions
 from labkit.paths import ROOT
 
 
@@ -78,14 +85,17 @@ def main(args: argparse.Namespace) -> int:
 
 @dataclass
 class _Run:
-    """One prepared notebook and where its nbval run writes."""
+    """One submission to run: the notebook built for it, and what its run reported."""
 
     result: NotebookResult
     checks: list[Check]
-    prepared: Path
-    log: Path
-    junit: Path
-    output: Path
+    graded: Graded
+    key: str  # its files' stem under --out: STUDENT/NOTEBOOK
+    findings: dict = None  # "reuse": {exercise: [Finding]}, "suspicious": [Finding]
+    records: dict | None = None
+    pids: list | None = None
+    forged: int = 0
+    log: str = ""
     killed: bool = False
     proc: subprocess.Popen | None = None
 
@@ -120,37 +130,31 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
         taken.add(key)
         result = NotebookResult(sub.student, name, str(sub.path))
         results.append(result)
-        run = _Run(result, checks, out / "prepared" / f"{key}.ipynb", out / "logs" / f"{key}.jsonl",
-                   out / "junit" / f"{key}.xml", out / "logs" / f"{key}.txt")
         try:
-            prepared = restore_checks(sub.notebook, book.notebooks[sub.master])
-            for path in (run.prepared, run.log, run.junit):
-                path.parent.mkdir(parents=True, exist_ok=True)
-            nbformat.write(prepared, run.prepared)
+            graded = build_graded(sub.notebook, book.notebooks[sub.master], sub.master)
         except Exception as exc:  # noqa: BLE001 - a notebook we can't rebuild is an error row
             result.problem = f"not a valid notebook: {type(exc).__name__}: {str(exc)[:200]}"
             result.checks = error_rows(checks, result.problem)
             continue
-        run.log.unlink(missing_ok=True)
-        runs.append((run, prepared))
-    if runs:
-        (out / "prepared" / "pytest.ini").write_text("[pytest]\n")  # shields the runs from any outer config
-    env = _child_env(jobs)
+        run = _Run(result, checks, graded, key)
+        run.findings = _scan(graded, sub.master)
+        runs.append(run)
     hide = None if progress is None else not progress  # tqdm: None hides the bar when not on a terminal
     stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+    files: dict[str, str] = {}
+    base_env = _child_env(jobs)
+    with Slots(min(jobs, max(len(runs), 1))) as slots, ThreadPoolExecutor(max_workers=jobs) as pool, \
             tqdm(total=len(runs), desc="grading", unit="notebook", disable=hide) as bar:
-        futures = {pool.submit(_execute, run, out / "prepared", env, cell_timeout, timeout, stop): (run, nb)
-                   for run, nb in runs}
+        futures = {pool.submit(_execute, run, slots, base_env, cell_timeout, timeout, stop): run for run in runs}
         try:
             for future in as_completed(futures):
-                run, prepared = futures[future]
+                run = futures[future]
                 problem = future.result()
-                if problem:
-                    run.result.checks, run.result.problem = error_rows(run.checks, problem), problem
-                else:
-                    score(run.result, prepared, run.checks, run.log, killed=run.killed,
-                          cell_timeout=cell_timeout, timeout=timeout)
+                _finish(run, problem, cell_timeout=cell_timeout, timeout=timeout)
+                # as graded, its checks pointed at this checkout's labkit (the pristine copies are gone)
+                files[f"prepared/{run.key}.ipynb"] = nbformat.writes(run.graded.notebook).replace(
+                    PRISTINE, str(PACKAGE.parent).replace("\\", "/"))
+                files[f"logs/{run.key}.txt"] = run.log
                 r = run.result
                 bar.set_postfix_str(f"{r.student}/{r.notebook} {r.score:g}/{r.possible:g}")
                 bar.update(1)
@@ -158,12 +162,81 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
             stop.set()
             for future in futures:
                 future.cancel()
-            for run, _ in runs:
+            for run in runs:
                 if run.proc is not None and run.proc.poll() is None:
-                    _kill(run.proc, run.log)
+                    _kill(run.proc, run.pids or [])
             raise
-    write_outputs(results, out)
+    write_outputs(results, out, files)
     return results
+
+
+def _scan(graded: Graded, master: str) -> dict:
+    """Reused solutions (per exercise) and suspicious lines in the student's code of ``graded``."""
+    import importlib
+
+    try:
+        solutions = getattr(importlib.import_module(f"labkit.checks.nb{master[:2]}"), "SOLUTIONS", {})
+    except Exception:  # noqa: BLE001 - a master with no check module of its own (the tests' tiny masters)
+        solutions = {}
+    aliases: dict[str, str] = {}
+    for cell in graded.notebook.cells:  # every import of the notebook as graded, in order
+        tree = reuse.parse(cell.source) if cell.cell_type == "code" else None
+        if tree is not None:
+            reuse.collect_aliases(tree, aliases)
+    found = {"reuse": {}, "suspicious": []}
+    student = sorted([*((n, src) for n, src in graded.exercises.values()), *graded.extras])
+    for exercise, (number, source) in graded.exercises.items():
+        targets = reuse.solution_objects(solutions.get(exercise, ()))
+        names = reuse.exercise_names(source)
+        hits = reuse.find_reuse(source, number, targets, aliases)
+        for n, src in graded.extras:  # an extra cell that (re)defines the exercise's names is part of it
+            if names and reuse.defines_any(src, names):
+                hits += reuse.find_reuse(src, n, targets, aliases)
+        if hits:
+            found["reuse"][exercise] = hits
+    for number, source in student:
+        found["suspicious"] += reuse.find_suspicious(source, number, aliases)
+    return found
+
+
+def _finish(run: _Run, problem: str, *, cell_timeout: float, timeout: float) -> None:
+    """Score one run: from its verified records, then reuse, suspicious lines and tampering."""
+    r = run.result
+    if problem:
+        r.checks, r.problem = error_rows(run.checks, problem), problem
+        return
+    score(r, run.graded.notebook, run.checks, run.records or {}, killed=run.killed,
+          cell_timeout=cell_timeout, timeout=timeout, origins=run.graded.origins)
+    r.kernel_pids = list(run.pids or [])
+    if run.forged:
+        r.tampered = (f"{run.forged} result line(s) reached the grader from outside the grading process "
+                      "(forged results)")
+    if r.tampered:
+        r.flags.append(f"tampered: {r.tampered}")
+        for c in r.checks:
+            c.points, c.status, c.message = 0.0, "tampered", r.tampered
+        return
+    for c in r.checks:
+        hits = run.findings["reuse"].get(c.exercise)
+        if hits:
+            c.points, c.status = 0.0, "reused-solution"
+            c.message = ("your answer uses labkit's own implementation of this exercise, not your code:\n"
+                         + "\n".join(h.describe() for h in hits))
+            r.flags += [f"reused-solution {c.exercise}: {h.describe()}" for h in hits]
+    suspicious = run.findings["suspicious"]
+    if suspicious:
+        r.flags += [f"suspicious: {f.describe()}" for f in suspicious]
+        lines = "\n".join(f.describe() for f in suspicious)
+        for c in r.checks:
+            if c.status == "passed":
+                c.points, c.status = 0.0, "suspicious"
+                c.message = ("the check passed, but your notebook has code that reaches into what grades it; "
+                             "the points are held until an instructor has read it:\n" + lines)
+    stub = {ex for ex, (_, src) in run.graded.exercises.items() if "NotImplementedError" in src
+            and "your code here" in src}
+    for c in r.checks:
+        if c.status == "failed" and c.exercise in stub and "not started" not in c.message:
+            c.message = f"not started: your exercise cell still raises NotImplementedError\n{c.message}"
 
 
 def _child_env(jobs: int) -> dict[str, str]:
@@ -172,47 +245,127 @@ def _child_env(jobs: int) -> dict[str, str]:
     env = dict(os.environ)
     env["LABKIT_MODE"] = runtime.MODE  # every kernel grades in the grader's mode
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only nbval and our hooks, whatever else is installed
-    env.pop("PYTEST_ADDOPTS", None)  # options meant for an outer pytest run (e.g. xdist's -n)
     threads = str(max(1, _cores() // jobs))  # kernels running side by side share the cores
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, threads)
     return env
 
 
-def _execute(run: _Run, rootdir: Path, env: dict, cell_timeout: float, timeout: float,
+def _execute(run: _Run, slots: Slots, base_env: dict, cell_timeout: float, timeout: float,
              stop: threading.Event) -> str:
-    """Run nbval over one prepared notebook; return why it could not run ("" when it did)."""
-    cmd = [sys.executable, "-m", "pytest", str(run.prepared.resolve()),
-           "-p", "nbval.plugin", "-p", "labkit.course.nbval_hooks", "-p", "no:cacheprovider",
-           "-c", str((rootdir / "pytest.ini").resolve()), "--rootdir", str(rootdir.resolve()),
-           "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout:g}",
-           f"--junitxml={run.junit.resolve()}", "-q", "--color=no"]
+    """Run nbval over one notebook in a private folder against a pristine slot; return why it could not run."""
     if stop.is_set():
         return "grading was interrupted"
+    slot = slots.take()
+    private = Path(tempfile.mkdtemp(prefix="lk-run-"))
+    try:
+        before = slots.check(slot)  # a slot changed by another run is rewritten before this one uses it
+        pristine = slots.roots[slot]
+        work, notebook = private / "work", private / "work" / "notebook.ipynb"
+        text = nbformat.writes(run.graded.notebook).replace(PRISTINE, str(pristine).replace("\\", "/"))
+
+        def setup() -> dict:
+            remove_tree(work)
+            work.mkdir(parents=True)
+            notebook.write_text(text, encoding="utf-8")
+            (work / "pytest.ini").write_text("[pytest]\n")  # shields the run from any outer config
+            return run_env(base_env, pristine, private)
+
+        env = setup()
+        problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
+        changed = slots.check(slot)
+        if changed and not stop.is_set():
+            # Changed by this notebook, or by another run reaching into this slot: run it once more on the
+            # restored copy. Only a notebook that changes it again is marked tampered.
+            run.log += f"\n[labkit grade] the pristine copy changed during this run ({changed[:5]}); run again\n"
+            first_log = run.log
+            run.records, run.pids, run.forged, run.killed = None, None, 0, False
+            env = setup()
+            problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
+            run.log = first_log + run.log
+            changed = slots.check(slot)
+        if changed:
+            run.result.tampered = ("the pristine copy of labkit changed while this notebook ran ("
+                                   + "; ".join(changed[:5]) + (" …" if len(changed) > 5 else "")
+                                   + "); it was restored for the next notebook")
+        if before:
+            run.log += f"\n[labkit grade] the slot had changed before this run and was restored: {before[:5]}\n"
+        return problem
+    finally:
+        remove_tree(private)
+        slots.give(slot)
+
+
+def _run_pytest(run: _Run, notebook: Path, work: Path, env: dict, cell_timeout: float, timeout: float,
+                stop: threading.Event) -> str:
+    key = secrets.token_hex(32).encode()
+    report_r, report_w = os.pipe()
+    key_r, key_w = os.pipe()
+    os.write(key_w, key)
+    os.close(key_w)
+    cmd = [sys.executable, "-m", "pytest", str(notebook),
+           "-p", "nbval.plugin", "-p", "labkit.course.nbval_hooks", "-p", "no:cacheprovider",
+           "-c", str(work / "pytest.ini"), "--rootdir", str(work),
+           "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout:g}",
+           f"--labkit-report-fd={report_w}", f"--labkit-key-fd={key_r}", "-q", "--color=no"]
+    lines: list[str] = []
+    output: list[bytes] = []
     run.result.started = time.time()
     try:
-        with open(run.output, "w", encoding="utf-8") as fh:
-            proc = run.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                               env={**env, LOG_ENV: str(run.log.resolve())}, start_new_session=True)
-            try:
-                if stop.is_set():  # interrupted while this run was starting
-                    raise subprocess.TimeoutExpired(cmd, 0)
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                run.killed = True
-                _kill(proc, run.log)
+        proc = run.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=env, cwd=str(work),
+                                           start_new_session=True, pass_fds=(report_w, key_r))
     except OSError as exc:
+        for fd in (report_r, report_w, key_r):
+            os.close(fd)
         return f"could not run pytest: {exc}"
     finally:
+        pass
+    os.close(report_w)
+    os.close(key_r)
+
+    def read_reports():
+        with os.fdopen(report_r, "r", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                lines.append(line)
+                if '"kernel_pid"' in line:  # known at once, so a run past --timeout can end its kernel
+                    run.pids = read_records(lines, key)[1]
+
+    def read_output():
+        kept = 0
+        for chunk in iter(lambda: proc.stdout.read(65536), b""):
+            if kept < 4_000_000:  # a notebook printing without end fills no disk
+                output.append(chunk)
+                kept += len(chunk)
+
+    readers = [threading.Thread(target=read_reports, daemon=True), threading.Thread(target=read_output, daemon=True)]
+    for t in readers:
+        t.start()
+    try:
+        try:
+            if stop.is_set():  # interrupted while this run was starting
+                raise subprocess.TimeoutExpired(cmd, 0)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            run.killed = True
+            _kill(proc, run.pids or [])
+    finally:
         run.result.finished = time.time()
-    if proc.returncode not in (0, 1) and not run.killed and not read_log(run.log)[0]:
-        return f"nbval did not run the notebook (pytest exit status {proc.returncode}; see {run.output})"
+    for t in readers:
+        t.join(timeout=30)  # a kernel still holding the pipes open (it was killed) can't stall the batch
+    run.records, pids, run.forged = read_records(list(lines), key)
+    run.pids = pids
+    from labkit.course.nbval_hooks import clip
+
+    run.log = clip(b"".join(output).decode("utf-8", errors="replace"), 200_000)
+    if proc.returncode not in (0, 1) and not run.killed and not run.records:
+        return f"nbval did not run the notebook (pytest exit status {proc.returncode}; see logs/{run.key}.txt)"
     return ""
 
 
-def _kill(proc: subprocess.Popen, log: Path) -> None:
+def _kill(proc: subprocess.Popen, pids: list[int]) -> None:
     """End a notebook's run: its kernels (each leads a process group of its own), then pytest's group."""
-    for pid in read_log(log)[1]:
+    for pid in pids:
         try:
             if os.getpgid(pid) == pid:
                 os.killpg(pid, signal.SIGKILL)

@@ -9,6 +9,13 @@ Each check of a master becomes one row of the gradebook with a status:
   hung the kernel or the notebook ran past ``--timeout``; no points.
 * ``error``: the submission could not be graded at all (not a notebook, no matching master,
   the kernel would not start); no points.
+* ``reused-solution``: the exercise cell uses labkit's own implementation of that exercise
+  (see :mod:`labkit.course.reuse`); no points, the line is in the feedback.
+* ``suspicious``: the check passed, but a cell of the student's reaches into what grades it
+  (``labkit.checks``, ``sys.modules``, ``builtins``, rebinding labkit attributes...): held at
+  no points for the instructor to read the lines given.
+* ``tampered``: while this notebook ran, the pristine copy of labkit changed, or something other
+  than the grading process sent results; every check of the notebook, no points.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from labkit.course.nbval_hooks import clip, sign
 from labkit.course.prepare import Check, labkit_meta
 
-STATUSES = ("passed", "failed", "timeout", "error")
+STATUSES = ("passed", "failed", "timeout", "error", "reused-solution", "suspicious", "tampered")
 
 
 @dataclass
@@ -46,6 +54,9 @@ class NotebookResult:
     cells_started: float | None = None  # first cell's start and last cell's end in the kernel
     cells_finished: float | None = None
     cell_errors: list[dict] = field(default_factory=list)  # the student's own cells that raised
+    flags: list[str] = field(default_factory=list)  # suspicious lines, reuse, tampering: for the instructor
+    tampered: str = ""  # why the notebook's results are withheld
+    kernel_pids: list[int] = field(default_factory=list)  # the run's kernel processes (ended with it)
 
     @property
     def score(self) -> float:
@@ -56,20 +67,37 @@ class NotebookResult:
         return sum(c.possible for c in self.checks)
 
 
-def read_log(path: Path) -> tuple[dict[int, dict], list[int]]:
-    """The per-cell records (by code-cell number) and kernel pids that nbval_hooks wrote."""
-    cells, pids = {}, []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short when the run was killed
-                continue
-            if "kernel_pid" in rec and rec["kernel_pid"]:
-                pids.append(int(rec["kernel_pid"]))
-            elif "cell" in rec:
-                cells.setdefault(int(rec["cell"]), rec)
-    return cells, pids
+def read_records(lines: list[str], key: bytes) -> tuple[dict[int, dict], list[int], int]:
+    """The per-cell records (by code-cell number) and kernel pids nbval_hooks sent, and how many lines were forged.
+
+    A line whose MAC does not verify under ``key``, or that repeats or skips a sequence number, is
+    forged: not from the grading process.
+    """
+    cells, pids, forged, expect = {}, [], 0, 1
+    for line in lines:
+        mac, _, payload = line.rstrip("\n").partition(" ")
+        if not payload:
+            continue
+        try:
+            ok = hmac_ok(key, mac, payload)
+            rec = json.loads(payload) if ok else None
+        except (json.JSONDecodeError, UnicodeError, ValueError):
+            rec = None
+        if rec is None or rec.get("seq") != expect:
+            forged += 1
+            continue
+        expect += 1
+        if "kernel_pid" in rec and rec["kernel_pid"]:
+            pids.append(int(rec["kernel_pid"]))
+        elif "cell" in rec:
+            cells.setdefault(int(rec["cell"]), rec)
+    return cells, pids, forged
+
+
+def hmac_ok(key: bytes, mac: str, payload: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(mac, sign(key, payload))
 
 
 def _first_line(source: str) -> str:
@@ -77,10 +105,13 @@ def _first_line(source: str) -> str:
     return (lines[0].strip() if lines else "")[:80]
 
 
-def score(result: NotebookResult, prepared, checks: list[Check], log: Path, *, killed: bool,
-          cell_timeout: float, timeout: float) -> None:
-    """Fill ``result`` from the log of an nbval run over the ``prepared`` notebook."""
-    records, _ = read_log(log)
+def score(result: NotebookResult, prepared, checks: list[Check], records: dict[int, dict], *, killed: bool,
+          cell_timeout: float, timeout: float, origins: list | None = None) -> None:
+    """Fill ``result`` from the records of an nbval run over the ``prepared`` notebook.
+
+    ``origins`` (from :func:`~labkit.course.prepare.build_graded`) gives, per code cell, the cell's
+    number in the student's own notebook, which is what the feedback names.
+    """
     code = [c for c in prepared.cells if c.cell_type == "code"]
     if records:
         result.cells_started = min(r["start"] for r in records.values())
@@ -94,7 +125,8 @@ def score(result: NotebookResult, prepared, checks: list[Check], log: Path, *, k
                     and not rec.get("message", "").startswith("Kernel dead")):
                 timed = rec.get("message", "").startswith("Timeout")
                 hung = hung or (_first_line(cell.source) if timed else None)
-                result.cell_errors.append({"cell": number, "line": _first_line(cell.source),
+                origin = origins[number] if origins and number < len(origins) else ("", None)
+                result.cell_errors.append({"cell": origin[1], "from": origin[0], "line": _first_line(cell.source),
                                            "error": "ran past the cell timeout" if timed else
                                            f"{rec.get('ename') or rec.get('error')}: "
                                            f"{rec.get('evalue') or rec.get('message', '')}".strip()})
@@ -105,7 +137,7 @@ def score(result: NotebookResult, prepared, checks: list[Check], log: Path, *, k
         if rec and rec.get("message", "").startswith("Timeout"):
             hung = hung or f"the check for {exercise}"
         result.checks.append(CheckResult(exercise, points if status == "passed" else 0.0, points, status,
-                                         message, (rec or {}).get("stdout", "")))
+                                         clip(message), clip((rec or {}).get("stdout", ""))))
     order = [c.exercise for c in checks]  # rows in the master's order, whatever order the student's cells are in
     result.checks.sort(key=lambda c: order.index(c.exercise) if c.exercise in order else len(order))
 
@@ -115,7 +147,7 @@ def _status(rec: dict | None, *, killed: bool, hung: str | None, cell_timeout: f
     if rec is None:
         if killed:
             return "timeout", f"not run: the notebook ran past the time limit of {timeout:g} s"
-        return "error", "not run: nbval stopped before this cell (see the grader's log)"
+        return "error", "not run: nbval stopped before this cell (see the run's log under logs/)"
     if rec["outcome"] == "passed":
         return "passed", ""
     message = rec.get("message", "")
@@ -150,9 +182,20 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unnamed"
 
 
-def write_outputs(results: list[NotebookResult], out: Path) -> dict[str, Path]:
-    """Write gradebook.csv, totals.csv, results.json and feedback/<student>/<notebook>.md under ``out``."""
+def write_outputs(results: list[NotebookResult], out: Path, files: dict[str, str | bytes] | None = None) -> dict[str, Path]:
+    """Write gradebook.csv, totals.csv, results.json and feedback/<student>/<notebook>.md under ``out``.
+
+    ``files`` (relative path -> text): more files to write there (the notebooks as graded, the runs'
+    logs). Everything is written here, by the grader, after every run has ended.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    for rel, data in (files or {}).items():
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            target.write_bytes(data)
+        else:
+            target.write_text(data, encoding="utf-8")
     results = sorted(results, key=lambda r: (r.student.lower(), r.notebook))
     paths = {"gradebook": out / "gradebook.csv", "totals": out / "totals.csv", "results": out / "results.json"}
     with open(paths["gradebook"], "w", newline="", encoding="utf-8") as fh:
@@ -164,10 +207,10 @@ def write_outputs(results: list[NotebookResult], out: Path) -> dict[str, Path]:
                             r.submission])
     with open(paths["totals"], "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["student", "notebook", "points", "possible", "passed", "failed", "timeout", "error"])
+        w.writerow(["student", "notebook", "points", "possible", *STATUSES, "flags"])
         for r in results:
             counts = [sum(c.status == s for c in r.checks) for s in STATUSES]
-            w.writerow([r.student, r.notebook, _num(r.score), _num(r.possible), *counts])
+            w.writerow([r.student, r.notebook, _num(r.score), _num(r.possible), *counts, " | ".join(r.flags)])
     paths["results"].write_text(json.dumps([asdict(r) for r in results], indent=1), encoding="utf-8")
     written: set[Path] = set()
     for r in results:
@@ -188,10 +231,14 @@ def feedback(r: NotebookResult) -> str:
              f"Submitted file: `{r.submission}`", "", f"**Score: {_num(r.score)} of {_num(r.possible)} points.**", ""]
     if r.problem:
         lines += [f"This submission could not be graded: {r.problem}", ""]
+    if r.tampered:
+        lines += [f"**Results withheld:** {r.tampered}", ""]
+    if r.flags:
+        lines += ["For the instructor to review:", ""] + [f"- {f}" for f in r.flags] + [""]
     lines += ["| exercise | points | status |", "| --- | --- | --- |"]
     lines += [f"| {c.exercise or '-'} | {_num(c.points)} / {_num(c.possible)} | {c.status} |" for c in r.checks]
     for c in r.checks:
-        if c.status == "passed" or r.problem:
+        if c.status in ("passed", "tampered") or r.problem:
             continue
         lines += ["", f"## {c.exercise}: {c.status}", ""]
         if c.output.strip():
@@ -199,6 +246,6 @@ def feedback(r: NotebookResult) -> str:
         lines += ["Why it did not pass:", "", "```", c.message.rstrip() or "(no message)", "```"]
     if r.cell_errors:
         lines += ["", "## Other cells that did not run cleanly", ""]
-        lines += [f"- code cell {e['cell']} (`{e['line']}`): {e['error'].splitlines()[0] if e['error'] else ''}"
-                  for e in r.cell_errors]
+        lines += [f"- {'cell ' + str(e['cell']) if e.get('cell') else 'a cell of the master'} (`{e['line']}`): "
+                  f"{e['error'].splitlines()[0] if e['error'] else ''}" for e in r.cell_errors]
     return "\n".join(lines) + "\n"

@@ -1,13 +1,18 @@
 """A pytest plugin that ``labkit grade`` loads into every nbval run (``-p labkit.course.nbval_hooks``).
 
-nbval runs each code cell of a notebook as one pytest item. This plugin
+nbval runs each code cell of a notebook as one pytest item, in this (pytest's) process; the
+notebook's code runs in a kernel, a child process. This plugin
 
-* appends one JSON line per cell to the file named by ``$LABKIT_GRADE_LOG`` the moment the
-  cell has run: its outcome, start and stop times, the error it raised (``ename``/``evalue``:
-  for a failed check, the :class:`~labkit.checks.core.CheckFailure` text) and its printed
-  output. Lines written before the grader had to kill a notebook that ran past ``--timeout``
-  survive, which a JUnit report (written only at the end) does not; and a cell that fails after
-  an earlier cell timed out, which JUnit lists as a bare "xfail", keeps its message here.
+* reports one JSON record per cell to the grader the moment the cell has run: its outcome,
+  start and stop times, the error it raised (``ename``/``evalue``: for a failed check, the
+  :class:`~labkit.checks.core.CheckFailure` text) and its printed output. Records go down a
+  pipe whose file descriptor the grader passes (``--labkit-report-fd``), never a file and
+  never anything named in the kernel's environment; the descriptor is not inherited by the
+  kernel, and each record carries an HMAC under a key the grader hands over once, on another
+  descriptor (``--labkit-key-fd``), read and closed before any kernel starts. A record a
+  kernel forges (e.g. by opening ``/proc/<pytest>/fd/N``) has no valid MAC and marks the
+  submission ``tampered``. Records sent before the grader had to kill a notebook that ran past
+  ``--timeout`` survive, which a JUnit report (written only at the end) does not.
 * records the kernel's process id, so the grader can end the kernel too (jupyter_client starts
   it in a session of its own, out of reach of a signal to pytest's process group).
 * fails a cell at once when the kernel dies under it (a crash in native code, ``os._exit``):
@@ -16,6 +21,8 @@ nbval runs each code cell of a notebook as one pytest item. This plugin
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import time
@@ -23,8 +30,28 @@ from queue import Empty
 
 import pytest
 
-LOG_ENV = "LABKIT_GRADE_LOG"
 MAX_TEXT = 20_000  # characters of printed output kept per cell
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` whole when short; else its head and tail around a line saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}\n… {len(text) - 2 * keep} characters cut …\n{text[-keep:]}"
+
+
+def sign(key: bytes, payload: str) -> str:
+    return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+class _Channel:
+    fd: int | None = None
+    key: bytes = b""
+    seq: int = 0
+
+
+_channel = _Channel()
 
 
 class KernelDied(RuntimeError):
@@ -32,10 +59,18 @@ class KernelDied(RuntimeError):
 
 
 def _log(record: dict) -> None:
-    path = os.environ.get(LOG_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+    if _channel.fd is None:
+        return
+    _channel.seq += 1
+    payload = json.dumps({**record, "seq": _channel.seq})
+    data = f"{sign(_channel.key, payload)} {payload}\n".encode("utf-8")
+    while data:
+        data = data[os.write(_channel.fd, data):]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--labkit-report-fd", type=int, default=None, help="(labkit grade) pipe for per-cell records")
+    parser.addoption("--labkit-key-fd", type=int, default=None, help="(labkit grade) pipe holding the records' key")
 
 
 def _watch_for_kernel_death() -> None:
@@ -65,6 +100,16 @@ def _watch_for_kernel_death() -> None:
 
 def pytest_configure(config):
     _watch_for_kernel_death()
+    key_fd, report_fd = config.getoption("--labkit-key-fd"), config.getoption("--labkit-report-fd")
+    if key_fd is not None:
+        chunks = []
+        while chunk := os.read(key_fd, 4096):
+            chunks.append(chunk)
+        os.close(key_fd)
+        _channel.key = b"".join(chunks).strip()
+    if report_fd is not None:
+        os.set_inheritable(report_fd, False)  # a kernel started from here does not get it
+        _channel.fd = report_fd
 
 
 def _kernel_pid(item) -> int | None:
@@ -99,8 +144,10 @@ def pytest_runtest_makereport(item, call):
         record["error"] = type(call.excinfo.value).__name__
         record["message"] = str(call.excinfo.value)
     outputs = getattr(item, "test_outputs", None) or []
-    record["stdout"] = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")[:MAX_TEXT]
+    record["stdout"] = clip("".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream"))
     errors = [o for o in outputs if o.get("output_type") == "error"]
     if errors:
-        record["ename"], record["evalue"] = errors[-1].get("ename", ""), str(errors[-1].get("evalue", ""))[:MAX_TEXT]
+        record["ename"], record["evalue"] = errors[-1].get("ename", ""), clip(str(errors[-1].get("evalue", "")))
+    if "message" in record:
+        record["message"] = clip(record["message"])
     _log(record)

@@ -43,4 +43,18 @@ def write_exercise_module(notebook: str, exercise: str, path: str | Path, *, pre
     return path
 
 
-__all__ = ["exercise_source", "load_exercise", "write_exercise_module"]
+# What 02.fused_kernel's cell uses from notebook 02's earlier cells.
+NB02_KERNEL_PREAMBLE = ("import math\nimport labkit\nfrom numba import cuda, float32\n"
+                        "from labkit.attention.numba_exercises import launch_one_pass\n")
+
+
+def load_fused_kernel(*, masters: str | Path = ROOT / "solutions"):
+    """The master's solution to 02.fused_kernel: ``(fused_decode, TILE)``, ready to run (tests, GPU scripts).
+
+    Course-side only: the checks in ``labkit.checks`` never hand a solution to a notebook.
+    """
+    ns = load_exercise("02_numba_fused", "02.fused_kernel", preamble=NB02_KERNEL_PREAMBLE, masters=masters)
+    return ns["fused_decode"], ns["TILE"]
+
+
+__all__ = ["NB02_KERNEL_PREAMBLE", "exercise_source", "load_exercise", "load_fused_kernel", "write_exercise_module"]

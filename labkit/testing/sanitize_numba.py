@@ -23,8 +23,8 @@ from labkit.attention import reference_decode
 from labkit.attention.numba_exercises import launch_one_pass
 from labkit.attention.numba_fused import numba_decode
 from labkit.bench.attention import make_decode_inputs
-from labkit.checks import nb02
 from labkit.checks.core import poisoned
+from labkit.course.solutions import load_fused_kernel
 from labkit.testing.sanitize import check_twice
 
 # (B, Hq, Hkv, T, D, dtype, splits)
@@ -41,7 +41,7 @@ CASES = [
 
 def main() -> int:
     print(runtime.summary())
-    fused_decode, tile = nb02.load_solution()
+    fused_decode, tile = load_fused_kernel()
     bad = 0
     for B, Hq, Hkv, T, D, dtype, splits in CASES:
         q, k, v = make_decode_inputs(B, Hq, Hkv, T, D, dtype)

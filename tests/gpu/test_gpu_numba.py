@@ -84,8 +84,9 @@ def check_naive(rng: random.Random, n: int) -> list[str]:
 
 def check_exercise() -> list[str]:
     from labkit.checks import nb02
+    from labkit.course.solutions import load_fused_kernel
 
-    fused_decode, tile = nb02.load_solution()
+    fused_decode, tile = load_fused_kernel()
     try:
         nb02.check_fused_kernel(fused_decode, block=tile)
     except AssertionError as exc:

@@ -1,0 +1,186 @@
+"""Isolation for ``labkit grade``: a pristine, read-only labkit per worker, private folders per run.
+
+Submissions are untrusted code. Each batch takes one snapshot of the grader's own ``labkit``
+package (compiled, so no kernel needs to write bytecode) and of ``data/`` into memory, and
+writes one read-only copy of it per worker ("slot") under a temporary folder of its own. A
+notebook's kernel imports labkit from its slot (first on ``PYTHONPATH``), never from the
+grader's checkout. After every notebook the grader compares its slot with the snapshot
+(every path and every file's SHA-256): a slot that changed marks that submission
+``tampered``, and is rewritten from the snapshot before the slot's next notebook.
+
+Each run also gets a private folder: the kernel's working directory, ``HOME`` and every cache
+(IPython, Jupyter, Matplotlib, Triton, Numba), so nothing one notebook writes there reaches
+another notebook.
+"""
+
+from __future__ import annotations
+
+import compileall
+import hashlib
+import os
+import py_compile
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import labkit
+from labkit.paths import ROOT
+
+PACKAGE = Path(labkit.__file__).resolve().parent
+SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".git"}
+
+
+def _files(root: Path):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in sorted(filenames):
+            if not name.endswith((".pyc", ".pyo")):
+                yield Path(dirpath) / name
+
+
+class Snapshot:
+    """The pristine tree, in memory: relative path -> bytes (labkit/ compiled, data/)."""
+
+    def __init__(self, package: Path = PACKAGE, data: Path | None = ROOT / "data"):
+        self.files: dict[str, bytes] = {}
+        for src, prefix in ((package, "labkit"), (data, "data")):
+            if src is None or not Path(src).is_dir():
+                continue
+            for path in _files(Path(src)):
+                self.files[f"{prefix}/{path.relative_to(src).as_posix()}"] = path.read_bytes()
+        self._compiled = False
+
+    def write(self, root: Path) -> None:
+        """Write the tree under ``root`` (which must not exist), compiled, read-only."""
+        root.mkdir(parents=True)
+        for rel, data in self.files.items():
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        if not self._compiled:  # the first slot: compile, then keep the bytecode in the snapshot
+            compileall.compile_dir(str(root / "labkit"), quiet=1,
+                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            for path in (root / "labkit").rglob("*.pyc"):
+                self.files[path.relative_to(root).as_posix()] = path.read_bytes()
+            self._compiled = True
+        make_read_only(root)
+
+    def digest(self) -> dict[str, str]:
+        return {rel: hashlib.sha256(data).hexdigest() for rel, data in self.files.items()}
+
+
+def make_read_only(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o444)
+        os.chmod(dirpath, 0o555)
+
+
+def remove_tree(root: Path) -> None:
+    """Remove ``root`` even where a run left it read-only."""
+    def onerror(func, path, _exc):
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, stat.S_IRWXU)
+            func(path)
+        except OSError:
+            pass
+    if os.path.lexists(root):
+        for dirpath, _, _ in os.walk(root):
+            try:
+                os.chmod(dirpath, 0o700)
+            except OSError:
+                pass
+        shutil.rmtree(root, onerror=onerror)
+
+
+def changes(root: Path, expected: dict[str, str]) -> list[str]:
+    """What differs between the tree at ``root`` and ``expected`` (relative path -> SHA-256)."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            try:
+                found[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if not path.is_symlink() else "link"
+            except OSError:
+                found[rel] = "unreadable"
+    diff = [f"{rel} changed" for rel in sorted(found.keys() & expected.keys()) if found[rel] != expected[rel]]
+    diff += [f"{rel} removed" for rel in sorted(expected.keys() - found.keys())]
+    diff += [f"{rel} added" for rel in sorted(found.keys() - expected.keys())]
+    return diff
+
+
+class Slots:
+    """One pristine copy per worker. ``take()``/``give(slot)`` hand them out; ``check(slot)`` verifies one."""
+
+    def __init__(self, count: int, snapshot: Snapshot | None = None):
+        self.snapshot = snapshot or Snapshot()
+        self.roots: list[Path] = []
+        self._expected: dict[str, str] | None = None
+        import queue
+
+        self._free: queue.Queue = queue.Queue()
+        try:
+            for _ in range(count):
+                root = Path(tempfile.mkdtemp(prefix="lk-"))  # each in a folder of its own, not side by side
+                self.snapshot.write(root / "pristine")
+                self.roots.append(root / "pristine")
+                self._free.put(len(self.roots) - 1)
+            self._expected = self.snapshot.digest()
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self) -> int:
+        return self._free.get()
+
+    def give(self, slot: int) -> None:
+        self._free.put(slot)
+
+    def check(self, slot: int) -> list[str]:
+        """What changed in ``slot`` since it was written ([] when nothing); a changed slot is rewritten."""
+        diff = changes(self.roots[slot], self._expected or {})
+        if diff:
+            remove_tree(self.roots[slot].parent)
+            self.snapshot.write(self.roots[slot])
+        return diff
+
+    def close(self) -> None:
+        for root in self.roots:
+            remove_tree(root.parent)
+        self.roots = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# Variables a run never inherits from the grader: paths into the grader's checkout or caches, options
+# meant for an outer pytest, anything a kernel could use to find the grader's files.
+DROPPED_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "LABKIT_GRADE_LOG",
+               "LABKIT_DATA", "JUPYTER_PATH", "IPYTHONDIR", "TRITON_CACHE_DIR", "NUMBA_CACHE_DIR", "MPLCONFIGDIR",
+               "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR",
+               "JUPYTER_RUNTIME_DIR", "OLDPWD", "PWD")
+
+
+def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, str]:
+    """The environment of one run's pytest and kernel: labkit from ``pristine``; home and caches in ``private``."""
+    env = {k: v for k, v in base.items() if k not in DROPPED_ENV}
+    home = private / "home"
+    for sub in ("", ".ipython", ".jupyter", ".jupyter-data", ".jupyter-runtime", ".cache", ".config", ".mpl",
+                ".triton", ".numba"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    env.update({
+        "PYTHONPATH": str(pristine), "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": str(home), "IPYTHONDIR": str(home / ".ipython"), "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
+        "JUPYTER_DATA_DIR": str(home / ".jupyter-data"), "JUPYTER_RUNTIME_DIR": str(home / ".jupyter-runtime"),
+        "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
+        "MPLCONFIGDIR": str(home / ".mpl"), "TRITON_CACHE_DIR": str(home / ".triton"),
+        "NUMBA_CACHE_DIR": str(home / ".numba"), "LABKIT_DATA": str(pristine / "data"),
+    })
+    return env

@@ -1,0 +1,175 @@
+"""The pieces of ``labkit grade`` that make it trustworthy, without running notebooks (fast).
+
+Checks that speak on a GPU as in sim mode (an output left NaN is "not started", never an error
+inside the check), ``reject_labkit_answer``, the reuse and suspicious-code scans, the run
+environment, the pristine copies' tamper check, and clipped output.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+
+from labkit import runtime
+from labkit.checks import core, nb02
+from labkit.checks.core import CheckFailure, assert_close, assert_equal, poisoned, reject_labkit_answer, run_check
+from labkit.course import reuse
+from labkit.course.isolation import Slots, Snapshot, run_env
+from labkit.course.nbval_hooks import clip
+
+# ---------------------------------------------------------------- outputs left NaN (a GPU's unstarted kernel)
+
+
+def test_an_all_nan_output_is_not_started_never_an_error_in_the_check():
+    expected = torch.randn(2, 3, 4)
+    with pytest.raises(core.NotStarted, match="left 100% of the output unwritten"):
+        assert_close(poisoned(expected.shape, torch.float32), expected, rtol=1e-5)
+
+
+def test_partly_nan_or_inf_outputs_say_how_much():
+    expected = torch.randn(4, 8)
+    yours = expected.clone()
+    yours[1:3] = float("nan")
+    with pytest.raises(AssertionError, match=r"left 50% of the output unwritten \(NaN: 16 of 32"):
+        assert_close(yours, expected, rtol=1e-5)
+    yours = expected.clone()
+    yours[0, 0] = float("inf")
+    with pytest.raises(AssertionError, match=r"is inf \(1 of 32 elements"):
+        assert_close(yours, expected, rtol=1e-5)
+    with pytest.raises(AssertionError, match="unwritten"):
+        assert_equal(torch.full((3,), float("nan")).double().where(torch.tensor([True, False, False]),
+                                                                   torch.ones(3, dtype=torch.float64)),
+                     torch.ones(3, dtype=torch.float64))
+
+
+def test_a_kernel_that_does_nothing_is_reported_not_started_once(capsys):
+    """What a stub Numba kernel does on a GPU (its ``raise`` is ignored): returns its NaN-poisoned output."""
+    def does_nothing(q, k, v, *, scale=None):
+        return poisoned(q.shape, q.dtype, device=q.device)
+
+    with pytest.raises(CheckFailure) as info:
+        nb02.check_fused_kernel(does_nothing, block=4 if runtime.is_sim() else 64)
+    message = str(info.value)
+    assert message.startswith("02.fused_kernel: not started: your kernel left 100% of the output")
+    assert message.count("not started") == 1
+    assert "raised" not in message and "All-NaN" not in message
+    printed = capsys.readouterr().out
+    assert printed.count("✗") == 9 and "✓" not in printed  # the same lines as a stub in sim mode
+
+
+def test_not_started_after_a_passing_property_is_an_ordinary_failure():
+    expected = torch.randn(3)
+    with pytest.raises(CheckFailure, match=r"1 of 2 properties failed[\s\S]*\[T = 1\]\nyour kernel left 100%"):
+        run_check("02.x", [("first", lambda: None),
+                           ("T = 1", lambda: assert_close(torch.full((3,), float("nan")), expected, rtol=1e-5))])
+
+
+def test_a_stub_is_not_started_once_not_per_property():
+    def stub():
+        raise NotImplementedError("Exercise 02.x: your code here")
+
+    with pytest.raises(CheckFailure) as info:
+        run_check("02.x", [("a", stub), ("b", stub), ("c", stub)])
+    assert str(info.value).count("not started") == 1
+    assert "(none of its 3 properties can pass until it is written: a, b, c)" in str(info.value)
+
+
+# ---------------------------------------------------------------- answers that are labkit's own code
+
+
+def test_reject_labkit_answer():
+    from labkit.attention.online_softmax import online_update
+    from labkit.attention.reference import reference_decode
+
+    for answer in (reference_decode, functools.partial(reference_decode, scale=0.5), online_update):
+        with pytest.raises(CheckFailure, match="your answer is labkit's own `labkit.attention"):
+            reject_labkit_answer(answer, "01.naive_decode")
+
+    def mine(q, k, v, scale=None):
+        return reference_decode(q, k, v, scale=scale)  # delegation: the grader's scan catches it, not this
+
+    reject_labkit_answer(mine, "01.naive_decode")
+    reject_labkit_answer(run_check, "01.naive_decode")  # the checks' own helpers are not answers
+
+
+SOLVED_BY_REFERENCE = """from labkit.attention import reference_decode as ref
+def naive_decode(q, k, v, scale=None):
+    return ref(q, k, v, scale=scale).to(q.dtype)"""
+
+
+def _reuse(source, exercise="01.naive_decode", module="nb01", aliases=None):
+    import importlib
+
+    entries = importlib.import_module(f"labkit.checks.{module}").SOLUTIONS[exercise]
+    return reuse.find_reuse(source, 7, reuse.solution_objects(entries), aliases or {})
+
+
+def test_reuse_through_an_import_a_reexport_or_an_alias_is_found():
+    hits = _reuse(SOLVED_BY_REFERENCE)  # labkit.attention re-exports labkit.attention.reference's function
+    assert [(h.cell, h.line) for h in hits] == [(7, 1), (7, 3)]
+    assert "return ref(q, k, v, scale=scale).to(q.dtype)" in hits[1].describe()
+    # the name bound by the notebook's own import cell (not the exercise cell)
+    aliases = {}
+    reuse.collect_aliases(reuse.parse("from labkit.attention import naive, reference_decode"), aliases)
+    assert _reuse("def naive_decode(q, k, v, scale=None):\n    return naive.naive_decode(q, k, v)", aliases=aliases)
+    assert _reuse("naive_decode = reference_decode", aliases=aliases)
+    assert _reuse("from labkit.course.solutions import load_fused_kernel\nfused_decode, TILE = load_fused_kernel()",
+                  exercise="02.fused_kernel", module="nb02")
+    honest = ("import torch\ndef naive_decode(q, k, v, scale=None):\n"
+              "    s = torch.einsum('bhd,bhtd->bht', q, k)\n    return s")
+    assert _reuse(honest, aliases=aliases) == []
+    every = {ex for m in range(8) for ex in __import__(f"labkit.checks.nb0{m}", fromlist=["x"]).SOLUTIONS}
+    assert len(every) == 20
+
+
+def test_suspicious_lines_are_found_with_their_line():
+    source = ("import sys\nimport labkit.checks.core as c\nc.run_check = print\n"
+              "sys.modules['labkit.checks.nb01'].check_naive_decode = print\nimport numpy as np\nnp.isfinite = id\n"
+              "x = 1\nresult = [1, 2]\n")
+    found = {f.line: f.why for f in reuse.find_suspicious(source, 4, {})}
+    assert set(found) == {2, 3, 4, 6}
+    assert "sys.modules" in found[4]
+    assert reuse.find_suspicious("def f(x):\n    y = x.copy()\n    y.shape\n    return y\n", 2, {}) == []
+    assert reuse.find_suspicious("!rm -rf /\n%timeit f()\n", 1, {})[0].line == 1
+
+
+# ---------------------------------------------------------------- isolation
+
+
+def test_a_run_environment_names_no_grader_path(tmp_path):
+    base = {**os.environ, "PYTHONPATH": "/grader/checkout", "LABKIT_GRADE_LOG": "/grader/out/log.jsonl",
+            "PYTEST_ADDOPTS": "-n 4"}
+    env = run_env(base, tmp_path / "pristine", tmp_path / "private")
+    assert env["PYTHONPATH"] == str(tmp_path / "pristine")
+    assert not any("/grader" in v for v in env.values())
+    assert env["HOME"].startswith(str(tmp_path / "private")) and env["PYTHONNOUSERSITE"] == "1"
+
+
+def test_a_changed_pristine_copy_is_found_and_restored(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "checks").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "checks" / "nb00.py").write_text("def check(fn):\n    raise AssertionError\n")
+    with Slots(1, Snapshot(package, None)) as slots:
+        root = slots.roots[0]
+        target = root / "labkit" / "checks" / "nb00.py"
+        assert not os.access(target, os.W_OK) or os.geteuid() == 0  # read-only (root ignores it: the checksums don't)
+        assert slots.check(0) == []
+        os.chmod(target.parent, 0o755)
+        os.chmod(target, 0o644)
+        target.write_text("def check(fn):\n    pass\n")
+        (root / "labkit" / "sitecustomize.py").write_text("")
+        assert slots.check(0) == ["labkit/checks/nb00.py changed", "labkit/sitecustomize.py added"]
+        assert "raise AssertionError" in (slots.roots[0] / "labkit" / "checks" / "nb00.py").read_text()
+        assert slots.check(0) == []
+
+
+def test_long_output_keeps_head_and_tail():
+    text = "".join(f"line {i}\n" for i in range(10_000))
+    clipped = clip(text, 1000)
+    assert clipped.startswith("line 0\n") and clipped.endswith("line 9999\n")
+    assert f"… {len(text) - 1000} characters cut …" in clipped
+    assert clip("short", 1000) == "short"
