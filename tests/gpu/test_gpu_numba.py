@@ -85,7 +85,11 @@ def check_naive(rng: random.Random, n: int) -> list[str]:
 def check_exercise() -> list[str]:
     from labkit.checks import nb02
 
-    fused_decode, tile = nb02.load_solution()
+    try:  # the notebook's kernel loader moved course-side (labkit.course.solutions)
+        from labkit.course.solutions import load_fused_kernel
+    except ImportError:
+        load_fused_kernel = nb02.load_solution
+    fused_decode, tile = load_fused_kernel()
     try:
         nb02.check_fused_kernel(fused_decode, block=tile)
     except AssertionError as exc:
