@@ -50,3 +50,13 @@ def test_quick_bench_in_sim_mode_checks_and_shows_recorded_results(tmp_path):
     assert "timings need a GPU" in proc.stdout
     assert list(tmp_path.glob("bench_summary_*.png"))
     assert not list(tmp_path.glob("*.json")), "sim mode must not write records"
+
+
+def test_measured_or_recorded_falls_back_to_the_recorded_results():
+    from labkit.bench.records import Record
+    from labkit.bench.sections import measured_or_recorded
+
+    shown, source = measured_or_recorded("paged", [Record("paged bs=16", {"T": 8}, "float32", 0)])
+    assert shown and source.startswith("recorded on NVIDIA H200")
+    timed = [Record("paged bs=16", {"T": 8}, "float32", 0, time_ms=1.0)]
+    assert measured_or_recorded("paged", timed) == (timed, "this run")

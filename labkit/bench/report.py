@@ -16,7 +16,7 @@ from pathlib import Path
 
 from labkit import runtime
 from labkit.bench.records import RESULTS_DIR, label, run_meta, save_records, slug
-from labkit.bench.sections import SECTIONS, SectionFailed, load_section
+from labkit.bench.sections import SECTIONS, SectionFailed, load_section, measured_or_recorded
 from labkit.bench.timing import copy_roofline_gbps, timings_need_gpu_message
 
 
@@ -47,8 +47,6 @@ def _section_options(name: str, args) -> dict:
 
 def run_section(name: str, *, quick: bool, roofline_gbps, progress: bool, out: Path, meta: dict, **options) -> dict:
     """Run one section; save (GPU) or look up (sim) its records; print its table. Returns its summary row."""
-    from labkit.viz.plots import recorded
-
     sec = load_section(name)
     print(f"\n== {name} (notebook {sec.NOTEBOOKS}): {sec.TITLE}", flush=True)
     t0, failures = time.monotonic(), []
@@ -62,8 +60,7 @@ def run_section(name: str, *, quick: bool, roofline_gbps, progress: bool, out: P
     seconds = time.monotonic() - t0
     if runtime.is_sim():
         print(timings_need_gpu_message())
-        shown, rec_meta = recorded(f"{sec.RESULTS}_*.json")
-        source = f"recorded on {label(rec_meta)}" if rec_meta else "no recorded GPU results"
+        shown, source = measured_or_recorded(name, records)
     else:
         shown, source = records, "this run"
         if records:

@@ -188,7 +188,7 @@ __all__ = ["check_rope", "check_rope_kernel", "check_write_kv_rope"]
 # The labkit objects that implement each exercise of this notebook ("module:object", or a whole
 # module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
 SOLUTIONS = {
-    "04.rope": ("labkit.rope:apply_rope", "labkit.rope:rope_ops", "labkit.rope_triton:rope_triton"),
-    "04.rope_kernel": ("labkit.rope_triton:rope_kernel", "labkit.rope_triton:rope_triton", "labkit.rope:apply_rope"),
-    "04.write_kv_rope": ("labkit.kvcache.rope_write:write_kv_rope_kernel", "labkit.kvcache.rope_write:write_kv_rope", "labkit.kvcache.rope_write:write_decode_kv"),
+    "04.rope": ("labkit.rope:apply_rope", "labkit.rope:rope_ops", "labkit.rope.rotate:rope_triton"),
+    "04.rope_kernel": ("labkit.rope.rotate:rope_kernel", "labkit.rope.rotate:rope_triton", "labkit.rope:apply_rope"),
+    "04.write_kv_rope": ("labkit.rope.write:write_kv_rope_kernel", "labkit.rope.write:write_kv_rope", "labkit.rope.write:write_decode_kv"),
 }

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from labkit.attention.validate import check_tensor, supported_dtypes
 from labkit.kvcache.quant import SCALE_DTYPE, QuantKV, get_format
-from labkit.kvcache.rope_write import INDEX_DTYPES
+from labkit.rope.write import INDEX_DTYPES
 
 
 @triton.jit
@@ -112,7 +112,7 @@ def quant_write(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: QuantKV, v_ca
     when ``rope`` is given. k_cache, v_cache: :class:`~labkit.kvcache.quant.QuantKV` of one
     format, data [R, H, S, D] and scales [R, H, S], written at ``[rows[n], :, slots[n]]``.
     rows, slots: [N] int32/int64. rope: ``(cos, sin, positions)`` as
-    :func:`labkit.kvcache.rope_write.write_kv_rope` takes it, or ``None``. ``check_indices``
+    :func:`labkit.rope.write.write_kv_rope` takes it, or ``None``. ``check_indices``
     validates index values (one device sync); the kernel never writes outside the cache anyway.
     """
     for name, t in (("k_new", k_new), ("v_new", v_new)):

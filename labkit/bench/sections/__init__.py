@@ -13,7 +13,8 @@ A section is a module with
   ``value`` a ratio ("× a baseline") where there is one, for the summary plot;
 * ``show(records, source)`` (optional): print the section's table.
 
-The notebooks' benchmark cells call the same ``run`` and ``summary``.
+The notebooks' benchmark cells call the same ``run``, then :func:`measured_or_recorded`, ``show``
+and ``summary``.
 
 **Adding a section** (e.g. notebook 08's ``quant``): write ``labkit/bench/sections/quant.py``
 with the names above and add one line to :data:`SECTIONS`.
@@ -50,9 +51,27 @@ def load_section(name: str):
     return importlib.import_module(SECTIONS[name])
 
 
+def measured_or_recorded(name: str, records) -> tuple[list, str]:
+    """``(records, source)``: ``records`` if they carry times (a GPU run), else section ``name``'s
+    newest recorded GPU results in ``data/results`` and where they come from. What a notebook's
+    benchmark cell shows after ``run``::
+
+        records = paged.run(quick=True)
+        shown, source = measured_or_recorded("paged", records)
+        paged.show(shown, source); print(paged.summary(shown)["text"])
+    """
+    from labkit.bench.records import label
+    from labkit.viz.plots import recorded
+
+    if any(r.time_ms is not None or (r.kernel == "copy" and r.gbps) for r in records):
+        return list(records), "this run"
+    shown, meta = recorded(f"{load_section(name).RESULTS}_*.json")
+    return shown, (f"recorded on {label(meta)}" if meta else "no recorded GPU results")
+
+
 def headline(text: str, value: float | None = None, unit: str = "", figure: str = "") -> dict:
     """A summary row: what is measured (``figure``), a number to plot (``value``, ``unit``) and the text."""
     return {"figure": figure, "value": value, "unit": unit, "text": text}
 
 
-__all__ = ["SECTIONS", "SectionFailed", "headline", "load_section"]
+__all__ = ["SECTIONS", "SectionFailed", "headline", "load_section", "measured_or_recorded"]

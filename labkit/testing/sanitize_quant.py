@@ -1,6 +1,6 @@
 """Run the quantized-cache kernels at small, odd shapes: a target for compute-sanitizer's memcheck.
 
-    compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/gpu/sanitize_quant.py
+    compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m labkit.testing.sanitize_quant
 
 Covers the dequantizing flash-decoding kernel (contiguous and paged, int8 and, on sm_89+, fp8
 e4m3; more splits than tiles, ragged lengths, GQA on both scoring paths, T = 1 and T not a
