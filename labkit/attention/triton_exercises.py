@@ -80,23 +80,26 @@ def launch_merge(kernel, m, l, acc, out):
     return out
 
 
-def launch_gqa_split(kernel, q, k, v, m, l, acc, *, block_t: int = 16, scale: float | None = None):
+def launch_gqa_split(kernel, q, k, v, m, l, acc, *, block_t: int = 16, scale: float | None = None,
+                     num_warps: int | None = None):
     """Run a GQA split kernel with ``num_splits = m.shape[-1]``: one program per (KV head, chunk)."""
     B, Hq, Hkv, T, D = _dims(q, k)
     num_splits = m.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     chunk = math.ceil(T / num_splits)
     group = Hq // Hkv
+    extra = {} if num_warps is None else {"num_warps": num_warps}
     kernel[(B * Hkv, num_splits)](q, k, v, m, l, acc, scale, T, chunk, num_splits,
-                                  GROUP=group, GROUP_P=triton.next_power_of_2(group), HEAD_DIM=D, BLOCK_T=block_t)
+                                  GROUP=group, GROUP_P=triton.next_power_of_2(group), HEAD_DIM=D, BLOCK_T=block_t, **extra)
     return m, l, acc
 
 
-def gqa_split_and_merge(gqa_kernel, merge_kernel, q, k, v, num_splits: int, *, block_t: int = 16, out=None):
+def gqa_split_and_merge(gqa_kernel, merge_kernel, q, k, v, num_splits: int, *, block_t: int = 16, out=None,
+                        num_warps: int | None = None):
     """Flash-decoding with GQA from the exercise kernels: group partials, then the merge. Returns [B, Hq, D]."""
     B, Hq, Hkv, T, D = _dims(q, k)
     m, l, acc = partial_buffers(B, Hq, num_splits, D)
-    launch_gqa_split(gqa_kernel, q, k, v, m, l, acc, block_t=block_t)
+    launch_gqa_split(gqa_kernel, q, k, v, m, l, acc, block_t=block_t, num_warps=num_warps)
     return launch_merge(merge_kernel, m, l, acc, torch.empty_like(q) if out is None else out)
 
 

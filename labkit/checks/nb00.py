@@ -33,12 +33,12 @@ def check_roofline_time(student_fn) -> None:
             raise AssertionError(f"for {args}: yours {got!r} µs vs expected {want!r} µs")
 
     run_check("00.roofline_time", [
-        _own("00.roofline_time", student_fn),
         ("reads both K and V, every layer and KV head", lambda: case()),
         ("a one-token context", lambda: case(context=1)),
         ("fp32 caches are twice as many bytes as fp16", lambda: case(itemsize=4)),
         ("GQA: only the KV heads are read", lambda: case(kv_heads=8, layers=32, head_dim=128)),
         ("T4 datasheet bandwidth (320 GB/s)", lambda: case(gbps=320.0)),
+        _own("00.roofline_time", student_fn),
     ])
 
 
@@ -60,12 +60,12 @@ def _timing_case(student_fn, *, compile_us=0.0, outlier_rate=0.0, buffers=8, tol
 def check_timing(student_fn) -> None:
     """``student_fn(gpu, kernel, buffers) -> µs`` must measure a memory-bound kernel's true time."""
     run_check("00.fix_timing", [
-        _own("00.fix_timing", student_fn),
         ("waits for the device before reading the clock", lambda: _timing_case(student_fn)),
         ("leaves the first call's compilation out (warm-up)", lambda: _timing_case(student_fn, compile_us=40_000.0)),
         ("rotates buffers so the L2 can't serve them", lambda: _timing_case(student_fn, buffers=6)),
         ("robust to outliers (median, not mean)", lambda: _timing_case(student_fn, outlier_rate=0.1)),
         ("all three at once", lambda: _timing_case(student_fn, compile_us=40_000.0, outlier_rate=0.1)),
+        _own("00.fix_timing", student_fn),
     ])
 
 

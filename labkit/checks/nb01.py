@@ -41,7 +41,6 @@ def check_naive_decode(fn) -> None:
     """``fn(q, k, v, scale=None) -> [B, Hq, D]``: three-pass decode attention."""
     rng = random.Random(fresh_seed())
     run_check("01.naive_decode", [
-        ("your own code (not labkit's answer)", lambda: assert_not_labkit(fn, SOLUTIONS["01.naive_decode"])),
         ("matches the float64 reference (fp32)", lambda: _attention_case(fn, rng)),
         ("fp16 inputs, fp16 output", lambda: _attention_case(fn, rng, dtype=torch.float16)),
         ("GQA: 4 query heads per KV head", lambda: _attention_case(fn, rng, Hq=8, Hkv=2)),
@@ -49,6 +48,7 @@ def check_naive_decode(fn) -> None:
         ("a batch of different sequences", lambda: _attention_case(fn, rng, B=3)),
         ("the scale argument", lambda: _attention_case(fn, rng, scale=rng.uniform(0.05, 0.5))),
         ("large scores do not overflow", lambda: _attention_case(fn, rng, q_gain=300.0, rtol=1e-3)),
+        ("your own code (not labkit's answer)", lambda: assert_not_labkit(fn, SOLUTIONS["01.naive_decode"])),
     ])
 
 
@@ -84,7 +84,6 @@ def check_pass_bytes(fn) -> None:
     """``fn(B, Hq, Hkv, T, D, itemsize) -> {"scores": n, "softmax": n, "output": n}``: bytes per pass."""
     rng = random.Random(fresh_seed())
     run_check("01.pass_bytes", [
-        ("your own code (not labkit's answer)", lambda: assert_not_labkit(fn, SOLUTIONS["01.pass_bytes"])),
         ("scores pass: reads q and K, writes the scores", lambda: _bytes_case(fn, rng, ("scores",))),
         ("softmax pass: reads the scores, writes the probabilities", lambda: _bytes_case(fn, rng, ("softmax",))),
         ("output pass: reads the probabilities and V, writes the output", lambda: _bytes_case(fn, rng, ("output",))),
@@ -93,6 +92,7 @@ def check_pass_bytes(fn) -> None:
         ("fp16 is half the bytes of fp32 (every pass)", lambda: _bytes_case(fn, rng, itemsize=2)),
         ("a one-token context (every pass)", lambda: _bytes_case(fn, rng, T=1)),
         ("the total: decode's minimum plus two round trips of the intermediates", lambda: _total_case(fn, rng)),
+        ("your own code (not labkit's answer)", lambda: assert_not_labkit(fn, SOLUTIONS["01.pass_bytes"])),
     ])
 
 

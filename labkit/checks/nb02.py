@@ -45,13 +45,13 @@ def check_online_update(fn) -> None:
     """``fn(m, l, acc, scores, values) -> (m, l, acc)``: fold one chunk into the running state."""
     rng = random.Random(fresh_seed())
     run_check("02.online_update", [
-        ("your own code (not labkit's answer)", lambda: assert_not_labkit(fn, SOLUTIONS["02.online_update"])),
         ("one chunk: equals softmax(s)·V", lambda: _stream_case(fn, rng, chunks=lambda T: [T])),
         ("uneven chunks", lambda: _stream_case(fn, rng)),
         ("chunks of one score each", lambda: _stream_case(fn, rng, chunks=lambda T: [1] * T)),
         ("the max arrives first (later chunks keep it)", lambda: _stream_case(fn, rng, order="falling")),
         ("every chunk raises the max (rescaling)", lambda: _stream_case(fn, rng, order="rising")),
         ("scores near 1000 do not overflow", lambda: _stream_case(fn, rng, offset=1000.0)),
+        ("your own code (not labkit's answer)", lambda: assert_not_labkit(fn, SOLUTIONS["02.online_update"])),
     ])
 
 
@@ -78,7 +78,6 @@ def check_block_reduce(kernel, *, threads: int) -> None:
     """``kernel(x, row_max, row_sum, touched)``: one block of ``threads`` threads per row, reducing in shared memory."""
     rng = random.Random(fresh_seed())
     run_check("02.block_reduce", [
-        ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["02.block_reduce"])),
         ("N = threads: one element per thread", lambda: _reduce_case(kernel, rng, threads=threads, N=threads)),
         ("N a multiple of the threads: several elements per thread",
          lambda: _reduce_case(kernel, rng, threads=threads, N=3 * threads)),
@@ -91,6 +90,7 @@ def check_block_reduce(kernel, *, threads: int) -> None:
          lambda: _reduce_case(kernel, rng, threads=threads, N=threads + 1, offset=1000.0)),
         ("every element read once, thread c % threads reads column c (coalesced)",
          lambda: _reduce_case(kernel, rng, threads=threads, N=2 * threads + 1, R=2, coalesced=True)),
+        ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["02.block_reduce"])),
     ])
 
 
@@ -124,7 +124,6 @@ def check_fused_kernel(fn, *, block: int) -> None:
         return 2 * block + rng.randint(1, block - 1)
 
     run_check("02.fused_kernel", [
-        ("your own kernel (not labkit's)", lambda: assert_not_labkit(fn, SOLUTIONS["02.fused_kernel"])),
         ("matches the float64 reference (fp32)", lambda: _decode_case(fn, rng, block=block, T=2 * block)),
         ("T not a multiple of the block", lambda: _decode_case(fn, rng, block=block, T=ragged())),
         ("T shorter than one block", lambda: _decode_case(fn, rng, block=block, T=rng.randint(2, block - 1))),
@@ -135,6 +134,7 @@ def check_fused_kernel(fn, *, block: int) -> None:
         ("large scores do not overflow",
          lambda: _decode_case(fn, rng, block=block, T=ragged(), q_gain=300.0, rtol=1e-3)),
         ("every output element written", lambda: _decode_case(fn, rng, block=block, T=ragged(), B=3, Hq=3, Hkv=1)),
+        ("your own kernel (not labkit's)", lambda: assert_not_labkit(fn, SOLUTIONS["02.fused_kernel"])),
     ])
 
 

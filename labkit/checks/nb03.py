@@ -64,7 +64,6 @@ def check_one_pass(kernel) -> None:
         assert_close(out, reference_decode(q, k, v), rtol=TOLERANCE[dtype], what=f"output (B={B}, Hq={Hq}, Hkv={Hkv}, T={T})")
 
     run_check("03.one_pass", [
-        ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["03.one_pass"])),
         ("matches the float64 reference (fp32)", lambda: case(rng.randint(BLOCK_T + 1, long_t))),
         ("T not a multiple of the block", lambda: case(long_t)),
         ("T shorter than one block", lambda: case(short_t)),
@@ -74,6 +73,7 @@ def check_one_pass(kernel) -> None:
         ("head dim 64", lambda: case(short_t, head_dim=64)),
         ("large scores: no overflow", lambda: case(long_t, q_scale=40.0)),
         ("every output element written (batch 3)", lambda: case(short_t, B=3, Hq=2 * H, Hkv=2)),
+        ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["03.one_pass"])),
     ])
 
 
@@ -176,7 +176,6 @@ def check_gqa_split(kernel) -> None:
         _assert_partials(m, l, acc, q, k, v)
 
     run_check("03.gqa_split", [
-        ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["03.gqa_split"])),
         ("partials of every chunk, 4 query heads per KV head (fp32)", lambda: case(long_t, rng.randint(2, 4))),
         ("group of 1 (no GQA)", lambda: case(long_t, 2, group=1)),
         ("group of 3: padded rows of the query tile are not stored", lambda: case(long_t, 2, group=3)),
@@ -187,6 +186,7 @@ def check_gqa_split(kernel) -> None:
         ("fp16 inputs", lambda: case(long_t, 3, dtype=torch.float16)),
         ("large scores: no overflow", lambda: case(long_t, 2, q_scale=40.0)),
         ("every partial written (batch 3)", lambda: case(short_t, 2, B=3, group=2)),
+        ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["03.gqa_split"])),
     ])
 
 
@@ -225,7 +225,6 @@ def check_split_plan(fn) -> None:
                  rng.choice([40, 80, 108, 132]), block_t=rng.choice([16, 32, 64]))
 
     run_check("03.split_plan", [
-        ("your own code (not labkit's answer)", lambda: assert_not_labkit(fn, SOLUTIONS["03.split_plan"])),
         ("GPT-2 at batch 1 on a T4 (12 KV heads, 40 SMs)", lambda: case(1, 12, 4096, 40)),
         ("Llama-3-8B at batch 1 on an H100 (8 KV heads, 132 SMs)", lambda: case(1, 8, 8192, 132)),
         ("a short context: never more splits than tiles", lambda: case(1, 8, 100, 132)),
@@ -234,6 +233,7 @@ def check_split_plan(fn) -> None:
         ("at most max_splits", lambda: case(1, 1, 1 << 20, 132, max_splits=16)),
         ("programs_per_sm", lambda: case(1, 12, 8192, 40, programs_per_sm=2)),
         ("random shapes", random_shapes),
+        ("your own code (not labkit's answer)", lambda: assert_not_labkit(fn, SOLUTIONS["03.split_plan"])),
     ])
 
 
@@ -264,7 +264,6 @@ def check_merge(kernel) -> None:
         assert_close(out, merge_reference(m, l, acc), rtol=1e-6, what="merge of given partials")
 
     run_check("03.merge", [
-        ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["03.merge"])),
         ("merges chunks into attention over the whole sequence", lambda: case(long_t, rng.randint(2, 4))),
         ("equals the log-sum-exp merge of the same partials", matches_reference_merge),
         ("one chunk", lambda: case(long_t, 1)),
@@ -273,6 +272,7 @@ def check_merge(kernel) -> None:
         ("fp16 output", lambda: case(long_t, 3, dtype=torch.float16)),
         ("chunk maxima far apart: no overflow", lambda: case(long_t, 3, q_scale=400.0)),
         ("every output element written (batch 3)", lambda: case(short_t, 2, B=3, Hq=2 * H)),
+        ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["03.merge"])),
     ])
 
 

@@ -9,7 +9,7 @@ over KV buffers rotated past the L2), batch 1, fp16:
 
 * ``02.fused_kernel`` (one block per head, 128 threads) beside ``numba`` and ``sdpa``, Llama 32/32/128;
 * ``03.one_pass`` (64-token tiles) beside ``triton`` and ``sdpa``, Llama 32/32/128;
-* ``03.gqa_split`` (your split plan + GQA split kernel + merge, 64-token tiles) beside
+* ``03.gqa_split`` (your split plan + GQA split kernel + merge, 16-token tiles, 2 warps) beside
   ``triton_splitk`` and ``sdpa``, Llama-3-8B 32/8/128.
 
 Writes ``student_kernels_<gpu>.json``, which the notebooks' timing cells show in sim mode.
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
         return launch_one_pass(nb03.one_pass_kernel, q, k, v, torch.empty_like(q), block_t=64)
 
     def flash(q, k, v):
-        splits = nb03.split_plan(q.shape[0], k.shape[1], k.shape[2], sms, block_t=64)
-        return gqa_split_and_merge(nb03.gqa_split_kernel, nb03.merge_kernel, q, k, v, splits, block_t=64)
+        splits = nb03.split_plan(q.shape[0], k.shape[1], k.shape[2], sms, block_t=16)
+        return gqa_split_and_merge(nb03.gqa_split_kernel, nb03.merge_kernel, q, k, v, splits, block_t=16, num_warps=2)
 
     cases = [
         ("02.fused_kernel", nb02.fused_decode, "numba", (32, 32, 128) if gpu else (2, 2, 64)),
