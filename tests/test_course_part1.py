@@ -213,3 +213,28 @@ def test_hints_exist_for_every_exercise_of_part1():
             if ex:
                 assert 2 <= hint_count(ex) <= 3, ex
     assert hint_text("01.plot_question", "answer") and hint_text("02.plot_question", "answer")
+
+
+# ---------------------------------------------------------------------------------------- the T4
+def test_new_kernels_compile_for_the_t4(tmp_path, monkeypatch):
+    """The warm-ups' and the GQA split kernel's master solutions compile for sm_75 within 64 KB."""
+    from labkit.testing import compile_numba_ptx_for_t4, compile_triton_many_for_t4
+
+    tile = _module(tmp_path, NB03, "03.tile_copy").tile_copy_kernel
+    gqa = _module(tmp_path, NB03, "03.gqa_split").gqa_split_kernel
+    requests = [(tile, {"X": "*fp32", "Y": "*fp32", "P": "*i32", "M": "i32", "N": "i32", "stride_x": "i32",
+                        "stride_y": "i32"}, dict(BLOCK_M=32, BLOCK_N=32), 4)]
+    for dt in ("fp16", "fp32"):
+        requests.append((gqa, {"Q": f"*{dt}", "K": f"*{dt}", "V": f"*{dt}", "M": "*fp32", "L": "*fp32", "Acc": "*fp32",
+                               "scale": "fp32", "T": "i32", "chunk": "i32", "num_splits": "i32"},
+                         dict(GROUP=4, GROUP_P=4, HEAD_DIM=128, BLOCK_T=16), 2))
+    for build in compile_triton_many_for_t4(requests):
+        assert build.cubin_bytes > 0
+
+    write_exercise_module("02_numba_fused", "02.block_reduce", tmp_path / "nb02_block_reduce.py", preamble=PRE_NUMBA)
+    path = tmp_path / "nb02_block_reduce.py"
+    path.write_text(path.read_text().replace("labkit.is_sim()", "False"))  # the GPU's 128 threads
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{monkeypatch.delenv('PYTHONPATH', raising=False) or ''}")
+    ptx = compile_numba_ptx_for_t4([("nb02_block_reduce", "block_reduce_kernel",
+                                     "void(float32[:, ::1], float32[::1], float32[::1], int32[:, ::1])")])
+    assert len(ptx) == 1
