@@ -1,9 +1,13 @@
 """The memory wall of decoding: how many bytes one decode step must move, and the fastest it
 can possibly run at a given bandwidth.
 
-Decoding one token reads every layer's K and V cache once: at long context that dwarfs the
-query, the output and (for small batches) even the weights, so decode attention is bound by
-memory bandwidth, not arithmetic.
+Decoding one token reads every weight of the model once (shared by the whole batch) and every
+layer's K and V cache once per sequence. At batch 1 and short context the weights dominate (a
+7B model's 13.5 GB of fp16 weights against 0.27 GB of KV at 512 tokens); the KV cache grows
+with context × batch and overtakes the weights at long context or large batch. Both are
+streamed for a handful of flops per byte, so a decode step is bound by memory bandwidth, not
+arithmetic. The attention kernel can only save on the KV part (read it once, at full
+bandwidth); the weights belong to the matmuls around it.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ class ModelShape:
     q_heads: int
     kv_heads: int
     head_dim: int
+    params: float = 0.0  # parameters (weights) of the whole model
 
 
 MODELS = {
-    "gpt2-small": ModelShape("gpt2-small", 12, 12, 12, 64),
-    "llama-7b": ModelShape("llama-7b", 32, 32, 32, 128),
-    "llama-3-8b": ModelShape("llama-3-8b", 32, 32, 8, 128),
+    "gpt2-small": ModelShape("gpt2-small", 12, 12, 12, 64, 124e6),
+    "llama-7b": ModelShape("llama-7b", 32, 32, 32, 128, 6.74e9),
+    "llama-3-8b": ModelShape("llama-3-8b", 32, 32, 8, 128, 8.03e9),
 }
 
 
@@ -56,4 +61,33 @@ def memory_wall_table(model: ModelShape, contexts, *, batch: int = 1, itemsize: 
         row = {"context": T, "kv_mb": nbytes / 1e6}
         row.update({f"{dev}_us": roofline_time_us(nbytes, bw) for dev, bw in bandwidths.items()})
         rows.append(row)
+    return rows
+
+
+def decode_step_bytes(model: ModelShape, *, batch: int, context: int, itemsize: int = 2) -> dict:
+    """Bytes one decode step reads: ``{"weights", "kv", "total", "kv_share"}``.
+
+    The weights are read once per step whatever the batch (every sequence multiplies the same
+    matrices); the KV cache once per sequence. ``kv_share`` is the KV part of the total.
+    """
+    weights = int(model.params * itemsize)
+    kv = decode_kv_bytes(batch, model.layers, model.kv_heads, model.head_dim, context, itemsize)
+    return {"weights": weights, "kv": kv, "total": weights + kv, "kv_share": kv / (weights + kv)}
+
+
+def kv_equals_weights_context(model: ModelShape, *, batch: int = 1) -> float:
+    """The context at which one step's KV bytes equal the weights' bytes (dtype cancels)."""
+    return model.params / (2 * batch * model.layers * model.kv_heads * model.head_dim)
+
+
+def decode_step_table(model: ModelShape, contexts, batches, *, itemsize: int = 2, gbps: float = 320.0) -> list[dict]:
+    """Rows of {batch, context, weights_gb, kv_gb, kv_share, step_us, attention_us} at ``gbps``:
+    the least time of the whole step (weights + KV) and of its attention part (KV) alone."""
+    rows = []
+    for B in batches:
+        for T in contexts:
+            b = decode_step_bytes(model, batch=B, context=T, itemsize=itemsize)
+            rows.append({"batch": B, "context": T, "weights_gb": b["weights"] / 1e9, "kv_gb": b["kv"] / 1e9,
+                         "kv_share": b["kv_share"], "step_us": roofline_time_us(b["total"], gbps),
+                         "attention_us": roofline_time_us(b["kv"], gbps)})
     return rows

@@ -6,7 +6,15 @@ import random
 
 from labkit.bench.memory_wall import decode_kv_bytes, roofline_time_us
 from labkit.bench.simgpu import SimulatedGPU
+from labkit.checks._guard import assert_not_labkit, run_guarded
 from labkit.checks.core import fresh_seed, run_check
+
+
+def _own(exercise, fn):
+    """The property every check here starts with: the answer is the student's, not labkit's."""
+    def prop():
+        assert_not_labkit(fn, SOLUTIONS[exercise])
+    return ("your own code (not labkit's answer)", prop)
 
 
 def check_roofline_time(student_fn) -> None:
@@ -20,8 +28,8 @@ def check_roofline_time(student_fn) -> None:
                     gbps=rng.uniform(200, 3500))
         args.update(over)
         want = roofline_time_us(decode_kv_bytes(**{k: v for k, v in args.items() if k != "gbps"}), args["gbps"])
-        got = student_fn(**args)
-        if not abs(got - want) <= 1e-6 * want:
+        got = run_guarded(student_fn, SOLUTIONS["00.roofline_time"], **args)
+        if not isinstance(got, (int, float)) or not abs(got - want) <= 1e-6 * want:
             raise AssertionError(f"for {args}: yours {got!r} µs vs expected {want!r} µs")
 
     run_check("00.roofline_time", [
@@ -30,6 +38,7 @@ def check_roofline_time(student_fn) -> None:
         ("fp32 caches are twice as many bytes as fp16", lambda: case(itemsize=4)),
         ("GQA: only the KV heads are read", lambda: case(kv_heads=8, layers=32, head_dim=128)),
         ("T4 datasheet bandwidth (320 GB/s)", lambda: case(gbps=320.0)),
+        _own("00.roofline_time", student_fn),
     ])
 
 
@@ -40,7 +49,7 @@ def _timing_case(student_fn, *, compile_us=0.0, outlier_rate=0.0, buffers=8, tol
     nbytes = rng.randint(5 << 19, 7 << 19)  # 2.5 to 3.5 MB: one buffer fits the 4 MB L2
     kernel = gpu.kernel("decode_attention", nbytes)
     true = gpu.true_time_us(nbytes)
-    got = student_fn(gpu, kernel, list(range(buffers)))
+    got = run_guarded(student_fn, SOLUTIONS["00.fix_timing"], gpu, kernel, list(range(buffers)))
     if not isinstance(got, (int, float)) or got != got:
         raise AssertionError(f"expected a time in µs (a float), got {got!r}")
     if not abs(got - true) <= tolerance * true:
@@ -56,11 +65,14 @@ def check_timing(student_fn) -> None:
         ("rotates buffers so the L2 can't serve them", lambda: _timing_case(student_fn, buffers=6)),
         ("robust to outliers (median, not mean)", lambda: _timing_case(student_fn, outlier_rate=0.1)),
         ("all three at once", lambda: _timing_case(student_fn, compile_us=40_000.0, outlier_rate=0.1)),
+        _own("00.fix_timing", student_fn),
     ])
 
-# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
-# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+
+# The labkit objects that implement each exercise of notebook 00 (an answer that is, wraps or
+# calls one of them fails its check; the grader flags it).
 SOLUTIONS = {
-    "00.roofline_time": ("labkit.bench.memory_wall:roofline_time_us",),
-    "00.fix_timing": ("labkit.bench.simgpu:reference_time_us",),
+    "00.roofline_time": ("labkit.bench.memory_wall:decode_kv_bytes", "labkit.bench.memory_wall:roofline_time_us",
+                         "labkit.bench.memory_wall:decode_step_bytes", "labkit.bench.memory_wall:memory_wall_table"),
+    "00.fix_timing": ("labkit.bench.simgpu:reference_time_us", "labkit.bench.timing:time_ms"),
 }
