@@ -19,33 +19,11 @@ from labkit.attention import decode_bytes, get_impl
 from labkit.bench.records import Record
 from labkit.bench.timing import gbps, rotating, rotation_count, time_for_record
 from labkit.checks.core import TOLERANCE, rel_error
+from labkit.kvcache.pool import to_paged  # noqa: F401  (the benchmark's pools; re-exported)
 
 CONTIGUOUS = "triton_splitk"  # flash_decode: the contiguous kernel the paged one is measured against
 BLOCK_SIZES = (8, 16, 32, 64)
 COLD_TABLES_BLOCK_SIZE = 16  # the block size also timed with a block table per input set
-
-
-def to_paged(k: torch.Tensor, block_size: int, *, tables: torch.Tensor | None = None, shuffle: bool = True,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copy contiguous ``k`` [B, Hkv, T, D] into a pool [B * ceil(T / bs), Hkv, bs, D].
-
-    Returns ``(pool, block_tables [B, ceil(T / bs)] int32)``. The blocks sit where ``tables``
-    says (to lay out V as K was), else in random order with ``shuffle`` (a fragmented pool),
-    else sequence by sequence. Rows past T in a sequence's last block are zero.
-    """
-    B, Hkv, T, D = k.shape
-    nb = math.ceil(T / block_size)
-    padded = torch.zeros(B, Hkv, nb * block_size, D, dtype=k.dtype, device=k.device)
-    padded[:, :, :T] = k
-    # [B, Hkv, nb, bs, D] -> logical blocks in sequence order [B * nb, Hkv, bs, D]
-    logical = padded.view(B, Hkv, nb, block_size, D).transpose(1, 2).reshape(B * nb, Hkv, block_size, D)
-    if tables is not None:
-        order = tables.flatten().long().to(k.device)
-    else:
-        order = (torch.randperm(B * nb, generator=generator) if shuffle else torch.arange(B * nb)).to(k.device)
-    pool = torch.empty(logical.shape, dtype=k.dtype, device=k.device)  # contiguous, whatever logical's strides
-    pool[order] = logical
-    return pool, order.view(B, nb).to(torch.int32)
 
 
 def reference_on_device(q, k, v, lengths=None) -> torch.Tensor:

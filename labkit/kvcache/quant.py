@@ -181,8 +181,8 @@ def quant_decode_bytes(B: int, Hq: int, Hkv: int, T: int, D: int, fmt: str = "in
 
 def to_paged_quant(x: QuantKV, block_size: int, tables=None):
     """A contiguous quantized cache [B, Hkv, T, D] as a shuffled pool and its block tables
-    (as :func:`labkit.bench.paged.to_paged` does for fp16): returns ``(pool, tables)``."""
-    from labkit.bench.paged import to_paged
+    (as :func:`labkit.kvcache.pool.to_paged` does for fp16): returns ``(pool, tables)``."""
+    from labkit.kvcache.pool import to_paged
 
     data, tables = to_paged(x.data.view(torch.uint8) if x.data.dtype != torch.int8 else x.data, block_size,
                             tables=tables)

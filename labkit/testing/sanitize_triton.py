@@ -22,7 +22,7 @@ from labkit import runtime
 from labkit.attention import reference_decode
 from labkit.attention.triton_decode import flash_decode, triton_decode
 from labkit.bench.attention import make_decode_inputs
-from labkit.bench.paged import to_paged
+from labkit.kvcache.pool import to_paged
 from labkit.checks.core import poisoned
 from labkit.kvcache.paged_attention import paged_decode
 from labkit.testing.sanitize import check_twice
