@@ -182,3 +182,11 @@ def test_seed_table_explains_its_t4_columns_and_keeps_two_digits_below_a_tenth()
              for k, ms in (("naive", 1.0), ("numba", 0.5), ("triton_splitk", 0.25), ("sdpa", 30.0))]
     table = seed_table(timed)
     assert "0.033×" in table and "T4 seed ×: the speedups over naive" in table
+
+
+def test_a_recorded_roofline_says_it_is_recorded_and_on_which_gpu():
+    from labkit.bench.report import roofline_or_recorded
+
+    roof, line = roofline_or_recorded("naive_passes_*.json")
+    assert roof and line.startswith(f"copy roofline: {roof:.0f} GB/s (recorded on NVIDIA ")
+    assert "sim mode measures nothing" in line
