@@ -182,3 +182,28 @@ def test_seed_table_explains_its_t4_columns_and_keeps_two_digits_below_a_tenth()
              for k, ms in (("naive", 1.0), ("numba", 0.5), ("triton_splitk", 0.25), ("sdpa", 30.0))]
     table = seed_table(timed)
     assert "0.033×" in table and "T4 seed ×: the speedups over naive" in table
+
+
+def test_a_recorded_roofline_says_it_is_recorded_and_on_which_gpu():
+    from labkit.bench.report import roofline_or_recorded
+
+    roof, line = roofline_or_recorded("naive_passes_*.json")
+    assert roof and line.startswith(f"copy roofline: {roof:.0f} GB/s (recorded on NVIDIA ")
+    assert "sim mode measures nothing" in line
+
+
+def test_on_colab_a_failed_clone_says_what_to_do(monkeypatch, tmp_path):
+    # The setup cell as IPython runs it, with Colab faked and a course address that can't be cloned.
+    import types
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    if os.path.isdir(colab.COURSE_DIR):
+        pytest.skip(f"{colab.COURSE_DIR} exists here")
+    code = TransformerManager().transform_cell(colab.setup_cell_source(repo=str(tmp_path / "no-such-repo")))
+    ran = []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    with pytest.raises(SystemExit) as exc:
+        exec(code, {"get_ipython": lambda: types.SimpleNamespace(system=ran.append)})
+    assert "Could not download the course from" in str(exc.value) and "ask your instructor" in str(exc.value)
+    assert ran == []  # nothing installed after a failed clone

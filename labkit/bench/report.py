@@ -117,6 +117,26 @@ def run_report(args) -> int:
     return 0 if all(r["ok"] for r in rows) else 1
 
 
+def roofline_or_recorded(pattern: str = "roofline_*.json") -> tuple[float | None, str]:
+    """The copy roofline to compare against, and a line that says where it comes from.
+
+    On a GPU: measured now. In sim mode: the one recorded with the newest results matching
+    ``pattern`` (e.g. ``"naive_passes_*.json"``, so figures and roofline come from one run),
+    and the line says it is recorded and on which GPU, e.g. ``copy roofline: 4248 GB/s
+    (recorded on NVIDIA H200, 2026-12-02; sim mode measures nothing)``.
+    """
+    from labkit.viz import recorded
+
+    roof = copy_roofline_gbps()
+    if roof is not None:
+        return roof, f"copy roofline: {roof:.0f} GB/s (measured now)"
+    _, meta = recorded(pattern)
+    if not meta or not meta.get("roofline_gbps"):
+        return None, "copy roofline: not measured (sim mode) and none recorded"
+    return meta["roofline_gbps"], (f"copy roofline: {meta['roofline_gbps']:.0f} GB/s (recorded on {label(meta)}; "
+                                   "sim mode measures nothing)")
+
+
 def save_summary_plot(rows: list[dict], out: Path, meta: dict) -> Path:
     import matplotlib.pyplot as plt
 
