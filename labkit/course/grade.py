@@ -143,7 +143,10 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
     stop = threading.Event()
     files: dict[str, str] = {}
     base_env = _child_env(jobs)
-    with Slots(min(jobs, max(len(runs), 1))) as slots, ThreadPoolExecutor(max_workers=jobs) as pool, \
+    if not runs:  # nothing to run: every submission is an error row
+        write_outputs(results, out, files)
+        return results
+    with Slots(min(jobs, len(runs))) as slots, ThreadPoolExecutor(max_workers=jobs) as pool, \
             tqdm(total=len(runs), desc="grading", unit="notebook", disable=hide) as bar:
         futures = {pool.submit(_execute, run, slots, base_env, cell_timeout, timeout, stop): run for run in runs}
         try:
