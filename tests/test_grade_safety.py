@@ -33,7 +33,8 @@ def test_partly_nan_or_inf_outputs_say_how_much():
     expected = torch.randn(4, 8)
     yours = expected.clone()
     yours[1:3] = float("nan")
-    with pytest.raises(AssertionError, match=r"16 of 32 elements are NaN or inf .*left 50% of the output unwritten \(NaN: 16 of 32"):
+    with pytest.raises(AssertionError,
+                       match=r"16 of 32 elements are NaN or inf .*left 50% of the output unwritten \(NaN: 16 of 32"):
         assert_close(yours, expected, rtol=1e-5)
     yours = expected.clone()
     yours[0, 0] = float("inf")

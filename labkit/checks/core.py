@@ -105,10 +105,12 @@ def assert_finite(yours, *, what: str = "output", expected=None) -> None:
                          "(a stub kernel's `raise` does not stop it on a GPU)")
     parts = []
     if n_nan:
-        parts.append(f"your kernel left {_percent(n_nan, y.size)} of the {what} unwritten (NaN: {n_nan} of {y.size} elements)")
+        parts.append(f"your kernel left {_percent(n_nan, y.size)} of the {what} unwritten "
+                     f"(NaN: {n_nan} of {y.size} elements)")
     if n_inf:
         parts.append(f"{_percent(n_inf, y.size)} of the {what} is inf ({n_inf} of {y.size} elements: an overflow)")
-    msg = f"{what}: {n_nan + n_inf} of {y.size} elements are NaN or inf (never written, or overflow): " + "; ".join(parts)
+    msg = (f"{what}: {n_nan + n_inf} of {y.size} elements are NaN or inf (never written, or overflow): "
+           + "; ".join(parts))
     if expected is not None:
         e64 = _as_numpy(expected).astype(np.float64)
         if e64.shape == y64.shape:

@@ -7,8 +7,8 @@ check modules loaded fresh), read its code for reused solutions and suspicious l
 (:mod:`labkit.course.reuse`), then execute it in a fresh kernel with ``pytest --nbval-lax`` in a
 subprocess (a per-cell and a per-notebook time limit; several notebooks at once), against a
 pristine read-only copy of labkit verified after every notebook (:mod:`labkit.course.isolation`).
-Per-cell results come only from the pytest process, over a pipe (:mod:`labkit.course.nbval_hooks`). nbval runs every cell even after one fails or is interrupted
-for running too long, so one broken exercise costs only its own points; one broken or hanging
+Per-cell results come only from the pytest process, over a pipe (:mod:`labkit.course.nbval_hooks`).
+nbval runs every cell even after one fails or is interrupted for running too long, so one broken exercise costs only its own points; one broken or hanging
 submission never stops the batch. Results (see :mod:`labkit.course.gradebook`) go to::
 
     OUT/gradebook.csv          student, notebook, exercise, points, possible, status, submission
