@@ -329,7 +329,7 @@ def test_failed_checks_show_the_checkfailure_text(batch):
     feedback = (batch["out"] / "feedback" / "carol" / "01_tiny.md").read_text()
     assert "## 01.add: failed" in feedback and "## 01.scale" not in feedback
     assert "CheckFailure: 01.add: not started: Exercise 01.add: your code here" in feedback
-    assert "(none of its 2 properties can pass until it is written: matches numpy, one element)" in feedback
+    assert "(2 of 2 properties failed: none can pass until it is written: matches numpy, one element)" in feedback
     assert "✗ one element" in feedback
 
 

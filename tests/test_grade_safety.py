@@ -33,7 +33,8 @@ def test_partly_nan_or_inf_outputs_say_how_much():
     expected = torch.randn(4, 8)
     yours = expected.clone()
     yours[1:3] = float("nan")
-    with pytest.raises(AssertionError, match=r"left 50% of the output unwritten \(NaN: 16 of 32"):
+    with pytest.raises(AssertionError,
+                       match=r"16 of 32 elements are NaN or inf .*left 50% of the output unwritten \(NaN: 16 of 32"):
         assert_close(yours, expected, rtol=1e-5)
     yours = expected.clone()
     yours[0, 0] = float("inf")
@@ -74,7 +75,7 @@ def test_a_stub_is_not_started_once_not_per_property():
     with pytest.raises(CheckFailure) as info:
         run_check("02.x", [("a", stub), ("b", stub), ("c", stub)])
     assert str(info.value).count("not started") == 1
-    assert "(none of its 3 properties can pass until it is written: a, b, c)" in str(info.value)
+    assert "(3 of 3 properties failed: none can pass until it is written: a, b, c)" in str(info.value)
 
 
 # ---------------------------------------------------------------- answers that are labkit's own code
@@ -145,7 +146,8 @@ def test_a_run_environment_names_no_grader_path(tmp_path):
     env = run_env(base, tmp_path / "pristine", tmp_path / "private")
     assert env["PYTHONPATH"] == str(tmp_path / "pristine")
     assert not any("/grader" in v for v in env.values())
-    assert env["HOME"].startswith(str(tmp_path / "private")) and env["PYTHONNOUSERSITE"] == "1"
+    assert env["HOME"].startswith(str(tmp_path / "private"))
+    assert env.get("PYTHONNOUSERSITE") == "1" or "PYTHONUSERBASE" in env  # the grader's packages stay importable
 
 
 def test_a_changed_pristine_copy_is_found_and_restored(tmp_path):

@@ -105,10 +105,12 @@ def assert_finite(yours, *, what: str = "output", expected=None) -> None:
                          "(a stub kernel's `raise` does not stop it on a GPU)")
     parts = []
     if n_nan:
-        parts.append(f"your kernel left {_percent(n_nan, y.size)} of the {what} unwritten (NaN: {n_nan} of {y.size} elements)")
+        parts.append(f"your kernel left {_percent(n_nan, y.size)} of the {what} unwritten "
+                     f"(NaN: {n_nan} of {y.size} elements)")
     if n_inf:
         parts.append(f"{_percent(n_inf, y.size)} of the {what} is inf ({n_inf} of {y.size} elements: an overflow)")
-    msg = "; ".join(parts)
+    msg = (f"{what}: {n_nan + n_inf} of {y.size} elements are NaN or inf (never written, or overflow): "
+           + "; ".join(parts))
     if expected is not None:
         e64 = _as_numpy(expected).astype(np.float64)
         if e64.shape == y64.shape:
@@ -198,9 +200,9 @@ def run_check(exercise: str, properties: Sequence[tuple[str, Callable[[], object
             passed += 1
             print(f"  {PASS} {name}")
     if unstarted is not None and not failures and not passed:
+        n = len(properties)
         raise CheckFailure(f"{exercise}: {_reason(unstarted)}\n"
-                           f"(none of its {len(properties)} properties can pass until it is written: "
-                           f"{', '.join(skipped)})")
+                           f"({n} of {n} properties failed: none can pass until it is written: {', '.join(skipped)})")
     if failures or unstarted is not None:
         body = "\n\n".join(f"[{name}]\n{why}" for name, why in failures)
         if unstarted is not None:

@@ -7,8 +7,8 @@ check modules loaded fresh), read its code for reused solutions and suspicious l
 (:mod:`labkit.course.reuse`), then execute it in a fresh kernel with ``pytest --nbval-lax`` in a
 subprocess (a per-cell and a per-notebook time limit; several notebooks at once), against a
 pristine read-only copy of labkit verified after every notebook (:mod:`labkit.course.isolation`).
-Per-cell results come only from the pytest process, over a pipe (:mod:`labkit.course.nbval_hooks`). nbval runs every cell even after one fails or is interrupted
-for running too long, so one broken exercise costs only its own points; one broken or hanging
+Per-cell results come only from the pytest process, over a pipe (:mod:`labkit.course.nbval_hooks`).
+nbval runs every cell even after one fails or is interrupted for running too long, so one broken exercise costs only its own points; one broken or hanging
 submission never stops the batch. Results (see :mod:`labkit.course.gradebook`) go to::
 
     OUT/gradebook.csv          student, notebook, exercise, points, possible, status, submission
@@ -143,7 +143,10 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
     stop = threading.Event()
     files: dict[str, str] = {}
     base_env = _child_env(jobs)
-    with Slots(min(jobs, max(len(runs), 1))) as slots, ThreadPoolExecutor(max_workers=jobs) as pool, \
+    if not runs:  # nothing to run: every submission is an error row
+        write_outputs(results, out, files)
+        return results
+    with Slots(min(jobs, len(runs))) as slots, ThreadPoolExecutor(max_workers=jobs) as pool, \
             tqdm(total=len(runs), desc="grading", unit="notebook", disable=hide) as bar:
         futures = {pool.submit(_execute, run, slots, base_env, cell_timeout, timeout, stop): run for run in runs}
         try:
@@ -325,8 +328,14 @@ def _run_pytest(run: _Run, notebook: Path, work: Path, env: dict, cell_timeout: 
     os.close(key_r)
 
     def read_reports():
+        size = 0
         with os.fdopen(report_r, "r", encoding="utf-8", errors="replace") as fh:
             for line in fh:
+                size += len(line)
+                if size > 64_000_000:  # far beyond what nbval_hooks sends (clipped records): a flood, not kept
+                    if lines[-1:] != ["flood -\n"]:
+                        lines.append("flood -\n")  # counted as forged
+                    continue
                 lines.append(line)
                 if '"kernel_pid"' in line:  # known at once, so a run past --timeout can end its kernel
                     run.pids = read_records(lines, key)[1]

@@ -182,7 +182,8 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unnamed"
 
 
-def write_outputs(results: list[NotebookResult], out: Path, files: dict[str, str | bytes] | None = None) -> dict[str, Path]:
+def write_outputs(results: list[NotebookResult], out: Path,
+                  files: dict[str, str | bytes] | None = None) -> dict[str, Path]:
     """Write gradebook.csv, totals.csv, results.json and feedback/<student>/<notebook>.md under ``out``.
 
     ``files`` (relative path -> text): more files to write there (the notebooks as graded, the runs'

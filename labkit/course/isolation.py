@@ -168,6 +168,21 @@ DROPPED_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTEST_ADDOPTS", "P
                "JUPYTER_RUNTIME_DIR", "OLDPWD", "PWD")
 
 
+def _user_site() -> dict[str, str]:
+    """Keep the grader's user site-packages (``pip install --user``) where its packages live; else none.
+
+    A run's ``HOME`` is private, which would move the user site: when the grader imports packages
+    from its own user site, the run is pointed at it (``PYTHONUSERBASE``); otherwise user sites are off.
+    """
+    import site
+    import sys
+
+    user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    if user_site and os.path.isdir(user_site) and user_site in sys.path:
+        return {"PYTHONUSERBASE": site.getuserbase()}
+    return {"PYTHONNOUSERSITE": "1"}
+
+
 def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, str]:
     """The environment of one run's pytest and kernel: labkit from ``pristine``; home and caches in ``private``."""
     env = {k: v for k, v in base.items() if k not in DROPPED_ENV}
@@ -175,8 +190,9 @@ def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, st
     for sub in ("", ".ipython", ".jupyter", ".jupyter-data", ".jupyter-runtime", ".cache", ".config", ".mpl",
                 ".triton", ".numba"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    env.update(_user_site())
     env.update({
-        "PYTHONPATH": str(pristine), "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": str(pristine), "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": str(home), "IPYTHONDIR": str(home / ".ipython"), "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
         "JUPYTER_DATA_DIR": str(home / ".jupyter-data"), "JUPYTER_RUNTIME_DIR": str(home / ".jupyter-runtime"),
         "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),

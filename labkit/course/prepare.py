@@ -266,7 +266,8 @@ class Graded:
     """The notebook to run, and where each of its code cells came from."""
 
     notebook: nbformat.NotebookNode
-    origins: list[tuple[str, int | None]]  # per code cell: ("master" | "exercise" | "extra" | "check", student cell no.)
+    # per code cell: ("master" | "exercise" | "extra" | "check", its number in the student's notebook or None)
+    origins: list[tuple[str, int | None]]
     exercises: dict[str, tuple[int, str]]  # exercise -> (student cell number, source) of the cell graded
     extras: list[tuple[int, str]]  # the student's extra code cells that run: (cell number, source)
 
@@ -293,7 +294,8 @@ def build_graded(student: nbformat.NotebookNode, master: nbformat.NotebookNode, 
     by_source, by_text = {}, {}
     for i, c in enumerate(released.cells):
         (by_source if c.cell_type == "code" else by_text).setdefault(c.source.strip(), i)
-    ex_index = {str(labkit_meta(c)["exercise"]): i for i, c in enumerate(released.cells) if "exercise" in labkit_meta(c)}
+    ex_index = {str(labkit_meta(c)["exercise"]): i for i, c in enumerate(released.cells)
+                if "exercise" in labkit_meta(c)}
     check_index = {str(labkit_meta(c)["check"]): i for i, c in enumerate(released.cells) if "check" in labkit_meta(c)}
     exercises: dict[str, tuple[int, nbformat.NotebookNode]] = {}
     extras: dict[int, list[tuple[int, nbformat.NotebookNode]]] = {}
@@ -311,7 +313,8 @@ def build_graded(student: nbformat.NotebookNode, master: nbformat.NotebookNode, 
         src = cell.source.strip()
         if cell.cell_type != "code":  # text: not run, but it tells where the student's next cells are
             index = by_id.get(cell.get("id")) if cell.get("id") in by_id else by_text.get(src)
-            if index is not None and index not in ex_index.values() and "check" not in labkit_meta(released.cells[index]):
+            if index is not None and index not in ex_index.values() \
+                    and "check" not in labkit_meta(released.cells[index]):
                 anchor = index
             continue
         if cell.get("id") in ids and cell.get("id") in by_id and by_id[cell.get("id")] not in ex_index.values():

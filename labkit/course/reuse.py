@@ -221,7 +221,8 @@ def find_suspicious(source: str, cell: int, aliases: dict[str, str]) -> list[Fin
                         base = sub.value
                         while isinstance(base, ast.Attribute):
                             base = base.value
-                        if isinstance(base, ast.Name) and (base.id in modules or local.get(base.id, "").startswith("labkit")):
+                        if isinstance(base, ast.Name) and (base.id in modules
+                                                           or local.get(base.id, "").startswith("labkit")):
                             flag(node.lineno, f"rebinds {dotted(sub, local) or base.id + '.' + sub.attr}")
     return sorted(found.values(), key=lambda f: f.line)
 
