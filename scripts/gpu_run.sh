@@ -6,6 +6,8 @@
 #   bench     labkit bench: every notebook's section, records in data/results/
 #   nbval     every master notebook through nbval in gpu mode, one at a time
 #   sanitize  compute-sanitizer (memcheck, racecheck) on the Numba and Triton kernels
+#   students  the master solutions of 02/03's kernel exercises timed (student_kernels_<gpu>.json)
+#   grade     labkit grade over every master (full points) and its release ("not started")
 #   train     retrain the tiny models (not in the default run)
 #
 #   scripts/gpu_run.sh [STAGE ...]      (default: env tests bench nbval sanitize)
@@ -57,6 +59,8 @@ for stage in "${STAGES[@]}"; do
           --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900
       done ;;
     sanitize) run sanitize "${PYTEST[@]}" -m gpu tests/gpu/test_gpu_sanitizer.py ${PYTEST_ARGS:-} ;;
+    students) run students python3 scripts/gpu/student_kernels.py --out data/results ;;
+    grade) run grade python3 scripts/gpu/grade.py --out "$OUT" ${GRADE_ARGS:-} ;;
     train) run train bash scripts/gpu/train_models.sh data/models ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
