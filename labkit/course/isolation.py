@@ -183,6 +183,15 @@ def _user_site() -> dict[str, str]:
     return {"PYTHONNOUSERSITE": "1"}
 
 
+def _package_dirs(pythonpath: str) -> list[str]:
+    """The grader's ``PYTHONPATH`` entries that hold third-party packages (nbval, Jupyter, ...).
+
+    A machine whose Jupyter stack lives on ``PYTHONPATH`` (wheels unpacked into a folder) needs them
+    in every run; an entry that holds a ``labkit`` (the grader's checkout) is never passed on.
+    """
+    return [p for p in pythonpath.split(os.pathsep) if p and os.path.isdir(p) and not os.path.exists(os.path.join(p, "labkit"))]
+
+
 def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, str]:
     """The environment of one run's pytest and kernel: labkit from ``pristine``; home and caches in ``private``."""
     env = {k: v for k, v in base.items() if k not in DROPPED_ENV}
@@ -192,7 +201,8 @@ def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, st
         (home / sub).mkdir(parents=True, exist_ok=True)
     env.update(_user_site())
     env.update({
-        "PYTHONPATH": str(pristine), "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join([str(pristine), *_package_dirs(base.get("PYTHONPATH", ""))]),
+        "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": str(home), "IPYTHONDIR": str(home / ".ipython"), "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
         "JUPYTER_DATA_DIR": str(home / ".jupyter-data"), "JUPYTER_RUNTIME_DIR": str(home / ".jupyter-runtime"),
         "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
