@@ -13,7 +13,7 @@ import random
 import torch
 
 from labkit.checks._answers import reject_labkit
-from labkit.checks.core import assert_equal, fresh_seed, run_check
+from labkit.checks.core import assert_equal, fresh_seed, launch_kernel, run_check
 from labkit.decoding.generate import generate
 from labkit.decoding.sampling import probs as next_token_probs
 from labkit.decoding.sampling import sample
@@ -285,7 +285,7 @@ SAMPLE_DRAWS = 256  # draws per row and launch: enough for the chi-square test a
 def _launch_sampler(kernel, logits, temperature, top_p, seed):
     from labkit.decoding.sampling_triton import sample_top_p
 
-    out = sample_top_p(logits, temperature, top_p, seed, num_samples=SAMPLE_DRAWS, kernel=kernel)
+    out = launch_kernel(sample_top_p, logits, temperature, top_p, seed, num_samples=SAMPLE_DRAWS, kernel=kernel)
     if out.dtype != torch.int64 or tuple(out.shape) != (logits.shape[0], SAMPLE_DRAWS):
         raise AssertionError(f"output {out.dtype} {list(out.shape)}; expected int64 {[logits.shape[0], SAMPLE_DRAWS]}")
     return out.cpu()

@@ -283,13 +283,16 @@ def torch_top_p_sample(logits: torch.Tensor, temperature: float = 1.0, top_k: in
 
 
 def bench_sampling(*, vocabs=(32768, 131072), batches=(1, 64), temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float = 0.9, dtype=torch.float32, kernel=None, save: bool = False) -> list:
+                   top_p: float = 0.9, dtype=torch.float32, kernel=None, top_p_kernel=None,
+                   save: bool = False) -> list:
     """Time the one-pass sampler against the sort-based one (``torch.sort`` top-p) -> Records.
 
     For each vocabulary size and batch: logits ``randn · 3`` (a peaked, realistic spread),
     both samplers checked to keep the same support, then timed with CUDA events through a
     CUDA graph (``time_for_record``). ``extra['speedup']`` is torch's time over the kernel's.
     Bytes are one read of the logits. In sim mode: tiny sizes, correctness only (no times).
+    ``top_p_kernel``: also time a kernel with :func:`top_p_sample_kernel`'s signature (the
+    notebook's exercise) as "your kernel" (top-p only: give ``top_k=None``).
     ``save=True`` writes ``data/results/sampling_<gpu>.json``.
     """
     from labkit.bench.records import Record, run_meta, save_records
@@ -319,22 +322,35 @@ def bench_sampling(*, vocabs=(32768, 131072), batches=(1, 64), temperature: floa
             speed = {"speedup": ms_t / ms_o} if ms_t and ms_o else {}
             records.append(Record("triton one-pass", shape, str(dtype).replace("torch.", ""), nbytes, ms_o,
                                   gbps(nbytes, ms_o), None, {**ex_o, **speed}))
+            if top_p_kernel is not None and top_k is None:
+                yours = lambda: sample_top_p(logits, temperature, top_p, 7, kernel=top_p_kernel)  # noqa: E731
+                if not bool(support.gather(-1, yours().view(B, 1)).all()):
+                    raise AssertionError(f"your kernel drew a token outside the top-p set at V={V}, B={B}")
+                ms_y, ex_y = time_for_record(yours)
+                speed = {"speedup": ms_t / ms_y} if ms_t and ms_y else {}
+                records.append(Record("your kernel", shape, str(dtype).replace("torch.", ""), nbytes, ms_y,
+                                      gbps(nbytes, ms_y), None, {**ex_y, **speed}))
     if save and not runtime_is_sim():
         save_records(records, "sampling", run_meta())
     return records
 
 
 def format_sampling(records) -> str:
-    """A table: V, B, torch's time, the kernel's, speedup."""
-    lines = [f"{'V':>7} {'B':>3} {'torch sort (ms)':>16} {'one-pass (ms)':>14} {'speedup':>8}"]
-    ours = {(r.shape["V"], r.shape["B"]): r for r in records if r.kernel == "triton one-pass"}
-    for r in records:
-        if r.kernel != "torch sort top-p":
-            continue
-        o = ours[(r.shape["V"], r.shape["B"])]
-        fmt = lambda ms: f"{ms:.4f}" if ms else "—"  # noqa: E731
-        sp = f"{o.extra['speedup']:.2f}x" if o.extra.get("speedup") else "—"
-        lines.append(f"{r.shape['V']:>7} {r.shape['B']:>3} {fmt(r.time_ms):>16} {fmt(o.time_ms):>14} {sp:>8}")
+    """A table: V, B, then each sampler's time (ms) and its speedup over torch's sort."""
+    names = list(dict.fromkeys(r.kernel for r in records))
+    by = {(r.kernel, r.shape["V"], r.shape["B"]): r for r in records}
+    shapes = list(dict.fromkeys((r.shape["V"], r.shape["B"]) for r in records))
+    lines = [f"{'V':>7} {'B':>3} " + " ".join(f"{n:>22}" for n in names)]
+    for V, B in shapes:
+        cells = []
+        for n in names:
+            r = by.get((n, V, B))
+            if r is None or r.time_ms is None:
+                cells.append(f"{'—':>22}")
+            else:
+                sp = f" ({r.extra['speedup']:.1f}x)" if r.extra.get("speedup") else ""
+                cells.append(f"{r.time_ms * 1e3:>12.1f} µs{sp:>7}")
+        lines.append(f"{V:>7} {B:>3} " + " ".join(cells))
     return "\n".join(lines)
 
 

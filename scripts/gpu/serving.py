@@ -1,4 +1,4 @@
-"""Continuous batching on a GPU in one run of about two minutes: correctness, static vs continuous, a rate sweep.
+"""Continuous batching on a GPU in one run of about three minutes: correctness, static vs continuous, a rate sweep.
 
     PYTHONPATH=. python scripts/gpu/serving.py --out DIR [--quick] [--requests N] [--time-budget S]
 
@@ -13,11 +13,13 @@
    the engine drains.
 2. Static vs continuous: same model (data/models/target.safetensors, fp16), same KV memory
    (``max_batch`` x 1024 tokens of paged blocks), same maximum batch, the same workload of
-   mixed output lengths (SERVING_MIX: 90% short answers ~20 tokens, 10% long ~450; 512
+   mixed output lengths (SERVING_MIX: 90% short answers ~20 tokens, 10% long ~450; 256
    requests waiting at t=0). Wall clock, synchronised at every step, after a warm-up that
    compiles every kernel variant. TARGET: continuous >= 4x static throughput, lower p99 TTFT.
-3. Both policies over Poisson arrival rates (fractions of the continuous capacity measured in
-   2); rates not started within --time-budget are skipped (and said so).
+3. Both policies over Poisson arrival rates: labkit.serving.bench.SWEEP_FRACTIONS (seven, from
+   nearly idle to well past static batching's saturation) of the continuous capacity measured in
+   2, each serving the arrivals of SWEEP_WINDOW seconds; rates not started within --time-budget
+   are skipped (and said so).
 
 Records of 2 and 3 go to DIR/serving_<gpu>.json; a summary table ends the output. In sim mode
 (no GPU) it runs the same stages on a tiny random model and tiny sizes, on the logical clock.
@@ -36,7 +38,8 @@ import torch
 from labkit import runtime
 from labkit.bench import run_meta, save_records
 from labkit.serving import Engine, Request, RequestError, StaticScheduler, StepClock
-from labkit.serving.bench import format_comparison, load_runner, measure, pool_blocks, warm_up
+from labkit.serving.bench import (SWEEP_FRACTIONS, SWEEP_WINDOW, format_comparison, load_runner, measure, pool_blocks,
+                                  warm_up)
 from labkit.serving.plots import format_sweep
 from labkit.serving.runner import PagedRunner
 from labkit.serving.workloads import SERVING_MIX, SMALL_SERVING_MIX, describe, make_requests
@@ -183,11 +186,11 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=4 if SIM else 32)
     parser.add_argument("--requests", type=int, default=None, help="requests in the static-vs-continuous workload")
     parser.add_argument("--budget", type=int, default=16 if SIM else 512, help="tokens per step (continuous)")
-    parser.add_argument("--time-budget", type=float, default=100.0,
+    parser.add_argument("--time-budget", type=float, default=200.0,
                         help="seconds since the start after which no new arrival rate is started")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    n_requests = args.requests or (24 if SIM else (128 if args.quick else 512))
+    n_requests = args.requests or (24 if SIM else (128 if args.quick else 256))
 
     if SIM:
         model, tokenizer, mix, N = tiny_model(), None, SMALL_SERVING_MIX, args.max_batch
@@ -219,8 +222,9 @@ def main() -> int:
           f"= {N} x {runner.max_context} tokens = {kv / 1e6:.1f} MB; max batch {N}; token budget {args.budget} "
           f"(continuous; static prefills each batch whole)")
     # Highest rate first: if time runs short, the lowest (the least telling) is the one skipped.
-    fractions = (1.0, 0.5) if args.quick or SIM else (1.0, 0.5, 0.25)
-    per_rate = 16 if SIM else (32 if args.quick else 48)
+    # labkit's sweep (SWEEP_FRACTIONS of the continuous capacity, SWEEP_WINDOW of arrivals each).
+    fractions = (0.8, 0.22, 0.03) if args.quick else SWEEP_FRACTIONS
+    window = 40.0 if SIM else SWEEP_WINDOW  # sim mode: a logical clock, one unit a step
     log("measuring: warm-up, both policies offline (every request at t=0), then both over arrival rates")
     timer = ForwardTimer(runner)
     warm_up(runner, workload, max_batch=N, token_budget=args.budget)
@@ -232,7 +236,7 @@ def main() -> int:
         timer.times.clear()
 
     records, offline = measure(runner, workload, max_batch=N, token_budget=args.budget, offline_requests=n_requests,
-                               rate_fractions=fractions, per_rate=per_rate, warm=False,
+                               rate_fractions=fractions, window=window, warm=False,
                                progress=lambda r, msg: log("  " + msg), on_offline=offline_done,
                                deadline=T0 + args.time_budget)
     s, c = offline["static"], offline["continuous"]
