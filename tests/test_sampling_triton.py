@@ -53,6 +53,18 @@ def test_several_tiles_and_shapes():
     assert torch.equal(sample_top_k_top_p(logits, 1.0, 40, None, seed=9), sample_top_k_top_p(logits, 1.0, 40, None, seed=9))
 
 
+def test_top_p_alone_searches_only_the_candidates():
+    torch.manual_seed(4)
+    V = 300  # BLOCK_V = 16 at 512 draws: the compacting path (V > 4 tiles)
+    logits = (torch.randn(2, V) * 3).to(DEV)
+    for temperature, top_p in ((1.0, 0.9), (0.7, 0.5), (2.0, 0.99)):
+        want = probs(logits.cpu(), temperature, None, top_p)
+        draws = sample_top_k_top_p(logits, temperature, None, top_p, seed=6, num_samples=512).cpu()
+        for b in range(2):
+            assert bool((want[b][draws[b]] > 0).all())
+            assert chi_square(counts_of(draws[b], V), want[b])[2] > 1e-4
+
+
 def test_plain_bisection_kernel_matches():
     torch.manual_seed(3)
     logits = (torch.randn(2, 40) * 2).to(DEV)
@@ -231,11 +243,13 @@ def test_check_rejects_labkit_kernel(labkit_kernel):
 def test_kernels_compile_for_t4():
     from labkit.testing import compile_triton_many_for_t4
 
-    sig = {"logits_ptr": "*fp32", "out_ptr": "*i64", "V": "i32", "stride_b": "i32", "inv_temp": "fp32",
-           "top_k": "i32", "top_p": "fp32", "seed": "i32"}
-    fast = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": True, "USE_TOP_P": True, "BLOCK_V": 4096,
-                                             "BLOCK_S": 512, "NPIV": 16, "SAMPLES": 1}, 8)
-    sig_p = {k: v for k, v in sig.items() if k != "top_k"}
+    sig_p = {"logits_ptr": "*fp32", "out_ptr": "*i64", "V": "i32", "stride_b": "i32", "inv_temp": "fp32",
+             "top_p": "fp32", "seed": "i32"}
+    sig = {**sig_p, "top_k": "i32", "cand_x_ptr": "*fp32", "cand_i_ptr": "*i32"}
+    fast = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": True, "COMPACT": False, "USE_TOP_P": True,
+                                             "BLOCK_V": 4096, "BLOCK_S": 512, "NPIV": 16, "SAMPLES": 1}, 8)
+    compact = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": False, "COMPACT": True, "USE_TOP_P": True,
+                                                "BLOCK_V": 4096, "BLOCK_S": 512, "NPIV": 16, "SAMPLES": 1}, 8)
     plain = (top_p_sample_kernel, sig_p, {"BLOCK_V": 4096, "SAMPLES": 1}, 8)
-    for build in compile_triton_many_for_t4([fast, plain]):
+    for build in compile_triton_many_for_t4([fast, compact, plain]):
         assert build.shared_bytes <= 64 * 1024

@@ -7,7 +7,9 @@ number of passes over it:
 
 1. **statistics**: the row's largest and smallest logit and the softmax normaliser
    ``Z = Σ exp((x - max) / T)`` (an online sum, as in flash attention);
-2. **threshold search by bisection**: every token that survives top-k and top-p is at least as
+2. **threshold search by bisection** (with top-p alone, first a pass that keeps only the tokens
+   that can possibly be in the top-p set: the search and the draw then read a few hundred tokens
+   instead of the whole vocabulary): every token that survives top-k and top-p is at least as
    likely as the least likely survivor, so the kept set is ``{x ≥ t}`` for one threshold ``t``.
    ``t`` is found by bisection, one pass per step, each pass a block-wide reduction: for top-k,
    the largest ``t`` with ``count(x ≥ t) ≥ k``; then, for top-p, the largest ``t`` with
@@ -78,7 +80,9 @@ def top_k_top_p_sample_kernel(
     top_k,  # keep the top_k most likely tokens (used when USE_TOP_K)
     top_p,  # keep the most likely tokens whose mass reaches top_p (used when USE_TOP_P)
     seed,  # random seed: draw s of row b uses the stream (seed, (b * SAMPLES + s) * V + token)
+    cand_x_ptr, cand_i_ptr,  # [B, V] float32 / int32 scratch for the candidates (COMPACT only)
     USE_TOP_K: tl.constexpr,
+    COMPACT: tl.constexpr,  # top-p alone: search and draw among the few tokens that can be kept
     USE_TOP_P: tl.constexpr,
     BLOCK_V: tl.constexpr,  # tokens per tile in the first and last pass (a power of two)
     BLOCK_S: tl.constexpr,  # tokens per tile in the search passes ([BLOCK_S, NPIV] comparisons)
@@ -104,37 +108,66 @@ def top_k_top_p_sample_kernel(
         z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
         m = m_new
 
+    # COMPACT (top-p without top-k): a token with (x - m) / T < -ln(V / (1 - top_p)) has probability
+    # under (1 - top_p) / V, so all of them together under 1 - top_p: none can be in the top-p set.
+    # One pass copies the others (usually a few hundred of a 128k vocabulary) with their ids, and the
+    # search and the draw then read only those.
+    src_ptr = row_ptr
+    n_src = V
+    if COMPACT:
+        bound = m - tl.log(V / (1.0 - top_p)) / inv_temp - 1e-3
+        cx_ptr = cand_x_ptr + b.to(tl.int64) * V
+        ci_ptr = cand_i_ptr + b.to(tl.int64) * V
+        n_cand = tl.full([], 0, tl.int32)
+        for start in range(0, V, BLOCK_V):
+            offs = start + tl.arange(0, BLOCK_V)
+            valid = offs < V
+            x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+            keep = valid & (x >= bound)
+            pos = n_cand + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+            tl.store(cx_ptr + pos, x, mask=keep)
+            tl.store(ci_ptr + pos, offs, mask=keep)
+            n_cand += tl.sum(keep.to(tl.int32), axis=0)
+        tl.debug_barrier()  # the candidates written by every thread, before any thread reads them
+        src_ptr = cx_ptr
+        n_src = n_cand
+
     # Passes 2…: NPIV-ary search (bisection with NPIV - 1 pivots a pass). The predicate holds at lo, fails at hi.
     lo = kmin.to(tl.int64)
     z_kept = z
     if USE_TOP_K:
         hi = kmax.to(tl.int64) + 1
         while hi - lo > 1:
-            lo, hi, kept = _search_step(row_ptr, V, lo, hi, m, inv_temp, top_k.to(tl.float32), True, NPIV, BLOCK_S)
+            lo, hi, kept = _search_step(src_ptr, n_src, lo, hi, m, inv_temp, top_k.to(tl.float32), True, NPIV, BLOCK_S)
             z_kept = tl.where(kept >= 0, kept, z_kept)
     if USE_TOP_P:
         target = top_p * z_kept
         hi = kmax.to(tl.int64) + 1
         while hi - lo > 1:
-            lo, hi, kept = _search_step(row_ptr, V, lo, hi, m, inv_temp, target, False, NPIV, BLOCK_S)
+            lo, hi, kept = _search_step(src_ptr, n_src, lo, hi, m, inv_temp, target, False, NPIV, BLOCK_S)
 
     # Last pass: Gumbel-max over the survivors {key >= lo}, SAMPLES independent draws at once.
     draws = tl.arange(0, SAMPLES)
     best = tl.full([SAMPLES], float("-inf"), tl.float32)
     best_i = tl.full([SAMPLES], 0, tl.int32)
-    for start in range(0, V, BLOCK_V):
+    for start in range(0, n_src, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
-        valid = offs < V
-        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+        valid = offs < n_src
+        x = tl.load(src_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+        if COMPACT:
+            ids = tl.load(ci_ptr + offs, mask=valid, other=0)
+        else:
+            ids = offs
         keep = valid & (ordered_key(x).to(tl.int64) >= lo)
-        u = tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + offs[None, :])  # [SAMPLES, BLOCK_V]
+        u = tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + ids[None, :])  # [SAMPLES, BLOCK_V]
         u = tl.minimum(tl.maximum(u, 1e-7), 1.0 - 1e-7)
         gumbel = -tl.log(-tl.log(u))
         score = tl.where(keep[None, :], ((x - m) * inv_temp)[None, :] + gumbel, float("-inf"))
         blk_best = tl.max(score, axis=1)
-        blk_i = tl.argmax(score, axis=1)
+        blk_arg = tl.argmax(score, axis=1)
+        blk_id = tl.sum(tl.where(tl.arange(0, BLOCK_V)[None, :] == blk_arg[:, None], ids[None, :], 0), axis=1)
         better = blk_best > best
-        best_i = tl.where(better, start + blk_i, best_i)
+        best_i = tl.where(better, blk_id, best_i)
         best = tl.maximum(best, blk_best)
     tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
 
@@ -265,8 +298,12 @@ def sample_top_k_top_p(logits: torch.Tensor, temperature: float = 1.0, top_k: in
     use_p = top_p is not None and top_p < 1
     kernel = top_k_top_p_sample_kernel if kernel is None else kernel
     block_v = _block_v(V) if S == 1 else max(16, min(_block_v(V), 8192 // S))
+    compact = use_p and not use_k and V > 4 * block_v
+    cand_x = torch.empty(B, V, dtype=torch.float32, device=rows.device) if compact else rows
+    cand_i = torch.empty(B, V, dtype=torch.int32, device=rows.device) if compact else out
     kernel[(B,)](rows, out, V, rows.stride(0), 1.0 / temperature, int(top_k or V), float(top_p or 1.0),
-                 int(seed) & 0x7FFFFFFF, USE_TOP_K=use_k, USE_TOP_P=use_p, BLOCK_V=block_v,
+                 int(seed) & 0x7FFFFFFF, cand_x, cand_i, USE_TOP_K=use_k, COMPACT=compact, USE_TOP_P=use_p,
+                 BLOCK_V=block_v,
                  BLOCK_S=min(_block_v(V), 512), NPIV=16, SAMPLES=S, num_warps=4 if V <= 8192 else 8)
     out = out[:, :num_samples]
     if num_samples == 1:
