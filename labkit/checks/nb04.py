@@ -1,11 +1,11 @@
 """Checks for notebook 04: RoPE fused into decode.
 
 * :func:`check_rope` — RoPE from the tables in PyTorch, ``fn(x, positions, cos, sin)``.
-* :func:`check_rope_kernel` — rotate-half on a tile in a Triton kernel with the signature of
-  :func:`labkit.rope.rotate.rope_kernel`, launched by :func:`labkit.rope.rotate.rope_triton`.
-* :func:`check_write_kv_rope` — the fused RoPE + KV-cache write kernel with the signature of
-  :func:`labkit.rope.write.write_kv_rope_kernel`, launched by
-  :func:`labkit.rope.write.write_kv_rope`, on a contiguous cache and a paged pool.
+* :func:`check_rope_kernel` — rotate-half on a tile in a Triton kernel with the signature the
+  notebook's stub gives, launched by ``rope_triton(..., kernel=)``.
+* :func:`check_write_kv_rope` — the fused RoPE + KV-cache write kernel with the signature the
+  notebook's stub gives, launched by ``write_kv_rope(..., kernel=)``, on a contiguous cache and
+  a paged pool.
 
 Every case draws fresh random shapes, positions and values; outputs are poisoned with NaN.
 """
@@ -17,6 +17,7 @@ import random
 import torch
 
 from labkit import runtime
+from labkit.checks._answers import reject_labkit
 from labkit.checks.core import TOLERANCE, assert_close, assert_equal, fresh_seed, launch_kernel, poisoned, run_check
 from labkit.rope import apply_rope, rope_tables
 
@@ -42,6 +43,7 @@ def _expected(x, positions, cos, sin):
 
 def check_rope(student_fn) -> None:
     """``student_fn(x [..., D], positions, cos, sin) -> rotated x`` (x's shape and dtype), rotate-half."""
+    reject_labkit(student_fn, '04.rope', SOLUTIONS)
     rng = _rng()
     device = runtime.device()
 
@@ -97,7 +99,8 @@ def check_rope(student_fn) -> None:
 
 
 def check_rope_kernel(kernel) -> None:
-    """``kernel``: a ``@triton.jit`` kernel with :func:`labkit.rope.rotate.rope_kernel`'s signature."""
+    """``kernel``: a ``@triton.jit`` kernel with the signature of the notebook's ``rope_kernel`` stub."""
+    reject_labkit(kernel, '04.rope_kernel', SOLUTIONS)
     from labkit.rope.rotate import rope_triton
 
     rng = _rng()
@@ -169,7 +172,8 @@ def _write_case(kernel, rng, *, dtype=torch.float32, paged=False, rope=True, low
 
 
 def check_write_kv_rope(kernel) -> None:
-    """``kernel``: a ``@triton.jit`` kernel with :func:`labkit.rope.write.write_kv_rope_kernel`'s signature."""
+    """``kernel``: a ``@triton.jit`` kernel with the signature of the notebook's ``write_kv_rope_kernel`` stub."""
+    reject_labkit(kernel, '04.write_kv_rope', SOLUTIONS)
     rng = _rng()
     case = lambda **kw: _write_case(kernel, rng, **kw)  # noqa: E731
     run_check("04.write_kv_rope", [
@@ -185,10 +189,10 @@ def check_write_kv_rope(kernel) -> None:
 
 __all__ = ["check_rope", "check_rope_kernel", "check_write_kv_rope"]
 
-# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
-# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+
+# The labkit objects that implement each exercise: an answer that is one of them fails.
 SOLUTIONS = {
-    "04.rope": ("labkit.rope:apply_rope", "labkit.rope:rope_ops", "labkit.rope.rotate:rope_triton"),
-    "04.rope_kernel": ("labkit.rope.rotate:rope_kernel", "labkit.rope.rotate:rope_triton", "labkit.rope:apply_rope"),
-    "04.write_kv_rope": ("labkit.rope.write:write_kv_rope_kernel", "labkit.rope.write:write_kv_rope", "labkit.rope.write:write_decode_kv"),
+    '04.rope': ('labkit.rope:apply_rope', 'labkit.rope:rope_ops', 'labkit.rope.rotate:rope_triton'),
+    '04.rope_kernel': ('labkit.rope.rotate:rope_kernel', 'labkit.rope.rotate:rope_triton', 'labkit.rope:apply_rope'),
+    '04.write_kv_rope': ('labkit.rope.write:write_kv_rope_kernel', 'labkit.rope.write:write_kv_rope', 'labkit.rope.write:write_decode_kv'),
 }

@@ -8,6 +8,7 @@ import random
 import torch
 
 from labkit import runtime
+from labkit.checks._answers import reject_labkit
 from labkit.checks.core import TOLERANCE, assert_close, assert_equal, fresh_seed, poisoned, run_check
 from labkit.kvcache.allocator import DoubleFree, OutOfBlocks
 
@@ -56,6 +57,7 @@ def _drive(student_cls, rng: random.Random, num_blocks: int, steps: int) -> None
 
 def check_allocator(student_cls) -> None:
     """``student_cls(num_blocks)`` must behave as a reference-counted block allocator."""
+    reject_labkit(student_cls, '05.allocator', SOLUTIONS)
     rng = random.Random(fresh_seed())
 
     def distinct():
@@ -175,6 +177,7 @@ def _paged_equals_contiguous(student_fn, rng: random.Random) -> None:
 
 def check_slot_lookup(student_fn) -> None:
     """``student_fn(block_table [n] int64, positions [m] int64, block_size) -> slots [m] int64``."""
+    reject_labkit(student_fn, '05.slot_lookup', SOLUTIONS)
     rng = random.Random(fresh_seed())
     run_check("05.slot_lookup", [
         ("position 0 (T = 1)", lambda: _lookup_case(student_fn, rng, block_size=16, length=1)),
@@ -222,6 +225,7 @@ def _kernel_case(student_fn, rng: random.Random, *, lengths, block_size: int = 8
 def check_paged_kernel(student_fn) -> None:
     """``student_fn(q [B, Hq, D], k_pool, v_pool [N, Hkv, BS, D], block_tables [B, W] int32,
     lengths [B] int32, out [B, Hq, D])`` must write paged decode attention into ``out``."""
+    reject_labkit(student_fn, '05.paged_kernel', SOLUTIONS)
     rng = random.Random(fresh_seed())
     run_check("05.paged_kernel", [
         ("paged == contiguous (blocks in order)", lambda: _kernel_case(student_fn, rng, lengths=[24], shuffle=False)),
@@ -238,10 +242,10 @@ def check_paged_kernel(student_fn) -> None:
         ("fp16 inputs", lambda: _kernel_case(student_fn, rng, lengths=[rng.randint(5, 40)], dtype=torch.float16)),
     ])
 
-# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
-# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+
+# The labkit objects that implement each exercise: an answer that is one of them fails.
 SOLUTIONS = {
-    "05.allocator": ("labkit.kvcache.allocator:BlockAllocator",),
-    "05.slot_lookup": ("labkit.kvcache.paged:PagedKVCache",),
-    "05.paged_kernel": ("labkit.kvcache.paged_attention:paged_decode", "labkit.kvcache.paged_attention:paged_reference", "labkit.kvcache.paged_attention:gather_paged", "labkit.attention.reference:reference_decode"),
+    '05.allocator': ('labkit.kvcache.allocator:BlockAllocator',),
+    '05.slot_lookup': ('labkit.kvcache.paged:PagedKVCache.slots', 'labkit.kvcache.paged:PagedKVCache'),
+    '05.paged_kernel': ('labkit.kvcache.paged_attention:paged_decode', 'labkit.kvcache.paged_attention:paged_reference', 'labkit.kvcache.paged_attention:gather_paged', 'labkit.attention.reference:reference_decode'),
 }

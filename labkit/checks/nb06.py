@@ -1,4 +1,4 @@
-"""Checks for notebook 06: the speculative acceptance rule and one verify round.
+"""Checks for notebook 06: the speculative acceptance rule, one verify round, and a top-p sampling kernel.
 
 Statistical properties draw fresh inputs and use Pearson's chi-square test at p = 1e-4:
 a correct answer fails one of them about once in ten thousand runs, a wrong rule (always
@@ -12,7 +12,8 @@ import random
 
 import torch
 
-from labkit.checks.core import assert_equal, fresh_seed, run_check
+from labkit.checks._answers import reject_labkit
+from labkit.checks.core import assert_equal, fresh_seed, launch_kernel, run_check
 from labkit.decoding.generate import generate
 from labkit.decoding.sampling import probs as next_token_probs
 from labkit.decoding.sampling import sample
@@ -91,6 +92,7 @@ def check_accept(fn) -> None:
 
     p: [γ+1, V] target distributions; q: [γ, V] draft distributions; draft_tokens: [γ] int64.
     """
+    reject_labkit(fn, '06.accept', SOLUTIONS)
     rng = random.Random(fresh_seed())
     g = torch.Generator().manual_seed(rng.randrange(1 << 62))
 
@@ -227,6 +229,7 @@ def _rounds(fn, target, draft, prompt, n_tokens, gamma, **kw):
 def check_round(fn) -> None:
     """``fn(target, draft, target_cache, draft_cache, last_token, gamma, *, temperature, generator)``
     -> (new_tokens, n_accepted): one round of speculative decoding."""
+    reject_labkit(fn, '06.round', SOLUTIONS)
     seed = fresh_seed()
     rng = random.Random(seed)
     target, draft = _model_pair(seed % 1000, 13, 0.2)
@@ -272,9 +275,86 @@ def check_round(fn) -> None:
             ("sampled tokens follow the target's distribution (statistical)", distribution),
         ])
 
-# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
-# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+
+# ---------------------------------------------------------------------------------------------
+# 06.sample_kernel: top-p sampling in one Triton kernel, without a sort
+
+SAMPLE_DRAWS = 256  # draws per row and launch: enough for the chi-square test at a few dozen tokens
+
+
+def _launch_sampler(kernel, logits, temperature, top_p, seed):
+    from labkit.decoding.sampling_triton import sample_top_p
+
+    out = launch_kernel(sample_top_p, logits, temperature, top_p, seed, num_samples=SAMPLE_DRAWS, kernel=kernel)
+    if out.dtype != torch.int64 or tuple(out.shape) != (logits.shape[0], SAMPLE_DRAWS):
+        raise AssertionError(f"output {out.dtype} {list(out.shape)}; expected int64 {[logits.shape[0], SAMPLE_DRAWS]}")
+    return out.cpu()
+
+
+def _sampler_case(kernel, rng, *, V, B=2, temperature=1.0, top_p=0.8, scale=2.0, logits=None):
+    device = __import__("labkit").runtime.device()
+    if logits is None:
+        g = torch.Generator().manual_seed(rng.randrange(2**31))
+        logits = (torch.randn(B, V, generator=g) * scale).to(device)
+    B, V = logits.shape
+    want = next_token_probs(logits.float().cpu(), temperature, None, top_p).double()
+    draws = _launch_sampler(kernel, logits, temperature, top_p, rng.randrange(2**31))
+    if ((draws < 0) | (draws >= V)).any():
+        bad = draws[(draws < 0) | (draws >= V)][:5].tolist()
+        raise AssertionError(f"token ids out of [0, {V}): {bad} (a draw never written is -1)")
+    for b in range(B):
+        support = want[b] > 0
+        outside = sorted(set(draws[b][~support[draws[b]]].tolist()))
+        if outside:
+            raise AssertionError(f"row {b}: drew tokens outside the top-p set: {outside[:8]} (the set is "
+                                 f"{support.nonzero().flatten().tolist()}, temperature {temperature}, top_p {top_p})")
+        _expect_distribution(draws[b].tolist(), want[b], f"row {b} (V={V}, temperature {temperature}, top_p {top_p})")
+
+
+def check_sample_kernel(kernel) -> None:
+    """``kernel``: a ``@triton.jit`` kernel with the signature of the notebook's ``top_p_kernel`` stub,
+    launched by ``sample_top_p(logits, temperature, top_p, seed, num_samples=, kernel=)``.
+
+    Each property draws fresh logits and 256 tokens per row; the tokens must lie in the top-p set
+    and pass a chi-square test against the exact renormalised distribution (p = 1e-4).
+    """
+    reject_labkit(kernel, "06.sample_kernel", SOLUTIONS)
+    rng = random.Random(fresh_seed())
+    device = __import__("labkit").runtime.device()
+
+    def one_token_holds_top_p():
+        logits = torch.full((1, 24), -4.0, device=device)
+        hot = rng.randrange(24)
+        logits[0, hot] = 6.0  # p(hot) ≈ 0.9995 > top_p: the nucleus is that one token
+        draws = _launch_sampler(kernel, logits, 1.0, 0.9, rng.randrange(2**31))
+        assert_equal(draws[0], torch.full((SAMPLE_DRAWS,), hot), what="draws when one token holds more than top_p")
+
+    def seeds():
+        logits = torch.randn(1, 20, device=device) * 2
+        a = _launch_sampler(kernel, logits, 1.0, 0.95, 11)
+        b = _launch_sampler(kernel, logits, 1.0, 0.95, 11)
+        c = _launch_sampler(kernel, logits, 1.0, 0.95, 12)
+        assert_equal(a, b, what="draws with the same seed")
+        if torch.equal(a, c):
+            raise AssertionError("a different seed gave the very same 256 draws: is the seed used?")
+
+    with _one_thread():
+        run_check("06.sample_kernel", [
+            ("top_p = 1: the whole softmax", lambda: _sampler_case(kernel, rng, V=rng.randint(6, 14), top_p=1.0)),
+            ("top-p: only the nucleus, renormalised", lambda: _sampler_case(kernel, rng, V=rng.randint(10, 30), top_p=0.7)),
+            ("temperature 0.6 and 1.7", lambda: [_sampler_case(kernel, rng, V=16, temperature=t, top_p=0.85)
+                                                 for t in (0.6, 1.7)]),
+            ("V over several tiles, not a multiple of one", lambda: _sampler_case(kernel, rng, V=rng.randint(33, 61),
+                                                                                   top_p=0.6, scale=1.0)),
+            ("negative and large logits", lambda: _sampler_case(kernel, rng, V=12, top_p=0.8, scale=8.0)),
+            ("one token holds more than top_p", one_token_holds_top_p),
+            ("the seed decides the draws", seeds),
+        ])
+
+
+# The labkit objects that implement each exercise: an answer that is one of them fails.
 SOLUTIONS = {
-    "06.accept": ("labkit.decoding.speculative:accept_draft", "labkit.decoding:accept_draft"),
-    "06.round": ("labkit.decoding.speculative:speculative_round", "labkit.decoding.speculative:speculative_generate", "labkit.decoding:speculative_generate"),
+    '06.accept': ('labkit.decoding.speculative:accept_draft', 'labkit.decoding:accept_draft'),
+    '06.round': ('labkit.decoding.speculative:speculative_round', 'labkit.decoding.speculative:speculative_generate', 'labkit.decoding:speculative_generate'),
+    '06.sample_kernel': ('labkit.decoding.sampling_triton:top_p_sample_kernel', 'labkit.decoding.sampling_triton:top_k_top_p_sample_kernel'),
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from labkit.checks._answers import reject_labkit
 from labkit.checks.core import fresh_seed, run_check
 from labkit.serving import Engine, Request, StepClock, ToyRunner
 from labkit.serving.blocks import BlockLedger
@@ -34,6 +35,7 @@ def _static_case(student_fn, lengths, max_batch):
 
 def check_static_schedule(student_fn) -> None:
     """``student_fn(output_lengths, max_batch) -> (steps, idle_fraction)``."""
+    reject_labkit(student_fn, '07.static_schedule', SOLUTIONS)
     rng = random.Random(fresh_seed())
 
     def engine_agrees():
@@ -161,6 +163,7 @@ def _chunked(want) -> bool:
 
 def check_admit(student_fn) -> None:
     """``student_fn(waiting, *, budget, free_slots, blocks, watermark) -> [(request, num_tokens)]``."""
+    reject_labkit(student_fn, '07.admit', SOLUTIONS)
     run_check("07.admit", [
         ("admits in arrival order while slots last",
          lambda: _admit_case(student_fn, lambda w: len(w) == 2, budget=200, free_slots=2, n_waiting=5,
@@ -211,6 +214,7 @@ def _running_case(student_fn, require=lambda want: True, *, budget, **scenario):
 
 def check_schedule_running(student_fn) -> None:
     """``student_fn(running, *, budget, blocks) -> (scheduled, preempted)``."""
+    reject_labkit(student_fn, '07.schedule_running', SOLUTIONS)
     run_check("07.schedule_running", [
         ("every running request gets its pending tokens, oldest first",
          lambda: _running_case(student_fn, lambda w: not w[1] and len(w[0]) >= 4, budget=500, n_running=5,
@@ -228,10 +232,10 @@ def check_schedule_running(student_fn) -> None:
          lambda: _end_to_end(schedule_running=student_fn)),
     ])
 
-# The labkit objects that implement each exercise of this notebook ("module:object", or a whole
-# module): the grader flags an answer that is, or only delegates to, one of them (labkit.course.reuse).
+
+# The labkit objects that implement each exercise: an answer that is one of them fails.
 SOLUTIONS = {
-    "07.static_schedule": ("labkit.serving.static:static_schedule", "labkit.serving.static:StaticScheduler"),
-    "07.admit": ("labkit.serving.scheduler:admit", "labkit.serving.scheduler:Scheduler"),
-    "07.schedule_running": ("labkit.serving.scheduler:schedule_running", "labkit.serving.scheduler:Scheduler"),
+    '07.static_schedule': ('labkit.serving.static:static_schedule', 'labkit.serving.static:StaticScheduler'),
+    '07.admit': ('labkit.serving.scheduler:admit', 'labkit.serving.scheduler:Scheduler'),
+    '07.schedule_running': ('labkit.serving.scheduler:schedule_running', 'labkit.serving.scheduler:Scheduler'),
 }

@@ -91,6 +91,21 @@ def to_record(policy: str, metrics: Metrics, *, rate, max_batch: int, token_budg
                   extra={**metrics.as_dict(), "workload": workload})
 
 
+# The arrival-rate sweep: fractions of the continuous capacity measured offline, from nearly idle to
+# well past static batching's saturation (static sustained about a quarter of continuous's
+# throughput on the H200), highest first so that a run short of time skips the least telling.
+SWEEP_FRACTIONS = (0.8, 0.5, 0.3, 0.22, 0.15, 0.08, 0.03)
+# Requests per rate: arrivals over SWEEP_WINDOW clock units (seconds on a GPU), at least
+# SWEEP_MIN_REQUESTS. Past saturation the queue grows through the window, so TTFT keeps growing
+# with the window's length; below it every request is served as it comes.
+SWEEP_WINDOW, SWEEP_MIN_REQUESTS = 4.0, 10
+
+
+def requests_for_rate(rate: float, *, window: float = SWEEP_WINDOW, min_requests: int = SWEEP_MIN_REQUESTS) -> int:
+    """How many requests a sweep serves at ``rate``: ``rate × window``, at least ``min_requests``."""
+    return max(min_requests, int(round(rate * window)))
+
+
 def sweep_rates(runner, make_workload, rates, *, max_batch: int, token_budget: int = 256,
                 progress=None, deadline: float | None = None) -> list[Record]:
     """Both policies at each arrival rate. ``make_workload(rate)`` returns the requests (``rate``
@@ -126,10 +141,12 @@ def warm_up(runner, make_workload, *, max_batch: int, token_budget: int) -> None
 
 
 def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, offline_requests: int = 512,
-            rate_fractions=(0.1, 0.25, 0.5, 1.0), per_rate: int = 128, warm: bool = True, progress=None,
+            rate_fractions=SWEEP_FRACTIONS, per_rate: int | None = None, window: float = SWEEP_WINDOW,
+            min_requests: int = SWEEP_MIN_REQUESTS, warm: bool = True, progress=None,
             on_offline=None, deadline: float | None = None):
     """The whole comparison: warm-up, both policies on an offline workload (everything at t=0),
-    then both at Poisson rates that are ``rate_fractions`` of the continuous capacity just measured.
+    then both at Poisson rates that are ``rate_fractions`` of the continuous capacity just measured,
+    each with ``per_rate`` requests, or (``per_rate=None``) :func:`requests_for_rate` of them.
 
     make_workload(n, rate, seed) returns ``n`` requests. warm: run :func:`warm_up` first (a
     caller that warms up itself passes False). progress(record or None, message) is told of
@@ -160,7 +177,11 @@ def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, o
     capacity = c.throughput / (c.output_tokens / c.requests)  # requests per clock unit it sustains
     rates = [float(f"{f * capacity:.3g}") for f in rate_fractions]
     try:
-        records += sweep_rates(runner, lambda rate: make_workload(per_rate, rate, 1), rates, max_batch=max_batch,
+        def at_rate(rate):
+            n = per_rate or requests_for_rate(rate, window=window, min_requests=min_requests)
+            return make_workload(n, rate, 1)
+
+        records += sweep_rates(runner, at_rate, rates, max_batch=max_batch,
                                token_budget=token_budget, progress=progress, deadline=deadline)
     except Exception as exc:  # noqa: BLE001 - reported; the offline comparison stands on its own
         if progress is None:
@@ -170,7 +191,7 @@ def measure(runner, make_workload, *, max_batch: int, token_budget: int = 256, o
 
 
 def bench_serving(model: str = "target", *, max_batch: int = 32, token_budget: int = 512, offline_requests: int = 128,
-                  rate_fractions=(0.1, 0.3, 1.0), per_rate: int = 64) -> tuple[list[Record], str]:
+                  rate_fractions=SWEEP_FRACTIONS, window: float = 2.0) -> tuple[list[Record], str]:
     """Static vs continuous batching on a shipped model, measured now on a GPU (a smaller run than
     the recorded one), or in sim mode the recorded GPU results. Returns (records, source)."""
     if runtime.is_sim():
@@ -189,7 +210,7 @@ def bench_serving(model: str = "target", *, max_batch: int = 32, token_budget: i
                              max_context=runner.max_context)
 
     records, _ = measure(runner, workload, max_batch=max_batch, token_budget=token_budget,
-                         offline_requests=offline_requests, rate_fractions=rate_fractions, per_rate=per_rate)
+                         offline_requests=offline_requests, rate_fractions=rate_fractions, window=window)
     return records, "this run"
 
 

@@ -49,7 +49,7 @@ def run(quick: bool = False, *, roofline_gbps: float | None = None, progress: bo
     """Static vs continuous batching (GPU: measured; sim: checked on a tiny model)."""
     from tqdm.auto import tqdm
 
-    from labkit.serving.bench import load_runner, measure, pool_blocks
+    from labkit.serving.bench import SWEEP_FRACTIONS, load_runner, measure, pool_blocks
     from labkit.serving.toy import ToyRunner
     from labkit.serving.workloads import SERVING_MIX, SMALL_SERVING_MIX, make_requests
 
@@ -61,7 +61,9 @@ def run(quick: bool = False, *, roofline_gbps: float | None = None, progress: bo
     else:
         max_batch, budget, mix = 32, 512, SERVING_MIX
         runner, tokenizer = load_runner("target", max_batch=max_batch, block_size=16, max_context=1024)
-        n, fractions, per_rate = (128, (1.0, 0.5), 32) if quick else (512, (1.0, 0.5, 0.25), 48)
+        # notebook 07's sweep: arrival rates from idle to past static batching's saturation, each
+        # serving SWEEP_WINDOW seconds of arrivals (labkit.serving.bench.requests_for_rate)
+        n, fractions, per_rate = (128, (0.8, 0.22, 0.03), None) if quick else (256, SWEEP_FRACTIONS, None)
     vocab = runner.vocab_size if sim else runner.model.config.vocab_size
 
     def workload(count, rate, seed):

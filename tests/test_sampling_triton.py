@@ -1,0 +1,255 @@
+"""The one-pass top-k/top-p sampling kernel and notebook 06's sampling-kernel check.
+
+The kernel must draw from exactly the renormalised top-k/top-p distribution (chi-square
+against ``labkit.decoding.sampling.probs``), and the notebook's check must accept a correct
+student kernel and reject wrong ones (a uniform draw over the right set; no top-p cut) and
+labkit's own kernel passed as the answer.
+"""
+
+from __future__ import annotations
+
+import labkit  # noqa: F401, I001  (first: it picks the mode before Triton is imported)
+import pytest
+import torch
+import triton
+import triton.language as tl
+from labkit import runtime
+from labkit.checks import nb06
+from labkit.checks.core import CheckFailure
+from labkit.decoding.sampling import probs
+from labkit.decoding.sampling_triton import (bench_sampling, ordered_key, sample_top_k_top_p,
+                                             sample_top_p, top_k_top_p_sample_kernel, top_p_sample_kernel)
+from labkit.decoding.stats import chi_square, counts_of
+
+DEV = runtime.device()
+
+
+@pytest.mark.parametrize("top_k, top_p", [(None, 0.8), (5, None), (6, 0.7), (None, None), (1, None)])
+def test_distribution_matches_probs(top_k, top_p):
+    torch.manual_seed(1)
+    V = 24
+    logits = (torch.randn(3, V) * 2).to(DEV)
+    want = probs(logits.cpu(), 0.9, top_k, top_p)
+    draws = sample_top_k_top_p(logits, 0.9, top_k, top_p, seed=5, num_samples=512).cpu()
+    assert draws.shape == (3, 512)
+    for b in range(3):
+        assert bool((want[b][draws[b]] > 0).all()), "a token outside the top-k/top-p set was drawn"
+        _, _, pvalue = chi_square(counts_of(draws[b], V), want[b])
+        assert pvalue > 1e-4
+
+
+def test_several_tiles_and_shapes():
+    torch.manual_seed(2)
+    V = 300  # several 16-token tiles at 512 draws (BLOCK_V = 16)
+    logits = (torch.randn(2, V) * 3).to(DEV)
+    want = probs(logits.cpu(), 1.0, 40, 0.9)
+    draws = sample_top_k_top_p(logits, 1.0, 40, 0.9, seed=3, num_samples=512).cpu()
+    for b in range(2):
+        assert bool((want[b][draws[b]] > 0).all())
+        assert chi_square(counts_of(draws[b], V), want[b])[2] > 1e-4
+    one = sample_top_k_top_p(logits[0], 1.0, None, 0.9, seed=1)
+    assert one.shape == () and 0 <= int(one) < V
+    assert sample_top_k_top_p(logits, 1.0, None, 0.9, seed=1).shape == (2,)
+    assert torch.equal(sample_top_k_top_p(logits, 1.0, 40, None, seed=9), sample_top_k_top_p(logits, 1.0, 40, None, seed=9))
+
+
+def test_top_p_alone_searches_only_the_candidates():
+    torch.manual_seed(4)
+    V = 300  # BLOCK_V = 16 at 512 draws: the compacting path (V > 4 tiles)
+    logits = (torch.randn(2, V) * 3).to(DEV)
+    for temperature, top_p in ((1.0, 0.9), (0.7, 0.5), (2.0, 0.99)):
+        want = probs(logits.cpu(), temperature, None, top_p)
+        draws = sample_top_k_top_p(logits, temperature, None, top_p, seed=6, num_samples=512).cpu()
+        for b in range(2):
+            assert bool((want[b][draws[b]] > 0).all())
+            assert chi_square(counts_of(draws[b], V), want[b])[2] > 1e-4
+
+
+def test_plain_bisection_kernel_matches():
+    torch.manual_seed(3)
+    logits = (torch.randn(2, 40) * 2).to(DEV)
+    want = probs(logits.cpu(), 1.3, None, 0.75)
+    draws = sample_top_p(logits, 1.3, 0.75, seed=4, num_samples=512).cpu()
+    for b in range(2):
+        assert bool((want[b][draws[b]] > 0).all())
+        assert chi_square(counts_of(draws[b], 40), want[b])[2] > 1e-4
+
+
+def test_bad_arguments():
+    x = torch.randn(2, 8, device=DEV)
+    with pytest.raises(ValueError):
+        sample_top_k_top_p(x, 0.0, None, 0.9)
+    with pytest.raises(ValueError):
+        sample_top_k_top_p(x, 1.0, None, 1.5)
+    with pytest.raises(ValueError):
+        sample_top_p(x, -1.0, 0.9)
+
+
+def test_bench_in_sim_mode_checks_only():
+    records = bench_sampling()
+    assert records and all(r.time_ms is None for r in records) == runtime.is_sim()
+
+
+# A student's correct kernel (the notebook's master solution) and two wrong ones.
+
+
+@triton.jit
+def student_top_p_kernel(logits_ptr, out_ptr, V, stride_b, inv_temp, top_p, seed,
+                         BLOCK_V: tl.constexpr, SAMPLES: tl.constexpr):
+    b = tl.program_id(0)
+    row_ptr = logits_ptr + b.to(tl.int64) * stride_b
+    m = tl.full([], float("-inf"), tl.float32)  # the row's largest logit so far
+    z = tl.zeros([], tl.float32)  # Σ exp((x - m) / T), rescaled whenever m grows
+    kmin = tl.full([], 2147483647, tl.int32)  # smallest and largest ordered_key(x)
+    kmax = tl.full([], -2147483648, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        valid = offs < V
+        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+        key = ordered_key(x)
+        kmin = tl.minimum(kmin, tl.min(tl.where(valid, key, 2147483647), axis=0))
+        kmax = tl.maximum(kmax, tl.max(tl.where(valid, key, -2147483648), axis=0))
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
+        m = m_new
+    lo = kmin.to(tl.int64)
+    hi = kmax.to(tl.int64) + 1
+    while hi - lo > 1:
+        mid = lo + (hi - lo) // 2
+        mass = tl.full([], 0.0, tl.float32)
+        for start in range(0, V, BLOCK_V):
+            offs = start + tl.arange(0, BLOCK_V)
+            x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+            keep = (offs < V) & (ordered_key(x).to(tl.int64) >= mid)
+            mass += tl.sum(tl.where(keep, tl.exp((x - m) * inv_temp), 0.0), axis=0)
+        ok = mass >= top_p * z
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid)
+    draws = tl.arange(0, SAMPLES)
+    best = tl.full([SAMPLES], float("-inf"), tl.float32)
+    best_i = tl.full([SAMPLES], 0, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+        keep = (offs < V) & (ordered_key(x).to(tl.int64) >= lo)
+        u = tl.minimum(tl.maximum(tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + offs[None, :]), 1e-7), 1 - 1e-7)
+        score = tl.where(keep[None, :], ((x - m) * inv_temp)[None, :] - tl.log(-tl.log(u)), float("-inf"))
+        blk = tl.max(score, axis=1)
+        best_i = tl.where(blk > best, start + tl.argmax(score, axis=1), best_i)
+        best = tl.maximum(best, blk)
+    tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
+
+
+@triton.jit
+def uniform_over_nucleus_kernel(logits_ptr, out_ptr, V, stride_b, inv_temp, top_p, seed,
+                                BLOCK_V: tl.constexpr, SAMPLES: tl.constexpr):
+    """Wrong: the right set of tokens, but drawn uniformly (the logits left out of the race)."""
+    b = tl.program_id(0)
+    row_ptr = logits_ptr + b.to(tl.int64) * stride_b
+    m = tl.full([], float("-inf"), tl.float32)  # the row's largest logit so far
+    z = tl.zeros([], tl.float32)  # Σ exp((x - m) / T), rescaled whenever m grows
+    kmin = tl.full([], 2147483647, tl.int32)  # smallest and largest ordered_key(x)
+    kmax = tl.full([], -2147483648, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        valid = offs < V
+        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+        key = ordered_key(x)
+        kmin = tl.minimum(kmin, tl.min(tl.where(valid, key, 2147483647), axis=0))
+        kmax = tl.maximum(kmax, tl.max(tl.where(valid, key, -2147483648), axis=0))
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
+        m = m_new
+    lo = kmin.to(tl.int64)
+    hi = kmax.to(tl.int64) + 1
+    while hi - lo > 1:
+        mid = lo + (hi - lo) // 2
+        mass = tl.full([], 0.0, tl.float32)
+        for start in range(0, V, BLOCK_V):
+            offs = start + tl.arange(0, BLOCK_V)
+            x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+            keep = (offs < V) & (ordered_key(x).to(tl.int64) >= mid)
+            mass += tl.sum(tl.where(keep, tl.exp((x - m) * inv_temp), 0.0), axis=0)
+        ok = mass >= top_p * z
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid)
+    draws = tl.arange(0, SAMPLES)
+    best = tl.full([SAMPLES], float("-inf"), tl.float32)
+    best_i = tl.full([SAMPLES], 0, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+        keep = (offs < V) & (ordered_key(x).to(tl.int64) >= lo)
+        u = tl.minimum(tl.maximum(tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + offs[None, :]), 1e-7), 1 - 1e-7)
+        score = tl.where(keep[None, :], -tl.log(-tl.log(u)), float("-inf"))
+        blk = tl.max(score, axis=1)
+        best_i = tl.where(blk > best, start + tl.argmax(score, axis=1), best_i)
+        best = tl.maximum(best, blk)
+    tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
+
+
+@triton.jit
+def no_cut_kernel(logits_ptr, out_ptr, V, stride_b, inv_temp, top_p, seed,
+                  BLOCK_V: tl.constexpr, SAMPLES: tl.constexpr):
+    """Wrong: samples the whole softmax (top_p ignored)."""
+    b = tl.program_id(0)
+    row_ptr = logits_ptr + b.to(tl.int64) * stride_b
+    m = tl.full([], float("-inf"), tl.float32)  # the row's largest logit so far
+    z = tl.zeros([], tl.float32)  # Σ exp((x - m) / T), rescaled whenever m grows
+    kmin = tl.full([], 2147483647, tl.int32)  # smallest and largest ordered_key(x)
+    kmax = tl.full([], -2147483648, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        valid = offs < V
+        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+        key = ordered_key(x)
+        kmin = tl.minimum(kmin, tl.min(tl.where(valid, key, 2147483647), axis=0))
+        kmax = tl.maximum(kmax, tl.max(tl.where(valid, key, -2147483648), axis=0))
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
+        m = m_new
+    draws = tl.arange(0, SAMPLES)
+    best = tl.full([SAMPLES], float("-inf"), tl.float32)
+    best_i = tl.full([SAMPLES], 0, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+        u = tl.minimum(tl.maximum(tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + offs[None, :]), 1e-7), 1 - 1e-7)
+        score = tl.where((offs < V)[None, :], ((x - m) * inv_temp)[None, :] - tl.log(-tl.log(u)), float("-inf"))
+        blk = tl.max(score, axis=1)
+        best_i = tl.where(blk > best, start + tl.argmax(score, axis=1), best_i)
+        best = tl.maximum(best, blk)
+    tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
+
+
+def test_check_accepts_a_correct_kernel(capsys):
+    nb06.check_sample_kernel(student_top_p_kernel)
+    assert "all 7 properties pass" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong", [uniform_over_nucleus_kernel, no_cut_kernel])
+def test_check_rejects_a_wrong_kernel(wrong):
+    with pytest.raises(CheckFailure) as info:
+        nb06.check_sample_kernel(wrong)
+    assert "chi-square" in str(info.value) or "outside the top-p set" in str(info.value)
+
+
+@pytest.mark.parametrize("labkit_kernel", [top_p_sample_kernel, top_k_top_p_sample_kernel])
+def test_check_rejects_labkit_kernel(labkit_kernel):
+    with pytest.raises(CheckFailure, match="labkit's own implementation"):
+        nb06.check_sample_kernel(labkit_kernel)
+
+
+def test_kernels_compile_for_t4():
+    from labkit.testing import compile_triton_many_for_t4
+
+    sig_p = {"logits_ptr": "*fp32", "out_ptr": "*i64", "V": "i32", "stride_b": "i32", "inv_temp": "fp32",
+             "top_p": "fp32", "seed": "i32"}
+    sig = {**sig_p, "top_k": "i32", "cand_x_ptr": "*fp32", "cand_i_ptr": "*i32"}
+    fast = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": True, "COMPACT": False, "USE_TOP_P": True,
+                                             "BLOCK_V": 4096, "BLOCK_S": 512, "NPIV": 16, "SAMPLES": 1}, 8)
+    compact = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": False, "COMPACT": True, "USE_TOP_P": True,
+                                                "BLOCK_V": 4096, "BLOCK_S": 512, "NPIV": 16, "SAMPLES": 1}, 8)
+    plain = (top_p_sample_kernel, sig_p, {"BLOCK_V": 4096, "SAMPLES": 1}, 8)
+    for build in compile_triton_many_for_t4([fast, compact, plain]):
+        assert build.shared_bytes <= 64 * 1024
