@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="folder for results (grade/ is written inside)")
     parser.add_argument("--notebooks", default="", help="comma-separated master names (default: all)")
     parser.add_argument("--jobs", type=int, default=4, help="notebooks at once (they share the GPU)")
+    parser.add_argument("--who", default="master,released", help="grade the masters, their releases, or both")
     parser.add_argument("--cell-timeout", type=float, default=600)
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
@@ -43,14 +44,15 @@ def main() -> int:
     print(labkit.runtime.summary())
     with tempfile.TemporaryDirectory() as tmp:
         subs = Path(tmp)
-        for who in ("master", "released"):
-            (subs / who).mkdir()
+        who = [w.strip() for w in args.who.split(",") if w.strip()]
+        for w in ("master", "released"):
+            (subs / w).mkdir()
         for path in masters:
             nb = nbformat.read(path, as_version=4)
             nbformat.write(nb, subs / "master" / path.name)
             nbformat.write(student_notebook(nb, path.name), subs / "released" / path.name)
         start = time.perf_counter()
-        results = grade([subs / "master", subs / "released"], Path(args.out) / "grade", masters=ROOT / "solutions",
+        results = grade([subs / w for w in who], Path(args.out) / "grade", masters=ROOT / "solutions",
                         jobs=args.jobs, cell_timeout=args.cell_timeout, timeout=args.timeout, progress=False)
         seconds = time.perf_counter() - start
 
