@@ -338,8 +338,11 @@ def test_nb06_checks_pass_labkit_and_fail_wrong_answers(capsys):
     from labkit import checks
     from labkit.checks.core import CheckFailure
 
-    checks.nb06.check_accept(accept_draft)
-    checks.nb06.check_round(speculative_round)
+    for check, labkits in ((checks.nb06.check_accept, accept_draft), (checks.nb06.check_round, speculative_round)):
+        with pytest.raises(CheckFailure, match="labkit's own"):
+            check(labkits)
+    checks.nb06.check_accept(lambda *a, **k: accept_draft(*a, **k))  # the check sees a function of the student's
+    checks.nb06.check_round(lambda *a, **k: speculative_round(*a, **k))
 
     def always(p, q, d, g=None):
         return q.shape[0], int(sample(p[-1], g))

@@ -330,13 +330,17 @@ def _stub(*args, **kwargs):
     raise NotImplementedError("Exercise 04.rope: your code here")
 
 
-def test_checks_pass_with_labkit_solutions(capsys):
-    checks.nb04.check_rope(apply_rope)
-    checks.nb04.check_rope(rope_ops)
-    checks.nb04.check_rope_kernel(rope_kernel)
-    checks.nb04.check_write_kv_rope(write_kv_rope_kernel)
+def test_checks_pass_right_answers_and_refuse_labkits_own(capsys):
+    # a right answer of the student's own passes (here: code that calls labkit's, which the grader
+    # flags by reading the cell; the check itself sees only the function it is given)
+    checks.nb04.check_rope(lambda x, positions, cos, sin: apply_rope(x, positions, cos, sin))
     out = capsys.readouterr().out
-    assert "04.rope: all 7 properties pass" in out and "04.write_kv_rope: all 7 properties pass" in out
+    assert "04.rope: all 7 properties pass" in out
+    for check, answer in ((checks.nb04.check_rope, apply_rope), (checks.nb04.check_rope, rope_ops),
+                          (checks.nb04.check_rope_kernel, rope_kernel),
+                          (checks.nb04.check_write_kv_rope, write_kv_rope_kernel)):
+        with pytest.raises(CheckFailure, match="labkit's own"):
+            check(answer)
 
 
 @pytest.mark.parametrize("check, wrong, reason", [
