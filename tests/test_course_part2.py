@@ -14,7 +14,8 @@ from pathlib import Path
 import labkit  # noqa: F401, I001  (first: it picks the mode)
 import pytest
 
-from labkit.checks._answers import _resolve, is_labkit_answer
+from labkit.checks._guard import _resolve
+from labkit.checks._guard import labkit_origin as is_labkit_answer
 from labkit.checks.core import CheckFailure
 from labkit.course.fallback import use_student
 

@@ -1,7 +1,7 @@
 """The pieces of ``labkit grade`` that make it trustworthy, without running notebooks (fast).
 
 Checks that speak on a GPU as in sim mode (an output left NaN is "not started", never an error
-inside the check), ``reject_labkit_answer``, the reuse and suspicious-code scans, the run
+inside the check), ``reject_labkit``, the reuse and suspicious-code scans, the run
 environment, the pristine copies' tamper check, and clipped output.
 """
 
@@ -15,7 +15,8 @@ import torch
 
 from labkit import runtime
 from labkit.checks import core, nb02
-from labkit.checks.core import CheckFailure, assert_close, assert_equal, poisoned, reject_labkit_answer, run_check
+from labkit.checks._guard import reject_labkit
+from labkit.checks.core import CheckFailure, assert_close, assert_equal, poisoned, run_check
 from labkit.course import reuse
 from labkit.course.isolation import Slots, Snapshot, run_env
 from labkit.course.nbval_hooks import clip
@@ -86,14 +87,14 @@ def test_reject_labkit_answer():
     from labkit.attention.reference import reference_decode
 
     for answer in (reference_decode, functools.partial(reference_decode, scale=0.5), online_update):
-        with pytest.raises(CheckFailure, match="your answer is labkit's own `labkit.attention"):
-            reject_labkit_answer(answer, "01.naive_decode")
+        with pytest.raises(CheckFailure, match="your answer is labkit's own implementation \\(labkit.attention"):
+            reject_labkit(answer, "01.naive_decode")
 
     def mine(q, k, v, scale=None):
         return reference_decode(q, k, v, scale=scale)  # delegation: the grader's scan catches it, not this
 
-    reject_labkit_answer(mine, "01.naive_decode")
-    reject_labkit_answer(run_check, "01.naive_decode")  # the checks' own helpers are not answers
+    reject_labkit(mine, "01.naive_decode")
+    reject_labkit(run_check, "01.naive_decode")  # the checks' own helpers are not answers
 
 
 SOLVED_BY_REFERENCE = """from labkit.attention import reference_decode as ref

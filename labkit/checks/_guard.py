@@ -1,16 +1,21 @@
-"""Telling a student's answer from labkit's own (private to notebooks 00-03's checks).
+"""Telling a student's answer from labkit's own: the one place every check asks.
 
-A check gets the student's function; it must fail when that function *is* one of labkit's
-implementations of the exercise, or only calls one (``reference_decode(...).to(q.dtype)``
-passes every numerical property of 01.naive_decode). Two tests, both cheap:
+A check gets the student's function, kernel or class; it must fail when that answer *is* one of
+labkit's implementations of the exercise, or only calls one (``reference_decode(...).to(q.dtype)``
+passes every numerical property of 01.naive_decode). Three tests, all cheap:
 
-* identity: the answer is, or wraps (``functools.wraps``), a labkit object named in the
-  check module's ``SOLUTIONS`` or defined in a ``labkit`` module;
-* calls: the answer runs once with a profile hook that fails when any function named in
-  ``SOLUTIONS`` (or labkit's float64 reference) is entered. The hook sees calls through any
-  name the student bound (``from labkit.attention import reference_decode as r``), because it
+* :func:`labkit_origin`: the answer is, or wraps (a partial, a bound method, ``functools.wraps``,
+  a Numba dispatcher, a Triton kernel), an object named in the check module's ``SOLUTIONS`` or
+  defined in a ``labkit`` module other than the checks;
+* :func:`run_guarded`: the answer runs with a profile hook that fails when any function named in
+  ``SOLUTIONS`` is entered. The hook sees calls through any name the student bound, because it
   compares code objects, not names. It watches the calling thread only: Numba's simulator
-  threads and Triton's interpreter are not slowed down.
+  threads and Triton's interpreter are not slowed down;
+* an answer that delegates in a way neither sees is caught by ``labkit grade``, which reads the
+  exercise cell (:mod:`labkit.course.reuse`).
+
+Checks use :func:`assert_not_labkit` as a named property, or :func:`reject_labkit` before any
+property runs.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from __future__ import annotations
 import importlib
 import sys
 from typing import Callable, Iterable
+
+from labkit.checks.core import CheckFailure
+
+_WRAPPERS = ("__wrapped__", "func", "__func__", "py_func", "fn")  # wraps, partial, method, Numba, Triton
 
 
 def _resolve(spec: str):
@@ -28,18 +37,22 @@ def _resolve(spec: str):
     return obj
 
 
-def _code(obj):
-    obj = getattr(obj, "fn", obj)  # a triton.JITFunction keeps the Python function in .fn
-    obj = getattr(obj, "py_func", obj)  # a numba dispatcher keeps it in .py_func
-    return getattr(obj, "__code__", None)
-
-
-def _unwrap(obj):
+def _chain(obj):
+    """``obj`` and every object it wraps, outermost first."""
     seen = set()
     while obj is not None and id(obj) not in seen:
         seen.add(id(obj))
         yield obj
-        obj = getattr(obj, "__wrapped__", None) or getattr(obj, "func", None)  # wraps, partial
+        obj = next((inner for inner in (getattr(obj, a, None) for a in _WRAPPERS)
+                    if inner is not None and inner is not obj), None)
+
+
+def _code(obj):
+    for inner in _chain(obj):
+        code = getattr(inner, "__code__", None)
+        if code is not None:
+            return code
+    return None
 
 
 def forbidden(specs: Iterable[str]) -> dict:
@@ -55,15 +68,44 @@ def forbidden(specs: Iterable[str]) -> dict:
     return out
 
 
-def assert_not_labkit(answer, specs: Iterable[str]) -> None:
-    """Fail when ``answer`` is (or wraps) a labkit object, or one named in ``specs``."""
+def labkit_origin(answer, specs: Iterable[str] = ()) -> str | None:
+    """The labkit object ``answer`` is (a ``SOLUTIONS`` spec, or ``module.name``), else ``None``."""
     codes = forbidden(specs)
-    for obj in _unwrap(answer):
-        module = getattr(getattr(obj, "fn", obj), "__module__", "") or ""
-        if _code(obj) in codes or module == "labkit" or module.startswith("labkit."):
-            name = codes.get(_code(obj)) or f"{module}.{getattr(obj, '__name__', type(obj).__name__)}"
-            raise AssertionError(f"your answer is labkit's own {name}: write it yourself "
-                                 "(labkit's implementations are for later notebooks and comparisons)")
+    objects = {}
+    for spec in specs:
+        try:
+            objects[id(_resolve(spec))] = spec
+        except (ImportError, AttributeError):
+            continue
+    for obj in _chain(answer):
+        if id(obj) in objects:
+            return objects[id(obj)]
+        code = getattr(obj, "__code__", None)
+        if code is not None and code in codes:
+            return codes[code]
+        target = obj if isinstance(obj, type) or callable(obj) else type(obj)
+        module = getattr(target, "__module__", "") or ""
+        if isinstance(module, str) and (module == "labkit" or module.startswith("labkit.")) \
+                and not module.startswith("labkit.checks"):
+            return f"{module}.{getattr(target, '__qualname__', getattr(target, '__name__', type(target).__name__))}"
+    return None
+
+
+def assert_not_labkit(answer, specs: Iterable[str]) -> None:
+    """A check's property: fail (``AssertionError``) when ``answer`` is (or wraps) labkit's own."""
+    origin = labkit_origin(answer, specs)
+    if origin is not None:
+        raise AssertionError(f"your answer is labkit's own implementation ({origin}): write it yourself "
+                             "(labkit's implementations are for later notebooks and comparisons)")
+
+
+def reject_labkit(answer, exercise: str, solutions: dict | None = None) -> None:
+    """Before a check's properties: raise :class:`CheckFailure` when ``answer`` is labkit's own."""
+    origin = labkit_origin(answer, (solutions or {}).get(exercise, ()))
+    if origin is not None:
+        print(f"Checking {exercise}")
+        raise CheckFailure(f"{exercise}: your answer is labkit's own implementation ({origin}), not your code: "
+                           "write the exercise in the notebook cell; handing in labkit's earns no points")
 
 
 def run_guarded(fn: Callable, specs: Iterable[str], *args, **kwargs):
@@ -87,4 +129,4 @@ def run_guarded(fn: Callable, specs: Iterable[str], *args, **kwargs):
     return result
 
 
-__all__ = ["assert_not_labkit", "forbidden", "run_guarded"]
+__all__ = ["assert_not_labkit", "forbidden", "labkit_origin", "reject_labkit", "run_guarded"]

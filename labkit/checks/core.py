@@ -212,47 +212,6 @@ def run_check(exercise: str, properties: Sequence[tuple[str, Callable[[], object
     print(f"{exercise}: all {len(properties)} properties pass")
 
 
-def _unwrap(obj):
-    """The Python object behind a wrapper: partials, bound methods, Numba dispatchers, Triton kernels."""
-    seen = set()
-    while id(obj) not in seen:
-        seen.add(id(obj))
-        for attr in ("func", "__func__", "py_func", "fn", "__wrapped__"):
-            inner = getattr(obj, attr, None)
-            if inner is not None and inner is not obj and (callable(inner) or isinstance(inner, type)):
-                obj = inner
-                break
-        else:
-            break
-    return obj
-
-
-def _labkit_origin(obj) -> str | None:
-    """``module.qualname`` when ``obj`` (or what it wraps) is defined inside labkit (not its checks)."""
-    for candidate in (obj, _unwrap(obj)):
-        target = candidate if isinstance(candidate, type) or callable(candidate) else type(candidate)
-        module = getattr(target, "__module__", None) or ""
-        if isinstance(module, str) and (module == "labkit" or module.startswith("labkit.")) \
-                and not module.startswith("labkit.checks"):
-            return f"{module}.{getattr(target, '__qualname__', getattr(target, '__name__', type(target).__name__))}"
-    return None
-
-
-def reject_labkit_answer(answer, exercise: str) -> None:
-    """Fail ``exercise`` when ``answer`` is labkit's own code rather than the student's.
-
-    Checks call this on what the notebook passes them (a function, a kernel, a class): an answer
-    defined in a ``labkit`` module (other than the checks themselves), or a wrapper of one
-    (``functools.partial``, a bound method, a Numba or Triton kernel), raises
-    :class:`CheckFailure`. An answer that only *calls* labkit's implementation is caught by the
-    grader (``labkit grade`` reads the exercise cell), not here.
-    """
-    origin = _labkit_origin(answer)
-    if origin is not None:
-        raise CheckFailure(f"{exercise}: your answer is labkit's own `{origin}`, not your code. "
-                           "Write the exercise yourself: handing in labkit's implementation earns no points.")
-
-
 def properties(pairs: Iterable[tuple[str, Callable[[], object]]]) -> list[tuple[str, Callable[[], object]]]:
     """Materialise a generator of properties (lets checks build them in a loop)."""
     return list(pairs)

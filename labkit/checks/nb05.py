@@ -8,7 +8,7 @@ import random
 import torch
 
 from labkit import runtime
-from labkit.checks._answers import reject_labkit
+from labkit.checks._guard import reject_labkit
 from labkit.checks.core import TOLERANCE, assert_close, assert_equal, fresh_seed, poisoned, run_check
 from labkit.kvcache.allocator import DoubleFree, OutOfBlocks
 

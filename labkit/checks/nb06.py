@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from labkit.checks._answers import reject_labkit
+from labkit.checks._guard import reject_labkit
 from labkit.checks.core import assert_equal, fresh_seed, launch_kernel, run_check
 from labkit.decoding.generate import generate
 from labkit.decoding.sampling import probs as next_token_probs

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from labkit.checks._answers import reject_labkit
+from labkit.checks._guard import reject_labkit
 from labkit.checks.core import fresh_seed, run_check
 from labkit.serving import Engine, Request, StepClock, ToyRunner
 from labkit.serving.blocks import BlockLedger
