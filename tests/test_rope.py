@@ -345,12 +345,12 @@ def test_checks_pass_right_answers_and_refuse_labkits_own(capsys):
 
 @pytest.mark.parametrize("check, wrong, reason", [
     ("check_rope", _stub, "not started"),
-    ("check_rope", apply_rope_interleaved, "relative error"),
+    ("check_rope", lambda x, p, c, s: apply_rope_interleaved(x, p, c, s), "relative error"),  # the other pairing
     ("check_rope", lambda x, p, c, s: x, "relative error"),
     ("check_rope_kernel", _stub_kernel, "not started"),
     ("check_rope_kernel", _unrotated_kernel, "relative error"),
     ("check_write_kv_rope", _stub_write_kernel, "not started"),
-    ("check_write_kv_rope", rope_kernel, "raised"),  # the wrong kernel entirely
+    ("check_write_kv_rope", rope_kernel, "labkit's own"),  # the wrong kernel entirely, and labkit's
 ])
 def test_checks_fail_unstarted_or_wrong_work(check, wrong, reason, capsys):
     with pytest.raises(CheckFailure, match=reason):
