@@ -172,6 +172,11 @@ def restore_checks(student: nbformat.NotebookNode, master: nbformat.NotebookNode
         check = copy.deepcopy(mcell)
         cells.insert(at, check)
         restored.add(id(check))
+    return _fresh_notebook(cells, student.get("metadata", {}))
+
+
+def _fresh_notebook(cells, metadata) -> nbformat.NotebookNode:
+    """A valid notebook of ``cells`` to run: no outputs or execution data, unique cell ids."""
     seen: set[str] = set()
     for cell in cells:
         if cell.cell_type == "code":
@@ -180,7 +185,7 @@ def restore_checks(student: nbformat.NotebookNode, master: nbformat.NotebookNode
         if not cell.get("id") or cell.id in seen:
             cell.id = uuid.uuid4().hex[:12]
         seen.add(cell.id)
-    nb = nbformat.v4.new_notebook(metadata=copy.deepcopy(student.get("metadata", {})))
+    nb = nbformat.v4.new_notebook(metadata=copy.deepcopy(metadata))
     nb.cells = cells
     nbformat.validate(nb)
     return nb
@@ -354,16 +359,6 @@ def build_graded(student: nbformat.NotebookNode, master: nbformat.NotebookNode, 
             emit(rcell, "master", seen_master.get(index))
         for number, cell in extras.get(index, []):
             emit(cell, "extra", number)
-    seen: set[str] = set()
-    for cell in cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-        cell.get("metadata", {}).pop("execution", None)
-        if not cell.get("id") or cell.id in seen:
-            cell.id = uuid.uuid4().hex[:12]
-        seen.add(cell.id)
-    nb = nbformat.v4.new_notebook(metadata=copy.deepcopy(master.get("metadata", {})))
-    nb.cells = cells
-    nbformat.validate(nb)
+    nb = _fresh_notebook(cells, master.get("metadata", {}))
     return Graded(nb, origins, {ex: (n, c.source) for ex, (n, c) in exercises.items()},
                   [(n, c.source) for group in extras.values() for n, c in group])
