@@ -17,7 +17,8 @@ import triton.language as tl
 from labkit.attention import decode_attention, reference_decode
 from labkit.attention.splits import (chunk_bounds, flash_attn_num_splits, merge_reference, num_splits_heuristic,
                                      reference_partials, sm_utilisation)
-from labkit.attention.triton_decode import (HEAD_DIMS, MAX_SPLITS, _merge_kernel, flash_decode,
+from labkit.attention.triton_merge import _merge_kernel
+from labkit.attention.triton_decode import (HEAD_DIMS, MAX_SPLITS, flash_decode,
                                             heads_per_program, kernel_config, plan_splits, short_context_block,
                                             triton_decode, workspace)
 from labkit.attention.triton_plan import Config

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from labkit.attention.splits import LOG2E, MAX_SPLITS
 from labkit.attention.triton_args import prepare
-from labkit.attention.triton_merge import _merge_kernel
+from labkit.attention.triton_merge import merge_splits
 from labkit.attention.triton_plan import (HEAD_DIMS, Config, config_for, default_splits, heads_per_program, kernel_config,
                                           plan_splits, short_context_block, workspace)
 
@@ -215,8 +215,7 @@ def launch(q, k, v, out, *, scale: float, T: int, cfg: Config, num_splits: int, 
         **meta, num_warps=cfg.num_warps,
     )
     if num_splits > 1:
-        _merge_kernel[(B * Hq,)](*ws, out, num_splits, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(num_splits),
-                                 num_warps=4)
+        merge_splits(ws, out, num_splits, B * Hq, D)
     return out
 
 

@@ -41,4 +41,10 @@ def _merge_kernel(
     tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
-__all__ = ["_merge_kernel"]
+def merge_splits(ws, out, num_splits: int, rows: int, head_dim: int) -> None:
+    """Launch the merge: ``ws`` = (M, L, Acc) workspaces of the split kernel; ``rows`` = B·Hq rows of ``out``."""
+    _merge_kernel[(rows,)](*ws, out, num_splits, HEAD_DIM=head_dim, SPLITS_P=triton.next_power_of_2(num_splits),
+                           num_warps=4)
+
+
+__all__ = ["_merge_kernel", "merge_splits"]

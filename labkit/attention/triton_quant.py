@@ -26,7 +26,7 @@ import triton.language as tl
 
 from labkit import runtime
 from labkit.attention.splits import LOG2E
-from labkit.attention.triton_merge import _merge_kernel
+from labkit.attention.triton_merge import merge_splits
 from labkit.attention.triton_plan import (HEAD_DIMS, Config, capability, heads_per_program, plan_splits,
                                           short_context_block, workspace)
 from labkit.attention.validate import check_out, check_tensor, supported_dtypes
@@ -252,8 +252,7 @@ def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: C
         **meta, num_warps=cfg.num_warps,
     )
     if num_splits > 1:
-        _merge_kernel[(B * Hq,)](*ws, out, num_splits, HEAD_DIM=D, SPLITS_P=triton.next_power_of_2(num_splits),
-                                 num_warps=4)
+        merge_splits(ws, out, num_splits, B * Hq, D)
     return out
 
 
