@@ -14,6 +14,7 @@ NaN must still read "not started".
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import labkit  # noqa: F401  (decides the mode before anything else loads)
 import nbformat
+from labkit.bench.records import run_meta, slug
 from labkit.course.grade import grade
 from labkit.course.release import master_paths, student_notebook
 from labkit.paths import ROOT
@@ -72,6 +74,14 @@ def main() -> int:
             bad += [f"released/{r.notebook} {c.exercise}: exception text from a check: {c.message[:300]}"
                     for c in r.checks if any(t in c.message for t in ("raised ", "Traceback", "All-NaN"))]
     print(f"graded {len(results)} notebooks in {seconds:.0f} s with --jobs {args.jobs}")
+    record = {"meta": {**run_meta(), "batch_seconds": round(seconds), "jobs": args.jobs}, "records": [],
+              "grading": [{"student": r.student, "notebook": r.notebook, "points": r.score, "possible": r.possible,
+                           "checks": [{"exercise": c.exercise, "status": c.status,
+                                       "says_not_started": "not started" in c.message} for c in r.checks]}
+                          for r in results]}
+    path = Path(args.out) / f"grade_{slug(record['meta']['device'])}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"record -> {path}")
     for line in bad:
         print("FAIL", line)
     return 1 if bad else 0
