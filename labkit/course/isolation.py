@@ -192,6 +192,25 @@ def _package_dirs(pythonpath: str) -> list[str]:
     return [p for p in pythonpath.split(os.pathsep) if p and os.path.isdir(p) and not os.path.exists(os.path.join(p, "labkit"))]
 
 
+_NO_FALLBACK: list[str] = []
+
+
+def _no_fallback_dir() -> str:
+    """A folder whose ``labkit`` refuses to import, placed right after a run's pristine copy.
+
+    If another run deletes this run's copy (untrusted code can), ``import labkit`` must fail,
+    not fall through to the grader's own installed checkout (an editable install's finder),
+    which the run could then rewrite.
+    """
+    if not _NO_FALLBACK or not os.path.isdir(_NO_FALLBACK[0]):
+        folder = Path(tempfile.mkdtemp(prefix="labkit-grader-guard-"))
+        (folder / "labkit").mkdir()
+        (folder / "labkit" / "__init__.py").write_text(
+            'raise ImportError("the grader\'s pristine copy of labkit is missing: this run cannot import labkit")\n')
+        _NO_FALLBACK[:] = [str(folder)]
+    return _NO_FALLBACK[0]
+
+
 def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, str]:
     """The environment of one run's pytest and kernel: labkit from ``pristine``; home and caches in ``private``."""
     env = {k: v for k, v in base.items() if k not in DROPPED_ENV}
@@ -201,7 +220,7 @@ def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, st
         (home / sub).mkdir(parents=True, exist_ok=True)
     env.update(_user_site())
     env.update({
-        "PYTHONPATH": os.pathsep.join([str(pristine), *_package_dirs(base.get("PYTHONPATH", ""))]),
+        "PYTHONPATH": os.pathsep.join([str(pristine), _no_fallback_dir(), *_package_dirs(base.get("PYTHONPATH", ""))]),
         "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": str(home), "IPYTHONDIR": str(home / ".ipython"), "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
         "JUPYTER_DATA_DIR": str(home / ".jupyter-data"), "JUPYTER_RUNTIME_DIR": str(home / ".jupyter-runtime"),
