@@ -477,3 +477,13 @@ def test_a_real_master_scores_full_points_its_release_zero_and_reuse_or_patches_
     assert "roofline_time_us as _fast" in messages and "sg.reference_time_us" in messages
     assert [c.status for c in results["omar"].checks] == ["failed"] * len(checks) and results["omar"].score == 0
     assert any("nb00.check_roofline_time" in f for f in results["omar"].flags)
+
+
+def test_graded_notebooks_time_briefly(monkeypatch):
+    """Benchmark cells still run under the grader, but each measurement is cut short (LABKIT_TIMING)."""
+    from labkit.course.grade import _child_env
+
+    monkeypatch.delenv("LABKIT_TIMING", raising=False)
+    assert _child_env(2)["LABKIT_TIMING"] == "brief"
+    monkeypatch.setenv("LABKIT_TIMING", "full")
+    assert _child_env(2)["LABKIT_TIMING"] == "full"

@@ -2,6 +2,10 @@
 with inputs rotated so the working set is several times the L2, and the copy roofline
 measured in the same process.
 
+``LABKIT_TIMING=brief`` (the grader sets it for the notebooks it runs) cuts every measurement to
+a few milliseconds: the benchmark cells still run and check their kernels, but their figures are
+rough. Grading checks kernels; it does not time them.
+
 In sim mode nothing here returns a time: the simulators run on the CPU and their timings
 mean nothing, so callers get ``None`` and say that timings need a GPU.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from typing import Callable, Sequence
 
 import torch
@@ -62,6 +67,9 @@ def time_ms(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100, graph
     if runtime.is_sim():
         return None
     from triton.testing import do_bench, do_bench_cudagraph
+
+    if os.environ.get("LABKIT_TIMING") == "brief":
+        warmup, rep = min(warmup, 2), min(rep, 5)
 
     if graph:
         fn()  # compile and allocate workspaces outside the capture
