@@ -31,6 +31,7 @@ SECTIONS = {  # name -> module, in the order the report runs and prints them
     "rope": "labkit.bench.sections.rope",
     "paged": "labkit.bench.sections.paged",
     "speculative": "labkit.bench.sections.speculative",
+    "sampling": "labkit.bench.sections.sampling",
     "serving": "labkit.bench.sections.serving",
     "quant": "labkit.bench.sections.quant",
 }
