@@ -17,8 +17,9 @@ from labkit import runtime
 from labkit.checks import nb06
 from labkit.checks.core import CheckFailure
 from labkit.decoding.sampling import probs
-from labkit.decoding.sampling_triton import (bench_sampling, ordered_key, sample_top_k_top_p,
-                                             sample_top_p, top_k_top_p_sample_kernel, top_p_sample_kernel)
+from labkit.bench.sampling import bench_sampling
+from labkit.decoding.sampling_bisect import sample_top_p, top_p_sample_kernel
+from labkit.decoding.sampling_triton import ordered_key, sample_top_k_top_p, top_k_top_p_sample_kernel
 from labkit.decoding.stats import chi_square, counts_of
 
 DEV = runtime.device()
@@ -265,7 +266,7 @@ def test_kernels_compile_for_t4():
 
     sig_p = {"logits_ptr": "*fp32", "out_ptr": "*i64", "V": "i32", "stride_b": "i32", "inv_temp": "fp32",
              "top_p": "fp32", "seed": "i32"}
-    sig = {**sig_p, "top_k": "i32", "cand_p_ptr": "*fp32", "cand_i_ptr": "*i32"}
+    sig = {**sig_p, "top_k": "i32", "cand_p_ptr": "*fp32", "cand_i_ptr": "*i32", "work_ptr": "*fp32"}
     fast = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": True, "USE_TOP_P": True,
                                              "BLOCK_V": 4096, "BLOCK_S": 512, "NPIV": 8, "SAMPLES": 1}, 8)
     compact = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": False, "USE_TOP_P": True,

@@ -283,7 +283,7 @@ SAMPLE_DRAWS = 256  # draws per row and launch: enough for the chi-square test a
 
 
 def _launch_sampler(kernel, logits, temperature, top_p, seed):
-    from labkit.decoding.sampling_triton import sample_top_p
+    from labkit.decoding.sampling_bisect import sample_top_p
 
     out = launch_kernel(sample_top_p, logits, temperature, top_p, seed, num_samples=SAMPLE_DRAWS, kernel=kernel)
     if out.dtype != torch.int64 or tuple(out.shape) != (logits.shape[0], SAMPLE_DRAWS):
@@ -356,5 +356,5 @@ def check_sample_kernel(kernel) -> None:
 SOLUTIONS = {
     '06.accept': ('labkit.decoding.speculative:accept_draft', 'labkit.decoding:accept_draft'),
     '06.round': ('labkit.decoding.speculative:speculative_round', 'labkit.decoding.speculative:speculative_generate', 'labkit.decoding:speculative_generate'),
-    '06.sample_kernel': ('labkit.decoding.sampling_triton:top_p_sample_kernel', 'labkit.decoding.sampling_triton:top_k_top_p_sample_kernel'),
+    '06.sample_kernel': ('labkit.decoding.sampling_bisect:top_p_sample_kernel', 'labkit.decoding.sampling_triton:top_k_top_p_sample_kernel'),
 }

@@ -1,0 +1,112 @@
+"""Top-p sampling by plain bisection, one program per row: the simplest kernel that needs no sort.
+
+Notebook 06's exercise has this shape: find the row's max and softmax normaliser in one pass,
+then bisect over the logits' ordered bits (:func:`labkit.decoding.sampling_triton.ordered_key`),
+one full pass over the row per step (about 33 passes), for the largest threshold ``t`` whose
+tokens ``{x >= t}`` hold at least ``top_p`` of the mass; then draw among them with the
+Gumbel-max trick. :func:`sample_top_p` launches any kernel of this signature.
+:mod:`labkit.decoding.sampling_triton` is the fast version (NPIV thresholds a pass, a shrinking
+candidate set, top-k too).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from labkit.decoding.sampling_triton import _block_v, ordered_key
+
+
+@triton.jit
+def top_p_sample_kernel(
+    logits_ptr,  # [B, V] logits, row b at logits_ptr + b * stride_b, tokens contiguous
+    out_ptr,  # [B, SAMPLES] int64: SAMPLES independent draws from row b
+    V, stride_b,  # vocabulary size; row stride
+    inv_temp,  # 1 / temperature
+    top_p,  # keep the most likely tokens whose probability reaches top_p
+    seed,  # draw s of row b uses tl.rand(seed, (b * SAMPLES + s) * V + token)
+    BLOCK_V: tl.constexpr,  # tokens per tile (a power of two)
+    SAMPLES: tl.constexpr,  # draws per row (a power of two)
+):
+    """Top-p sampling by plain bisection (one pass per step): the notebook's exercise, simplest form.
+
+    :func:`labkit.decoding.sampling_triton.top_k_top_p_sample_kernel` is the fast one.
+    """
+    b = tl.program_id(0)
+    row_ptr = logits_ptr + b.to(tl.int64) * stride_b
+    m = tl.full([], float("-inf"), tl.float32)  # the row's largest logit so far
+    z = tl.zeros([], tl.float32)  # Σ exp((x - m) / T), rescaled whenever m grows
+    kmin = tl.full([], 2147483647, tl.int32)  # smallest and largest ordered_key(x)
+    kmax = tl.full([], -2147483648, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        valid = offs < V
+        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+        key = ordered_key(x)
+        kmin = tl.minimum(kmin, tl.min(tl.where(valid, key, 2147483647), axis=0))
+        kmax = tl.maximum(kmax, tl.max(tl.where(valid, key, -2147483648), axis=0))
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
+        m = m_new
+    # Bisection over the keys: mass(key >= lo) >= top_p * z always holds; at hi it never does.
+    lo = kmin.to(tl.int64)
+    hi = kmax.to(tl.int64) + 1
+    while hi - lo > 1:
+        mid = lo + (hi - lo) // 2
+        mass = tl.full([], 0.0, tl.float32)
+        for start in range(0, V, BLOCK_V):
+            offs = start + tl.arange(0, BLOCK_V)
+            valid = offs < V
+            x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+            keep = valid & (ordered_key(x).to(tl.int64) >= mid)
+            mass += tl.sum(tl.where(keep, tl.exp((x - m) * inv_temp), 0.0), axis=0)
+        ok = mass >= top_p * z
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid)
+    # Gumbel-max among the survivors {key >= lo}: SAMPLES draws at once.
+    draws = tl.arange(0, SAMPLES)
+    best = tl.full([SAMPLES], float("-inf"), tl.float32)
+    best_i = tl.full([SAMPLES], 0, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        valid = offs < V
+        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
+        keep = valid & (ordered_key(x).to(tl.int64) >= lo)
+        u = tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + offs[None, :])
+        u = tl.minimum(tl.maximum(u, 1e-7), 1.0 - 1e-7)
+        score = tl.where(keep[None, :], ((x - m) * inv_temp)[None, :] - tl.log(-tl.log(u)), float("-inf"))
+        blk_best = tl.max(score, axis=1)
+        better = blk_best > best
+        best_i = tl.where(better, start + tl.argmax(score, axis=1), best_i)
+        best = tl.maximum(best, blk_best)
+    tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
+
+
+def sample_top_p(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 0.9, seed: int = 0, *,
+                 num_samples: int = 1, kernel=None) -> torch.Tensor:
+    """Launch a kernel with :func:`top_p_sample_kernel`'s signature (default: that one), one program
+    per row of ``logits [B, V]`` -> int64 ``[B]`` (``[B, num_samples]`` when ``num_samples > 1``)."""
+    from labkit.decoding.sampling import check_sampling
+
+    check_sampling(temperature, None, top_p)
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (0 is greedy: use logits.argmax(-1))")
+    rows = logits.reshape(1, -1) if logits.dim() == 1 else logits
+    if rows.dim() != 2:
+        raise ValueError(f"logits must be [V] or [B, V], got {list(logits.shape)}")
+    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    B, V = rows.shape
+    S = triton.next_power_of_2(num_samples)
+    if num_samples < 1 or S * B * V >= 2**31:
+        raise ValueError(f"num_samples must be >= 1 with num_samples * B * V < 2**31, got {num_samples}")
+    out = torch.full((B, S), -1, dtype=torch.int64, device=rows.device)
+    block_v = _block_v(V) if S == 1 else max(16, min(_block_v(V), 8192 // S))
+    (kernel or top_p_sample_kernel)[(B,)](rows, out, V, rows.stride(0), 1.0 / temperature, float(top_p),
+                                          int(seed) & 0x7FFFFFFF, BLOCK_V=block_v, SAMPLES=S)
+    out = out[:, :num_samples]
+    out = out[:, 0] if num_samples == 1 else out
+    return out[0] if logits.dim() == 1 else out
+
+
+__all__ = ["sample_top_p", "top_p_sample_kernel"]
