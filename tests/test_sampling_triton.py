@@ -18,8 +18,9 @@ from labkit.checks import nb06
 from labkit.checks.core import CheckFailure
 from labkit.decoding.sampling import probs
 from labkit.bench.sampling import bench_sampling
-from labkit.decoding.sampling_bisect import sample_top_p, top_p_sample_kernel
-from labkit.decoding.sampling_triton import ordered_key, sample_top_k_top_p, top_k_top_p_sample_kernel
+from labkit.decoding.sampling_bisect import top_p_sample_kernel
+from labkit.decoding.sampling_launch import ordered_key, sample_top_p
+from labkit.decoding.sampling_triton import sample_top_k_top_p, top_k_top_p_sample_kernel
 from labkit.decoding.stats import chi_square, counts_of
 
 DEV = runtime.device()

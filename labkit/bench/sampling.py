@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from labkit import runtime
-from labkit.decoding.sampling_bisect import sample_top_p
+from labkit.decoding.sampling_launch import sample_top_p
 from labkit.decoding.sampling_triton import sample_top_k_top_p, torch_top_p_sample
 
 

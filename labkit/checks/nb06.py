@@ -283,7 +283,7 @@ SAMPLE_DRAWS = 256  # draws per row and launch: enough for the chi-square test a
 
 
 def _launch_sampler(kernel, logits, temperature, top_p, seed):
-    from labkit.decoding.sampling_bisect import sample_top_p
+    from labkit.decoding.sampling_launch import sample_top_p
 
     out = launch_kernel(sample_top_p, logits, temperature, top_p, seed, num_samples=SAMPLE_DRAWS, kernel=kernel)
     if out.dtype != torch.int64 or tuple(out.shape) != (logits.shape[0], SAMPLE_DRAWS):

@@ -4,18 +4,18 @@ Notebook 06's exercise has this shape: find the row's max and softmax normaliser
 then bisect over the logits' ordered bits (:func:`labkit.decoding.sampling_triton.ordered_key`),
 one full pass over the row per step (about 33 passes), for the largest threshold ``t`` whose
 tokens ``{x >= t}`` hold at least ``top_p`` of the mass; then draw among them with the
-Gumbel-max trick. :func:`sample_top_p` launches any kernel of this signature.
+Gumbel-max trick. :func:`labkit.decoding.sampling_launch.sample_top_p` launches any kernel of
+this signature.
 :mod:`labkit.decoding.sampling_triton` is the fast version (NPIV thresholds a pass, a shrinking
 candidate set, top-k too).
 """
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from labkit.decoding.sampling_triton import _block_v, ordered_key
+from labkit.decoding.sampling_launch import ordered_key
 
 
 @triton.jit
@@ -83,30 +83,4 @@ def top_p_sample_kernel(
     tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
 
 
-def sample_top_p(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 0.9, seed: int = 0, *,
-                 num_samples: int = 1, kernel=None) -> torch.Tensor:
-    """Launch a kernel with :func:`top_p_sample_kernel`'s signature (default: that one), one program
-    per row of ``logits [B, V]`` -> int64 ``[B]`` (``[B, num_samples]`` when ``num_samples > 1``)."""
-    from labkit.decoding.sampling import check_sampling
-
-    check_sampling(temperature, None, top_p)
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 (0 is greedy: use logits.argmax(-1))")
-    rows = logits.reshape(1, -1) if logits.dim() == 1 else logits
-    if rows.dim() != 2:
-        raise ValueError(f"logits must be [V] or [B, V], got {list(logits.shape)}")
-    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
-    B, V = rows.shape
-    S = triton.next_power_of_2(num_samples)
-    if num_samples < 1 or S * B * V >= 2**31:
-        raise ValueError(f"num_samples must be >= 1 with num_samples * B * V < 2**31, got {num_samples}")
-    out = torch.full((B, S), -1, dtype=torch.int64, device=rows.device)
-    block_v = _block_v(V) if S == 1 else max(16, min(_block_v(V), 8192 // S))
-    (kernel or top_p_sample_kernel)[(B,)](rows, out, V, rows.stride(0), 1.0 / temperature, float(top_p),
-                                          int(seed) & 0x7FFFFFFF, BLOCK_V=block_v, SAMPLES=S)
-    out = out[:, :num_samples]
-    out = out[:, 0] if num_samples == 1 else out
-    return out[0] if logits.dim() == 1 else out
-
-
-__all__ = ["sample_top_p", "top_p_sample_kernel"]
+__all__ = ["top_p_sample_kernel"]

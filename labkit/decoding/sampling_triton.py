@@ -42,12 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def ordered_key(x):
-    """float32 -> int32 with the same order (-0.0 just below +0.0): bisect on it exactly."""
-    bits = x.to(tl.int32, bitcast=True)
-    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+from labkit.decoding.sampling_launch import _block_v, ordered_key
 
 
 @triton.jit
@@ -272,10 +267,6 @@ SEARCH_BLOCK = 512  # candidates per tile of a search pass
 SEARCH_WARPS = 8  # warps of one program (one row) above 8k tokens
 
 
-def _block_v(V: int) -> int:
-    return min(4096, max(16, triton.next_power_of_2(V)))
-
-
 def search_tiles(V: int, samples: int = 1) -> tuple[int, int]:
     """``(BLOCK_S, num_warps)`` for a row of ``V`` tokens and ``samples`` draws.
 
@@ -341,5 +332,5 @@ def torch_top_p_sample(logits: torch.Tensor, temperature: float = 1.0, top_k: in
     return sample(probs(logits, temperature, top_k, top_p), generator)
 
 
-__all__ = ["NPIV", "SEARCH_BLOCK", "SEARCH_WARPS", "ordered_key", "sample_top_k_top_p", "search_tiles",
+__all__ = ["NPIV", "SEARCH_BLOCK", "SEARCH_WARPS", "sample_top_k_top_p", "search_tiles",
            "top_k_top_p_sample_kernel", "torch_top_p_sample"]
