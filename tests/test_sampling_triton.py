@@ -269,9 +269,9 @@ def test_kernels_compile_for_t4():
              "top_p": "fp32", "seed": "i32"}
     sig = {**sig_p, "top_k": "i32", "cand_p_ptr": "*fp32", "cand_i_ptr": "*i32", "work_ptr": "*fp32"}
     fast = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": True, "USE_TOP_P": True,
-                                             "BLOCK_V": 4096, "BLOCK_S": 512, "NPIV": 8, "SAMPLES": 1}, 8)
+                                             "BLOCK_V": 4096, "BLOCK_S": 1024, "NPIV": 4, "SAMPLES": 1}, 8)
     compact = (top_k_top_p_sample_kernel, sig, {"USE_TOP_K": False, "USE_TOP_P": True,
-                                                "BLOCK_V": 4096, "BLOCK_S": 512, "NPIV": 8, "SAMPLES": 1}, 8)
+                                                "BLOCK_V": 4096, "BLOCK_S": 1024, "NPIV": 4, "SAMPLES": 1}, 8)
     plain = (top_p_sample_kernel, sig_p, {"BLOCK_V": 4096, "SAMPLES": 1}, 8)
     for build in compile_triton_many_for_t4([fast, compact, plain]):
         assert build.shared_bytes <= 64 * 1024
