@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from labkit.decoding.sampling_launch import ordered_key
+from labkit.decoding.sampling_keys import ordered_key
 
 
 @triton.jit

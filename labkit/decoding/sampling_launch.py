@@ -1,23 +1,16 @@
-"""Launching top-p sampling kernels: the ordered float key they search over, the tile size, and
-:func:`sample_top_p`, which launches any kernel with notebook 06's exercise signature.
+"""Launching top-p sampling kernels: :func:`sample_top_p` launches any kernel with notebook 06's
+exercise signature (labkit's own is :mod:`labkit.decoding.sampling_bisect`); the tile size.
 
-Both of labkit's kernels (:mod:`labkit.decoding.sampling_bisect`, the plain bisection, and
-:mod:`labkit.decoding.sampling_triton`, the fast one) search for a threshold over a float's bits
-read as an integer; :func:`ordered_key` makes that integer order like the float.
+:func:`~labkit.decoding.sampling_keys.ordered_key`, the float key the kernels search over, is
+re-exported here for the notebook.
 """
 
 from __future__ import annotations
 
 import torch
 import triton
-import triton.language as tl
 
-
-@triton.jit
-def ordered_key(x):
-    """float32 -> int32 with the same order (-0.0 just below +0.0): bisect on it exactly."""
-    bits = x.to(tl.int32, bitcast=True)
-    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+from labkit.decoding.sampling_keys import ordered_key
 
 
 def _block_v(V: int) -> int:

@@ -42,7 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
-from labkit.decoding.sampling_launch import _block_v, ordered_key
+from labkit.decoding.sampling_keys import ordered_key
+from labkit.decoding.sampling_launch import _block_v
 
 
 @triton.jit
