@@ -79,6 +79,7 @@ def _stub_namespace(notebook: str, exercise: str) -> dict:
 
 
 @pytest.mark.parametrize("notebook, exercise, name", [
+    ("04_rope_fusion.ipynb", "04.write_kv_rope", "write_kv_rope_kernel"),
     ("06_speculative_decoding.ipynb", "06.sample_kernel", "top_p_kernel"),
     ("06_speculative_decoding.ipynb", "06.accept", "accept_draft_tokens"),
     ("07_continuous_batching.ipynb", "07.admit", "admit"),

@@ -198,6 +198,17 @@ def test_doctor_kernels_compile_for_the_t4():
     assert all(".target sm_75" in p for p in ptx.values())
 
 
+def test_t4_builds_mark_pointers_aligned_inside_tuple_arguments():
+    # As a launch does: a pointer is 16-byte aligned wherever it sits, also as element j of a
+    # tuple argument i (path (i, j)); scalars get no attribute. JSON's lists count as tuples.
+    from labkit.testing.t4 import aligned_pointers
+
+    names = ["x_ptr", "ptrs", "sizes", "n"]
+    sig = {"x_ptr": "*fp32", "ptrs": ("*fp16", ("i32", "*i64")), "sizes": ["i32", "i32"], "n": "i32"}
+    div16 = [["tt.divisibility", 16]]
+    assert aligned_pointers(names, sig) == {(0,): div16, (1, 0): div16, (1, 1, 1): div16}
+
+
 # --- viz ----------------------------------------------------------------------------------------
 def test_plots_and_explorer_render_records():
     import matplotlib

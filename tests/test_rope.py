@@ -173,6 +173,13 @@ def _write_args(N=2, H=2, D=8, R=3, S=5, dtype=torch.float32):
     (dict(rope=(torch.zeros(20, 3), torch.zeros(20, 3), torch.arange(2))), ValueError, r"cos must have shape"),
     (dict(rope=(torch.zeros(20, 4), torch.zeros(20, 4))), TypeError, r"rope must be a tuple \(cos, sin, positions\)"),
     (dict(k_cache=torch.zeros(3, 2, 8, 5).transpose(2, 3)), ValueError, "k_cache must have a contiguous last"),
+    # the kernel takes one set of strides for k_new and v_new, one for the caches; contiguous tables
+    (dict(v_new=torch.randn(2, 3, 8)[:, :2]), ValueError, r"v_new must have k_new's strides \(16, 8, 1\)"),
+    (dict(v_cache=torch.zeros(3, 2, 6, 8)[:, :, :5]), ValueError,
+     r"v_cache must have k_cache's strides \(80, 40, 8, 1\) \(row, head, slot, d\).*got \(96, 48, 8, 1\)"),
+    (dict(rope=(torch.zeros(20, 8)[:, :4], torch.zeros(20, 4), torch.arange(2))), ValueError,
+     r"cos must be contiguous \(row p at p \* 4\), got strides \(8, 1\)"),
+    (dict(rope=(torch.zeros(20, 4), torch.zeros(4, 20).t(), torch.arange(2))), ValueError, "sin must be contiguous"),
 ])
 def test_write_kv_rope_rejects_bad_input_by_name(change, error, message):
     args = _write_args(**{k: v for k, v in change.items() if k in ("D", "dtype")})
@@ -186,6 +193,52 @@ def test_unchecked_indices_never_write_outside_the_cache():
     args["rows"] = torch.tensor([0, 7])  # row 7 does not exist
     write_kv_rope(**args, check_indices=False)
     assert int((args["k_cache"] != 0).any(-1).sum()) == 2  # token 0's two heads only
+
+
+@pytest.mark.parametrize("bad", ["slot", "position", "negative row"])
+def test_a_token_out_of_bounds_is_skipped_the_others_written(bad):
+    N, H, D, R, S = 4, 3, 10, 2, 5
+    cos, sin = tables(D, max_len=9)
+    k_new, v_new = torch.randn(N, H, D), torch.randn(N, H, D)
+    k_full, v_full = (torch.full((R + 1, H, S + 1, D), float("nan")) for _ in range(2))
+    k_cache, v_cache = k_full[:R, :, :S], v_full[:R, :, :S]  # the margin catches a stray write
+    rows, slots, pos = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 4, 2, 3]), torch.tensor([0, 8, 3, 5])
+    index = {"slot": (slots, 5), "position": (pos, 9), "negative row": (rows, -1)}[bad]
+    index[0][2] = index[1]  # token 2 points past the cache (or the tables)
+    write_kv_rope(k_new, v_new, k_cache, v_cache, rows, slots, (cos, sin, pos), check_indices=False)
+    assert int(torch.isfinite(k_full).sum()) == int(torch.isfinite(v_full).sum()) == 3 * H * D
+    keep = torch.tensor([0, 1, 3])
+    assert rel_error(k_cache[rows[keep], :, slots[keep]], expected(k_new[keep], pos[keep, None], cos, sin)) < 1e-5
+    assert torch.equal(v_cache[rows[keep], :, slots[keep]], v_new[keep])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("N, H, D, block_h, rope", [(7, 5, 40, 2, True), (3, 7, 22, 4, True), (5, 3, 7, None, False),
+                                                     (1, 1, 2, None, True)])
+def test_tuple_argument_kernel_on_shapes_no_block_divides(dtype, N, H, D, block_h, rope):
+    # Heads not a multiple of BLOCK_H, D/2 not a power of two (masked columns), k and v sliced from
+    # one qkv tensor (shared strides), the cache a layer of a bigger one, rows and slots scattered.
+    R, S = 3, 11
+    cos, sin = tables(D + D % 2, max_len=50)
+    qkv = torch.randn(N, 3, H, D).to(dtype)
+    big = torch.full((2, 2, R, H, S, D), float("nan")).to(dtype)
+    flat = torch.randperm(R * S)[:N]
+    rows, slots, pos = flat // S, (flat % S).int(), torch.randint(0, 50, (N,))
+    write_kv_rope(qkv[:, 1], qkv[:, 2], big[0, 1], big[1, 1], rows, slots, (cos, sin, pos) if rope else None,
+                  block_h=block_h)
+    want = expected(qkv[:, 1], pos[:, None], cos, sin) if rope else qkv[:, 1]
+    assert rel_error(big[0, 1][rows, :, slots.long()], want) < TOLERANCE[dtype]
+    assert torch.equal(big[1, 1][rows, :, slots.long()], qkv[:, 2])
+    assert int(torch.isfinite(big).sum()) == 2 * N * H * D  # those slots, nothing else
+
+
+def test_size_one_dims_need_no_matching_strides():
+    # A stride of a size-1 dim is never used (its index is 0): k_new and v_new of one token
+    # may disagree on it, as views of one token often do.
+    args = _write_args(N=1)
+    args["v_new"] = torch.randn(1, 9, 8)[:, :2]  # token stride 72, k_new's 16
+    write_kv_rope(**args)
+    assert torch.equal(args["v_cache"][0, :, 0], args["v_new"][0])
 
 
 # --- RoPE inside attention (issue 4's kernel) ----------------------------------------------
@@ -281,8 +334,8 @@ def test_fusion_summary_ratios_and_targets():
 def _write_signature(dtype: str) -> dict:
     sig = {n: f"*{dtype}" for n in ("k_new_ptr", "v_new_ptr", "k_cache_ptr", "v_cache_ptr")}
     sig.update(rows_ptr="*i64", slots_ptr="*i32", pos_ptr="*i32", cos_ptr="*fp32", sin_ptr="*fp32")
-    sig.update({n: "i32" for n in ("H", "D", "HALF", "num_rows", "num_slots", "max_pos", "s_kn", "s_kh", "s_vn",
-                                   "s_vh", "s_kr", "s_kch", "s_ks", "s_vr", "s_vch", "s_vs", "s_tab")})
+    # the tuple arguments, as a launch types them: (H, D, HALF), (num_rows, num_slots, max_pos), strides
+    sig.update(sizes=("i32",) * 3, limits=("i32",) * 3, new_strides=("i32",) * 2, cache_strides=("i32",) * 3)
     return sig
 
 
@@ -298,6 +351,28 @@ def test_kernels_compile_for_sm75_within_64kb_shared():
     ])
     assert [b.name for b in builds] == ["write_kv_rope_kernel", "write_kv_rope_kernel", "rope_kernel"]
     assert all(b.cubin_bytes > 0 and b.shared_bytes <= 64 * 1024 for b in builds)
+
+
+def test_notebook_write_kernel_solution_compiles_for_sm75_and_sm90(tmp_path):
+    """The master's answer to 04.write_kv_rope, as a module, compiled with its tuple arguments."""
+    import importlib.util
+    from pathlib import Path
+
+    import nbformat
+
+    from labkit.testing import compile_triton_many_for_t4
+
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "solutions" / "04_rope_fusion.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if c.metadata.get("labkit", {}).get("exercise") == "04.write_kv_rope"]
+    path = tmp_path / "nb04_write_kernel.py"
+    path.write_text("import labkit\nimport triton\nimport triton.language as tl\n\n" + cell.source + "\n")
+    spec = importlib.util.spec_from_file_location("nb04_write_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    requests = [(module.write_kv_rope_kernel, _write_signature(dt), {"ROPE": rope, "BLOCK_H": 4, "BLOCK_HALF": 64}, 4)
+                for dt, rope in (("fp16", True), ("fp32", False), ("fp16", True))]
+    builds = compile_triton_many_for_t4(requests, ccs=[(7, 5), (7, 5), (9, 0)])
+    assert all(b.cubin_bytes > 0 for b in builds)
 
 
 # --- notebook 04's checks ------------------------------------------------------------------------
@@ -320,8 +395,7 @@ def _stub_kernel(x_ptr, out_ptr, pos_ptr, cos_ptr, sin_ptr, H, HALF, BLOCK_H: tl
 
 @triton.jit
 def _stub_write_kernel(k_new_ptr, v_new_ptr, k_cache_ptr, v_cache_ptr, rows_ptr, slots_ptr, pos_ptr, cos_ptr, sin_ptr,
-                       H, D, HALF, num_rows, num_slots, max_pos, s_kn, s_kh, s_vn, s_vh, s_kr, s_kch, s_ks,
-                       s_vr, s_vch, s_vs, s_tab, ROPE: tl.constexpr, BLOCK_H: tl.constexpr,
+                       sizes, limits, new_strides, cache_strides, ROPE: tl.constexpr, BLOCK_H: tl.constexpr,
                        BLOCK_HALF: tl.constexpr):
     raise NotImplementedError("Exercise 04.write_kv_rope: your code here")
 

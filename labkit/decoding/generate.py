@@ -50,30 +50,38 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def new_cache(model, max_len: int, *, impl: str = "sdpa", graphs: bool = False):
-    """A batch-1 contiguous cache for ``model`` (static shapes when CUDA graphs will replay it)."""
+def new_cache(model, max_len: int, *, impl: str = "sdpa", graphs: bool = False, fused_rope: bool = False,
+              write_kernel=None):
+    """A batch-1 contiguous cache for ``model`` (static shapes when CUDA graphs will replay it).
+
+    fused_rope, write_kernel: the cache rotates the keys as it writes them, with that kernel
+    (see ``Transformer.new_cache``).
+    """
     if max_len > model.config.max_len:
         raise ValueError(f"prompt + new tokens ({max_len}) exceed the model's max_len={model.config.max_len}")
     # A multiple of 16 keeps SDPA's memory-efficient kernel from padding the mask every pass.
     max_len = min(model.config.max_len, -(-max_len // 16) * 16)
-    return model.new_cache(1, max_len, impl=impl, static_shapes=graphs)
+    return model.new_cache(1, max_len, impl=impl, static_shapes=graphs, fused_rope=fused_rope,
+                           write_kernel=write_kernel)
 
 
 @torch.no_grad()
 def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, generator: torch.Generator | None = None, impl: str = "sdpa",
-             graphs: bool = False) -> Generation:
+             graphs: bool = False, fused_rope: bool = False, write_kernel=None) -> Generation:
     """Decode ``max_new_tokens`` tokens after ``prompt`` at batch 1, one target pass each.
 
     The cache holds every token but the last; each step feeds that token and samples the
     next (``temperature=0``: greedy). impl: the cache's attention (see ContiguousKVCache).
-    graphs: replay the single-token step from a CUDA graph. Tokens stay on the device until
-    the end: no host sync per token.
+    graphs: replay the single-token step from a CUDA graph. fused_rope: every key is rotated
+    by the cache write (``write_kernel``, default labkit's fused RoPE + KV write) instead of
+    the model's PyTorch ops. Tokens stay on the device until the end: no host sync per token.
     """
     check_sampling(temperature, top_k, top_p)
     device = _device(model)
     prompt = as_prompt(prompt, device)
-    cache = new_cache(model, prompt.shape[1] + max_new_tokens, impl=impl, graphs=graphs)
+    cache = new_cache(model, prompt.shape[1] + max_new_tokens, impl=impl, graphs=graphs, fused_rope=fused_rope,
+                      write_kernel=write_kernel)
     step = Step(model, cache, 1, last_only=True, graph=graphs)  # captured before the clock starts
     start = time.perf_counter()
     if prompt.shape[1] > 1:

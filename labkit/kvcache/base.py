@@ -34,8 +34,12 @@ Rules every implementation keeps:
   ``begin`` and ``commit`` only device tensors change, so the layers' work can be captured
   in a CUDA graph and replayed (see ``labkit.decoding``).
 
+* A cache whose ``fuses_rope`` is true rotates the keys itself, as it writes them (notebook
+  04's fused write): the model hands ``append`` *unrotated* keys and rotates only ``q``.
+
 Implementations: :class:`labkit.kvcache.contiguous.ContiguousKVCache` (preallocated to a
-maximum length; the baseline) and ``labkit.kvcache.paged`` (block tables).
+maximum length; the baseline), :class:`~labkit.kvcache.contiguous.FusedRopeKVCache` (the
+same, RoPE fused into its write) and ``labkit.kvcache.paged`` (block tables).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class KVCache(ABC):
     dtype: torch.dtype  # of keys and values (the model's dtype)
     device: torch.device
     lengths: torch.Tensor  # [B] int32 on ``device``: tokens committed per row; updated in place
+    fuses_rope: bool = False  # True: ``append`` takes unrotated keys and rotates them at their positions
 
     @abstractmethod
     def begin(self, num_new: int) -> torch.Tensor:

@@ -3,6 +3,9 @@
 Keys and values live in two tensors ``[num_layers, B, Hkv, max_len, D]``; a row's token at
 position ``p`` sits at ``[:, b, :, p]``. Simple and fast to read, but every row reserves
 ``max_len`` tokens whether it uses them or not: the memory the paged cache wins back.
+
+:class:`FusedRopeKVCache` is the same cache with notebook 04's fused write: it takes the new
+keys unrotated and rotates them on their way in, in the launch that writes keys and values.
 """
 
 from __future__ import annotations
@@ -92,14 +95,17 @@ class ContiguousKVCache(KVCache):
             self._pass = (pos, mask[:, None])
         return self._pass
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        S = self._pending
-        want = (self.batch_size, self.num_kv_heads, S, self.head_dim)
+    def _check_new(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        want = (self.batch_size, self.num_kv_heads, self._pending, self.head_dim)
         if tuple(k.shape) != want or tuple(v.shape) != want:
             raise ValueError(f"k and v must have shape {list(want)} [B, Hkv, S, D], got "
                              f"{list(k.shape)} and {list(v.shape)}")
         if k.dtype != self.dtype or v.dtype != self.dtype:
             raise TypeError(f"k and v must have the cache's dtype {self.dtype}, got {k.dtype} and {v.dtype}")
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self._check_new(k, v)
+        S = self._pending
         pos = self._this_pass()[0]
         rows = self._rows[:, None].expand(-1, S)
         # Advanced indices on dims 0 and 2 around a slice put their [B, S] dims first.
@@ -148,3 +154,45 @@ class ContiguousKVCache(KVCache):
     def memory_bytes(self) -> int:
         """Bytes reserved for keys and values (all of ``max_len``, used or not)."""
         return 2 * self.k.numel() * self.k.element_size()
+
+
+class FusedRopeKVCache(ContiguousKVCache):
+    """A :class:`ContiguousKVCache` whose write rotates the keys: RoPE and the cache write in one launch.
+
+    :meth:`append` takes the pass's *unrotated* keys and values [B, Hkv, S, D] and writes them
+    with :func:`labkit.rope.write.write_kv_rope`: key ``i`` of row ``b`` rotated at, and stored
+    at, position ``lengths[b] + i``. The model sees ``fuses_rope`` and rotates only ``q``.
+
+    rope_tables: ``(cos, sin)`` [max_pos, D/2] (made float32 and contiguous on the cache's
+    device), the tables the model's own rotation reads. write_kernel: the ``@triton.jit`` kernel
+    the write launches (``None``: labkit's), with the signature of ``write_kv_rope_kernel``.
+    Other keyword arguments as :class:`ContiguousKVCache`.
+    """
+
+    fuses_rope = True
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, max_len: int, *,
+                 rope_tables, write_kernel=None, **kwargs):
+        super().__init__(num_layers, batch_size, num_kv_heads, head_dim, max_len, **kwargs)
+        cos, sin = rope_tables
+        if tuple(cos.shape[1:]) != (head_dim // 2,) or cos.dim() != 2 or cos.shape != sin.shape:
+            raise ValueError(f"rope_tables must be (cos, sin), each [max_pos, {head_dim // 2}] (head_dim // 2); "
+                             f"got {tuple(cos.shape)} and {tuple(sin.shape)}")
+        self.cos, self.sin = (t.to(self.device, torch.float32).contiguous() for t in (cos, sin))
+        self.write_kernel = write_kernel
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        from labkit.rope.write import write_kv_rope
+
+        self._check_new(k, v)
+        B, S = self.batch_size, self._pending
+        pos = self._this_pass()[0].reshape(-1)  # [B*S], row-major like the tokens below
+        # [B, Hkv, S, D] -> [B*S, Hkv, D]: a view when k, v are slices of the model's qkv.
+        k_new = k.transpose(1, 2).reshape(B * S, self.num_kv_heads, self.head_dim)
+        v_new = v.transpose(1, 2).reshape(B * S, self.num_kv_heads, self.head_dim)
+        if k_new.stride() != v_new.stride() or k_new.stride(-1) != 1:  # the kernel takes one set of strides
+            k_new, v_new = k_new.contiguous(), v_new.contiguous()
+        rows = self._rows[:, None].expand(B, S).reshape(-1).contiguous()  # a copy only when S > 1
+        # Indices were bounded by begin(): no check, so no device sync inside the pass.
+        write_kv_rope(k_new, v_new, self.k[layer], self.v[layer], rows, pos, (self.cos, self.sin, pos),
+                      check_indices=False, kernel=self.write_kernel)

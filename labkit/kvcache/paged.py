@@ -187,6 +187,8 @@ class PagedKVCache:
             raise TypeError(f"k and v must have the cache's dtype {self.dtype}, got {k.dtype} and {v.dtype}")
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer must be in [0, {self.num_layers}), got {layer}")
+        if k.stride() != v.stride():  # e.g. a rotated k beside v sliced from qkv: the kernel takes one set
+            k, v = k.contiguous(), v.contiguous()
         write_kv_rope(k, v, self.k[layer], self.v[layer], slots // self.block_size, slots % self.block_size,
                       rope, check_indices=False)
 

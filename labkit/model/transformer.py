@@ -46,11 +46,14 @@ class Attention(nn.Module):
     def forward(self, x, rope, cache, layer: int):
         B, S, _ = x.shape
         qkv = self.qkv(x).view(B, S, self.n_heads + 2 * self.n_kv, self.head_dim)
-        qk, v = qkv[:, :, : self.n_heads + self.n_kv], qkv[:, :, self.n_heads + self.n_kv:]
-        if rope is not None:
-            qk = rotate(qk, *rope)  # q and k rotated together: one set of kernels, not two
-        q, k = qk[:, :, : self.n_heads].transpose(1, 2), qk[:, :, self.n_heads:].transpose(1, 2)
-        v = v.transpose(1, 2)  # q [B, Hq, S, D]; k, v [B, Hkv, S, D]
+        q, k = qkv[:, :, : self.n_heads], qkv[:, :, self.n_heads: self.n_heads + self.n_kv]
+        v = qkv[:, :, self.n_heads + self.n_kv:]
+        if rope is not None and getattr(cache, "fuses_rope", False):
+            q = rotate(q, *rope)  # the cache rotates k in the launch that writes it
+        elif rope is not None:
+            qk = rotate(qkv[:, :, : self.n_heads + self.n_kv], *rope)  # q and k together: one set of kernels
+            q, k = qk[:, :, : self.n_heads], qk[:, :, self.n_heads:]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # q [B, Hq, S, D]; k, v [B, Hkv, S, D]
         if cache is None:
             o = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         else:
@@ -115,14 +118,29 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, batch_size: int, max_len: int, **kwargs):
-        """A :class:`~labkit.kvcache.contiguous.ContiguousKVCache` sized for this model (kwargs: impl, ...)."""
-        from labkit.kvcache.contiguous import ContiguousKVCache
+    def new_cache(self, batch_size: int, max_len: int, *, fused_rope: bool = False, write_kernel=None, **kwargs):
+        """A :class:`~labkit.kvcache.contiguous.ContiguousKVCache` sized for this model (kwargs: impl, ...).
+
+        fused_rope: a :class:`~labkit.kvcache.contiguous.FusedRopeKVCache` instead, which rotates
+        the keys as it writes them (RoPE models only), launching ``write_kernel`` (default:
+        labkit's ``write_kv_rope_kernel``); the model then rotates only q.
+        """
+        from labkit.kvcache.contiguous import ContiguousKVCache, FusedRopeKVCache
 
         p = next(self.parameters())
         c = self.config
-        return ContiguousKVCache(c.n_layers, batch_size, c.kv_heads, c.head_dim, max_len,
-                                 dtype=p.dtype, device=p.device, **kwargs)
+        if not fused_rope:
+            if write_kernel is not None:
+                raise ValueError("write_kernel is the fused RoPE write's kernel: pass it with fused_rope=True")
+            return ContiguousKVCache(c.n_layers, batch_size, c.kv_heads, c.head_dim, max_len,
+                                     dtype=p.dtype, device=p.device, **kwargs)
+        if c.position != "rope":
+            raise ValueError(f"fused_rope=True needs a RoPE model; this one has position={c.position!r}")
+        half = c.head_dim // 2
+        # The values the unfused rotation reads (see __init__: sin's first half is negated there).
+        tables = (self.rope_cos[:, :half], self.rope_sin[:, half:])
+        return FusedRopeKVCache(c.n_layers, batch_size, c.kv_heads, c.head_dim, max_len, rope_tables=tables,
+                                write_kernel=write_kernel, dtype=p.dtype, device=p.device, **kwargs)
 
     def forward(self, tokens: torch.Tensor, cache=None, *, last_only: bool = False) -> torch.Tensor:
         """Logits [B, S, V] for tokens [B, S] (``last_only``: [B, 1, V] for the last position).

@@ -13,7 +13,8 @@ serves every layout:
 * a paged pool ``[num_blocks, Hkv, block_size, D]``: row = block, slot = offset in the block.
 
 Each token n carries its own row, slot and position, so a batch of sequences at different
-lengths is written in the same launch.
+lengths is written in the same launch. Keys and values share one set of strides (the wrapper
+requires it), so the kernel takes a short signature: nine pointers and four small tuples.
 """
 
 from __future__ import annotations
@@ -31,17 +32,15 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 
 @triton.jit
 def write_kv_rope_kernel(
-    k_new_ptr, v_new_ptr,  # [N, H, D]: the new tokens' keys and values (head dim contiguous)
-    k_cache_ptr, v_cache_ptr,  # caches: element [row, head, slot, d] at row*s_r + head*s_h + slot*s_s + d
-    rows_ptr, slots_ptr,  # [N]: the cache row (sequence or block) and slot in it of token n
-    pos_ptr,  # [N]: token n's position, the row of the cos/sin tables to rotate by (ROPE only)
-    cos_ptr, sin_ptr,  # [max_len, D/2]: the RoPE tables (ROPE only)
-    H, D, HALF,  # heads; head dim; first-half width ceil(D/2) (= D/2 whenever ROPE)
-    num_rows, num_slots, max_pos,  # bounds: a token outside them is skipped, never written out of bounds
-    s_kn, s_kh, s_vn, s_vh,  # strides of k_new and v_new: token, head
-    s_kr, s_kch, s_ks,  # strides of k_cache: row, head, slot
-    s_vr, s_vch, s_vs,  # strides of v_cache: row, head, slot
-    s_tab,  # row stride of the cos/sin tables
+    k_new_ptr, v_new_ptr,  # [N, H, D]: the new tokens' keys and values (same strides, head dim contiguous)
+    k_cache_ptr, v_cache_ptr,  # [rows, H, slots, D]: the caches (same strides, head dim contiguous)
+    rows_ptr, slots_ptr,  # [N] int: token n goes to cache[rows[n], :, slots[n], :]
+    pos_ptr,  # [N] int: token n's position, the row of the tables it is rotated by (ROPE only)
+    cos_ptr, sin_ptr,  # [max_pos, HALF] float32, contiguous: the RoPE tables (ROPE only)
+    sizes,  # (H, D, HALF): heads; head dim; first-half width ceil(D/2) (= D/2 whenever ROPE)
+    limits,  # (num_rows, num_slots, max_pos): a token outside them is skipped, never written
+    new_strides,  # (token, head) strides of k_new and v_new
+    cache_strides,  # (row, head, slot) strides of k_cache and v_cache
     ROPE: tl.constexpr,  # rotate the keys (True) or copy them as they are (False)
     BLOCK_H: tl.constexpr,  # heads per program (a power of two)
     BLOCK_HALF: tl.constexpr,  # power of two >= HALF: one tile holds a whole half of every head
@@ -49,6 +48,10 @@ def write_kv_rope_kernel(
     # One program writes token n's key and value for BLOCK_H heads. The head vector is
     # handled as its two halves, [0, HALF) and [HALF, D): rotate-half pairs column i with
     # column i + HALF, so each half is one [BLOCK_H, BLOCK_HALF] tile.
+    H, D, HALF = sizes
+    num_rows, num_slots, max_pos = limits
+    s_n, s_h = new_strides  # element [n, head, d] of k_new (and v_new) at n*s_n + head*s_h + d
+    s_r, s_ch, s_s = cache_strides  # element [row, head, slot, d] at row*s_r + head*s_ch + slot*s_s + d
     n = tl.program_id(0)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = tl.arange(0, BLOCK_HALF)
@@ -60,32 +63,32 @@ def write_kv_rope_kernel(
     head_ok = heads[:, None] < H
     mask1 = head_ok & (cols[None, :] < HALF) & inside
     mask2 = head_ok & (cols[None, :] < D - HALF) & inside
+    # k and v share their strides: one source and one destination offset serve both.
+    src = n * s_n + heads[:, None] * s_h + cols[None, :]
+    dst = row * s_r + heads[:, None] * s_ch + slot * s_s + cols[None, :]
 
     # Step 2: load both halves of the key, in float32.
-    k_src = k_new_ptr + n * s_kn + heads[:, None] * s_kh + cols[None, :]
-    k1 = tl.load(k_src, mask=mask1, other=0.0).to(tl.float32)
-    k2 = tl.load(k_src + HALF, mask=mask2, other=0.0).to(tl.float32)
+    k1 = tl.load(k_new_ptr + src, mask=mask1, other=0.0).to(tl.float32)
+    k2 = tl.load(k_new_ptr + src + HALF, mask=mask2, other=0.0).to(tl.float32)
 
     # Step 3: rotate each pair (k1[i], k2[i]) by the angle of this token's position.
     if ROPE:
         pos = tl.load(pos_ptr + n).to(tl.int64)
-        tab_ok = (cols < HALF) & (pos >= 0) & (pos < max_pos)
-        c = tl.load(cos_ptr + pos * s_tab + cols, mask=tab_ok, other=0.0).to(tl.float32)[None, :]
-        s = tl.load(sin_ptr + pos * s_tab + cols, mask=tab_ok, other=0.0).to(tl.float32)[None, :]
+        pos_ok = (pos >= 0) & (pos < max_pos)
+        # The tables are contiguous: row pos starts at pos * HALF.
+        c = tl.load(cos_ptr + pos * HALF + cols, mask=(cols < HALF) & pos_ok, other=0.0).to(tl.float32)[None, :]
+        s = tl.load(sin_ptr + pos * HALF + cols, mask=(cols < HALF) & pos_ok, other=0.0).to(tl.float32)[None, :]
         k1, k2 = k1 * c - k2 * s, k2 * c + k1 * s
-        mask1 = mask1 & (pos >= 0) & (pos < max_pos)
-        mask2 = mask2 & (pos >= 0) & (pos < max_pos)
+        mask1 = mask1 & pos_ok
+        mask2 = mask2 & pos_ok
 
     # Step 4: store the key at cache[row, head, slot, :].
-    k_dst = k_cache_ptr + row * s_kr + heads[:, None] * s_kch + slot * s_ks + cols[None, :]
-    tl.store(k_dst, k1.to(k_cache_ptr.dtype.element_ty), mask=mask1)
-    tl.store(k_dst + HALF, k2.to(k_cache_ptr.dtype.element_ty), mask=mask2)
+    tl.store(k_cache_ptr + dst, k1.to(k_cache_ptr.dtype.element_ty), mask=mask1)
+    tl.store(k_cache_ptr + dst + HALF, k2.to(k_cache_ptr.dtype.element_ty), mask=mask2)
 
     # Step 5: the value is copied unchanged (RoPE rotates only queries and keys).
-    v_src = v_new_ptr + n * s_vn + heads[:, None] * s_vh + cols[None, :]
-    v_dst = v_cache_ptr + row * s_vr + heads[:, None] * s_vch + slot * s_vs + cols[None, :]
-    tl.store(v_dst, tl.load(v_src, mask=mask1, other=0.0), mask=mask1)
-    tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=mask2, other=0.0), mask=mask2)
+    tl.store(v_cache_ptr + dst, tl.load(v_new_ptr + src, mask=mask1, other=0.0), mask=mask1)
+    tl.store(v_cache_ptr + dst + HALF, tl.load(v_new_ptr + src + HALF, mask=mask2, other=0.0), mask=mask2)
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -95,6 +98,15 @@ def _name(dtype: torch.dtype) -> str:
 def _check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
     if t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(f"{name} must have a contiguous last (head) dimension; got strides {t.stride()}")
+
+
+def _check_same_strides(name: str, t: torch.Tensor, like: str, ref: torch.Tensor, dims: str) -> None:
+    # The kernel addresses both tensors with one set of strides. A dimension of size 1 is only
+    # ever indexed at 0, so its stride (which torch leaves arbitrary) need not match.
+    if any(a != b for a, b, size in zip(t.stride(), ref.stride(), t.shape) if size > 1):
+        raise ValueError(f"{name} must have {like}'s strides {ref.stride()} ({dims}): the kernel addresses "
+                         f"both with one set; got {t.stride()}. Make both contiguous, or slice both from one "
+                         f"tensor the same way")
 
 
 def validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope=None, *, check_indices: bool = True) -> None:
@@ -116,6 +128,8 @@ def validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope=None, *, ch
     if k_cache.shape[1] != H or k_cache.shape[3] != D:
         raise ValueError(f"k_cache has shape {tuple(k_cache.shape)} [rows, heads, slots, D]; expected heads {H} "
                          f"and head dim {D} to match k_new {tuple(k_new.shape)}")
+    _check_same_strides("v_new", v_new, "k_new", k_new, "token, head, d")
+    _check_same_strides("v_cache", v_cache, "k_cache", k_cache, "row, head, slot, d")
     for name, t in (("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dtype != k_new.dtype:
             raise TypeError(f"{name} has dtype {_name(t.dtype)}; expected k_new's dtype {_name(k_new.dtype)}")
@@ -134,12 +148,14 @@ def validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope=None, *, ch
             raise ValueError(f"k_new has head dim {D}; RoPE needs an even head dim (pairs of columns rotate)")
         for name, t in (("cos", cos), ("sin", sin)):
             check_tensor(name, t, ndim=2, dtypes=(torch.float32,) + dtypes, device=device, contiguous=False)
-            if tuple(t.shape[1:]) != (D // 2,) or t.stride(1) != 1:
-                raise ValueError(f"{name} must have shape [max_len, {D // 2}] (head_dim // 2) with contiguous "
-                                 f"rows, got shape {tuple(t.shape)}, strides {t.stride()}")
-        if cos.shape != sin.shape or cos.stride() != sin.stride():
-            raise ValueError(f"cos and sin must have the same shape and strides, got {tuple(cos.shape)} "
-                             f"and {tuple(sin.shape)}")
+            if tuple(t.shape[1:]) != (D // 2,):
+                raise ValueError(f"{name} must have shape [max_len, {D // 2}] (head_dim // 2), got shape "
+                                 f"{tuple(t.shape)}")
+            if not t.is_contiguous():  # the kernel finds row p at p * D/2
+                raise ValueError(f"{name} must be contiguous (row p at p * {D // 2}), got strides {t.stride()}: "
+                                 f"pass {name}.contiguous()")
+        if cos.shape != sin.shape:
+            raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
         check_tensor("positions", positions, ndim=1, dtypes=INDEX_DTYPES, device=device)
         if positions.shape[0] != N:
             raise ValueError(f"positions must have shape [{N}] (one per new token), got {tuple(positions.shape)}")
@@ -156,15 +172,16 @@ def write_kv_rope(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tenso
                   block_h: int | None = None, kernel=None) -> None:
     """Write N new tokens' keys (rotated by RoPE) and values into a cache, in place, in one launch.
 
-    k_new, v_new: [N, H, D] fp16/fp32 (bf16 where the GPU has it), head dim contiguous.
-    k_cache, v_cache: [R, H, S, D] in the same dtype, addressed as ``cache[rows[n], :, slots[n], :]``
-    through their strides (any view whose last dim is contiguous: a layer of a bigger cache works).
-    rows, slots: [N] int32/int64. rope: ``(cos, sin, positions)`` with cos, sin [max_len, D/2]
-    (float32) and positions [N] int, the position token n is rotated to; ``None`` writes the
-    keys unrotated. ``check_indices`` validates index values (one device sync; turn it off in
-    timed loops — the kernel still never writes outside the cache). ``block_h``: heads per
-    program (default: as many as fill a ~4K-element tile). ``kernel`` (default
-    :func:`write_kv_rope_kernel`) may be any kernel with the same signature.
+    k_new, v_new: [N, H, D] fp16/fp32 (bf16 where the GPU has it), head dim contiguous, with the
+    same strides (e.g. both contiguous, or both sliced from one qkv tensor).
+    k_cache, v_cache: [R, H, S, D] in the same dtype, with the same strides, addressed as
+    ``cache[rows[n], :, slots[n], :]`` (any view whose last dim is contiguous: a layer of a
+    bigger cache works). rows, slots: [N] int32/int64. rope: ``(cos, sin, positions)`` with
+    cos, sin [max_len, D/2] contiguous (float32) and positions [N] int, the position token n is
+    rotated to; ``None`` writes the keys unrotated. ``check_indices`` validates index values
+    (one device sync; turn it off in timed loops — the kernel still never writes outside the
+    cache). ``block_h``: heads per program (default: as many as fill a ~4K-element tile).
+    ``kernel`` (default :func:`write_kv_rope_kernel`) may be any kernel with the same signature.
     """
     validate_write(k_new, v_new, k_cache, v_cache, rows, slots, rope, check_indices=check_indices)
     N, H, D = k_new.shape
@@ -176,18 +193,15 @@ def write_kv_rope(k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tenso
     block_h = block_h or min(triton.next_power_of_2(H), max(1, 4096 // block_half))
     if rope is None:
         cos = sin = positions = rows  # never read: ROPE=False compiles the loads away
-        max_pos, s_tab = 0, 0
+        max_pos = 0
     else:
         cos, sin, positions = rope
-        max_pos, s_tab = cos.shape[0], cos.stride(0)
+        max_pos = cos.shape[0]
     grid = (N, triton.cdiv(H, block_h))
     (kernel or write_kv_rope_kernel)[grid](
         k_new, v_new, k_cache, v_cache, rows, slots, positions, cos, sin,
-        H, D, half, k_cache.shape[0], k_cache.shape[2], max_pos,
-        k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        s_tab,
+        (H, D, half), (k_cache.shape[0], k_cache.shape[2], max_pos),
+        (k_new.stride(0), k_new.stride(1)), (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)),
         ROPE=rope is not None, BLOCK_H=block_h, BLOCK_HALF=block_half,
         num_warps=4 if block_h * block_half >= 2048 else 2,
     )

@@ -37,7 +37,8 @@ def compile_triton_for_t4(kernel, signature: dict, constexprs: dict | None = Non
     """Compile a ``@triton.jit`` kernel for sm_75 and assert it fits the T4's shared memory.
 
     ``signature`` maps each runtime argument to a Triton type string (``"*fp16"``, ``"i32"``,
-    ``"fp32"``); ``constexprs`` maps each ``tl.constexpr`` argument to its value.
+    ``"fp32"``), or a tuple argument to a tuple of them (``("i32", "i32")``, nested as the
+    argument is); ``constexprs`` maps each ``tl.constexpr`` argument to its value.
     Under ``TRITON_INTERPRET=1`` (sim mode) Triton's own library functions (``tl.sum``,
     ``tl.max``, ``tl.cdiv``) are interpreter objects the compiler can't use, so the kernel is
     compiled in a child process with the real compiler: it must be defined at module level.
@@ -74,16 +75,41 @@ def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps:
     from triton.runtime.jit import JITFunction
 
     fn = kernel if isinstance(kernel, JITFunction) else JITFunction(getattr(kernel, "fn", kernel))
-    # A launch marks every pointer 16-byte aligned (torch's allocations are), and only then
-    # may Triton vectorise the loads and pipeline them (cp.async): compile as a launch does.
-    aligned = {(fn.arg_names.index(name),): [["tt.divisibility", 16]]
-               for name, ty in signature.items() if ty.startswith("*")}
-    src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs or {}), attrs=aligned)
+    signature = {name: _as_tuples(ty) for name, ty in signature.items()}
+    src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs or {}),
+                    attrs=aligned_pointers(fn.arg_names, signature))
     compiled = triton.compile(src, target=GPUTarget("cuda", cc[0] * 10 + cc[1], 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     md = compiled.metadata
     registers, spills = _ptxas_resources(compiled.asm["ptx"], cc)
     return TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), registers, len(compiled.asm["cubin"]), spills)
+
+
+def aligned_pointers(arg_names, signature: dict) -> dict:
+    """Triton's attributes marking every pointer of ``signature`` 16-byte aligned, keyed by path.
+
+    A launch marks every pointer so (torch's allocations are), and only then may Triton
+    vectorise the loads and pipeline them (cp.async): we compile as a launch does. Argument i
+    has path ``(i,)``; element j of a tuple argument i has ``(i, j)``.
+    """
+    return {path: [["tt.divisibility", 16]]
+            for name, ty in signature.items() for path, leaf in _leaves(_as_tuples(ty), (arg_names.index(name),))
+            if leaf.startswith("*")}
+
+
+def _as_tuples(ty):
+    """A signature entry with every list made a tuple: JSON (the child process) turns tuples into lists."""
+    return tuple(_as_tuples(t) for t in ty) if isinstance(ty, (list, tuple)) else ty
+
+
+def _leaves(ty, path: tuple):
+    """``(path, type)`` of every scalar or pointer in a signature entry; a tuple argument's
+    element j of argument i has path ``(i, j)``, as Triton keys its attributes."""
+    if isinstance(ty, tuple):
+        for j, t in enumerate(ty):
+            yield from _leaves(t, path + (j,))
+    else:
+        yield path, ty
 
 
 def _ptxas_resources(ptx: str, cc) -> tuple[int | None, int | None]:
