@@ -71,7 +71,9 @@ def generate_with_write_kernel(kernel, *, model: str = "target", prompt: str | N
 
     chosen = use_student(kernel, "labkit.rope.write:write_kv_rope_kernel", "04.write_kv_rope",
                          probe=probe_write_kernel, what="fused cache write")
-    net, tok = load_model(model)
+    # float32 on a GPU too: both paths then round the same rotated keys the same way, so a greedy
+    # tie broken differently by half-precision rounding cannot make "matches" fail.
+    net, tok = load_model(model, dtype=torch.float32)
     prompt = prompt if prompt is not None else heldout_prompts(1, 48, seed=0)[0]
     ids = tok.encode(prompt)
     n = max_new_tokens or runtime.SIZES.model_tokens
