@@ -14,13 +14,7 @@ from labkit.decoding import (accept_draft, chi_square, counts_of, expected_token
                              sample, speculative_generate, speculative_round)
 from labkit.model import ModelConfig, Transformer, heldout_prompts, load_model
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and far faster on a shared machine (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 ACCEPT_P = 1e-3  # a correct sampler passes at this p-value ...

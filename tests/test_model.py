@@ -18,13 +18,7 @@ from labkit.model.gpt2 import gpt2_config, gpt2_layout, load_gpt2_state_dict
 from labkit.model.transformer import rotate
 from labkit.rope import apply_rope, rope_tables
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and far faster on a shared machine (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 FLAVOURS = {

@@ -15,13 +15,7 @@ from labkit.model import ModelConfig, Transformer, heldout_prompts, load_model
 from labkit.rope.write import write_kv_rope_kernel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and far faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny(seed: int, **kw) -> Transformer:
