@@ -20,6 +20,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from labkit import cli
 
+from labkit.course.isolation import Snapshot, differences
 from labkit.course.prepare import GradeError, Masters, build_graded, find_submissions, labkit_meta
 from labkit.course.release import student_notebook
 
@@ -204,6 +205,20 @@ with open(core.__file__, "w") as fh:
              "def assert_close(*a, **k):\\n    pass\\n"
              "def fresh_seed():\\n    return 0\\n")"""
 
+# Deletes the checks from its own pristine copy, then imports them: an editable install's finder would
+# supply them from the grader's checkout (which the notebook could then rewrite) if the kernel kept it.
+DELETE_OWN_CHECKS = """import os, shutil, labkit
+package = os.path.dirname(labkit.__file__)
+for dirpath, _, _ in os.walk(package):
+    os.chmod(dirpath, 0o755)
+shutil.rmtree(os.path.join(package, "checks"))
+try:
+    import labkit.checks.core as core
+except ImportError:
+    pass
+else:
+    raise RuntimeError("IMPORTED FROM " + core.__file__)"""
+
 DELETE_OTHERS = """import os, shutil, tempfile
 OUT = {out!r}
 for name in os.listdir(tempfile.gettempdir()):
@@ -264,6 +279,7 @@ def batch(tmp_path_factory, masters_dir):
     (subs / "zed").mkdir()
     nbformat.write(new_notebook(cells=[new_code_cell("print(1)")]), subs / "zed" / "homework.ipynb")
     start = time.monotonic()
+    checkout = Snapshot(data=None).source_digest
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tempfile, "tempdir", str(tmp))
         mp.setenv("TMPDIR", str(tmp))
@@ -272,7 +288,8 @@ def batch(tmp_path_factory, masters_dir):
     with open(out / "gradebook.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     return {"status": status, "out": out, "rows": rows, "seconds": time.monotonic() - start,
-            "results": json.loads((out / "results.json").read_text())}
+            "results": json.loads((out / "results.json").read_text()),
+            "checkout": differences(Snapshot(data=None).source_state(), checkout)}
 
 
 def grades(batch, student, notebook):
@@ -356,6 +373,9 @@ def test_hostile_submissions_score_zero_or_are_flagged(batch):
     assert any("labkit.checks" in f or "rebinds" in f for f in results["grace"]["flags"])
     assert "forged" in results["ivy"]["tampered"]
     assert "pristine copy of labkit changed" in results["judy"]["tampered"]
+    # and the grader's own checkout was never reached, by them or anyone
+    assert batch["checkout"] == []
+    assert not any("checkout changed" in f or "grader's own" in f for r in batch["results"] for f in r["flags"])
     feedback = (batch["out"] / "feedback" / "grace" / "01_tiny.md").read_text()
     assert "cell 3, line 1: `import labkit.checks.core as core`" in feedback  # the student's own cell numbers
 
@@ -390,6 +410,21 @@ def test_outputs_written(batch):
         totals = {(r["student"], r["notebook"]): r for r in csv.DictReader(fh)}
     assert (totals[("alice", "01_tiny")]["points"], totals[("alice", "01_tiny")]["possible"]) == ("6", "6")
     assert totals[("frank", "01_tiny")]["timeout"] == "1"
+
+
+def test_a_kernel_whose_copy_lost_a_module_cannot_import_it_from_the_graders_checkout(tmp_path, masters_dir):
+    """Graded alone, so that nothing else touches its copy; in an editable install the route exists."""
+    (tmp_path / "subs" / "nora").mkdir(parents=True)
+    nbformat.write(hostile(DELETE_OWN_CHECKS), tmp_path / "subs" / "nora" / "01_tiny.ipynb")
+    checkout = Snapshot(data=None).source_digest
+    cli.main(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--masters", str(masters_dir),
+              "--jobs", "1", "--timeout", "120"])
+    assert differences(Snapshot(data=None).source_state(), checkout) == []
+    log = (tmp_path / "out" / "logs" / "nora" / "01_tiny.txt").read_text()
+    assert "the pristine copy changed during this run" in log  # the cell ran: it deleted checks/ from its copy
+    assert "IMPORTED FROM /" not in log
+    with open(tmp_path / "out" / "gradebook.csv", newline="") as fh:
+        assert {r["status"] for r in csv.DictReader(fh)} == {"tampered"}
 
 
 # ---------------------------------------------------------------- the notebook time limit

@@ -180,6 +180,60 @@ def test_a_changed_pristine_copy_is_found_and_restored(tmp_path):
         assert slots.check(0) == []
 
 
+def test_a_change_to_the_graders_checkout_names_every_run_in_flight_since_the_last_clean_look(tmp_path):
+    from types import SimpleNamespace
+
+    from labkit.course.grade import _Watch
+
+    package = tmp_path / "pkg"
+    (package / "checks").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    target = package / "checks" / "nb00.py"
+    target.write_text("def check(fn):\n    raise AssertionError\n")
+    watch = _Watch(Snapshot(package, None))
+    a, b, c, d = (SimpleNamespace(key=k, checkout=None) for k in "abcd")
+    watch.started(a)
+    watch.started(b)
+    watch.ended(a)  # nothing changed yet: a is cleared
+    watch.started(c)
+    target.write_text("def check(fn):\n    pass\n")
+    watch.ended(b)  # found now: b and c ran meanwhile, either may have done it
+    assert a.checkout is None
+    assert b.checkout == c.checkout == (["labkit/checks/nb00.py changed"], 2)
+    watch.ended(c)  # the same change is not found twice
+    assert c.checkout[1] == 2
+    watch.started(d)  # alone (--jobs 1): the one run in flight made the change
+    (package / "sitecustomize.py").write_text("")
+    watch.ended(d)
+    assert d.checkout == (["labkit/sitecustomize.py added"], 1)
+    assert watch.changes == ["labkit/checks/nb00.py changed", "labkit/sitecustomize.py added"]
+    assert "raise AssertionError" not in target.read_text()  # reported, never reverted
+
+
+def test_a_kernel_keeps_no_import_route_to_the_graders_checkout():
+    """The startup file every graded kernel runs drops meta-path finders that answer for ``labkit``."""
+    import subprocess
+    import sys
+
+    from labkit.course.isolation import NO_CHECKOUT_FINDER
+
+    finder = ("import importlib.machinery, sys\n"
+              "class Elsewhere:\n"
+              "    @classmethod\n"
+              "    def find_spec(cls, name, path=None, target=None):\n"
+              "        if name.partition('.')[0] == 'labkit':\n"
+              "            return importlib.machinery.PathFinder.find_spec(name, [CHECKOUT])\n"
+              "sys.meta_path.append(Elsewhere)\n")
+    probe = ("import importlib.util\n"
+             "print(importlib.util.find_spec('labkit') is not None)\n")
+    checkout = str(runtime.__file__).rsplit("/labkit/", 1)[0]
+    python = [sys.executable, "-I", "-S", "-c"]  # no site-packages, no path entries: only the finder has labkit
+    before = subprocess.run([*python, f"CHECKOUT = {checkout!r}\n" + finder + probe], capture_output=True, text=True)
+    after = subprocess.run([*python, f"CHECKOUT = {checkout!r}\n" + finder + NO_CHECKOUT_FINDER + probe],
+                           capture_output=True, text=True)
+    assert (before.stdout, after.stdout) == ("True\n", "False\n"), before.stderr + after.stderr
+
+
 def test_long_output_keeps_head_and_tail():
     text = "".join(f"line {i}\n" for i in range(10_000))
     clipped = clip(text, 1000)

@@ -39,7 +39,8 @@ import nbformat
 
 from labkit.course import reuse
 from labkit.course.gradebook import NotebookResult, error_rows, read_records, safe_name, score, write_outputs
-from labkit.course.isolation import PACKAGE, Slots, remove_tree, run_env
+from labkit.course.isolation import PACKAGE, Slots, Snapshot, differences, remove_tree, run_env
+from labkit.course.nbval_hooks import clip
 from labkit.course.prepare import PRISTINE, Check, Graded, GradeError, Masters, build_graded, find_submissions
 from labkit.paths import ROOT
 
@@ -98,6 +99,38 @@ class _Run:
     log: str = ""
     killed: bool = False
     proc: subprocess.Popen | None = None
+    checkout: tuple[list[str], int] | None = None  # the grader's checkout changed while this ran: (what, runs)
+
+
+class _Watch:
+    """The grader's own labkit and data, compared after every run with how they were; who ran meanwhile.
+
+    Every run in flight since the last comparison that found nothing is a suspect of the next change
+    found: with ``--jobs 1`` that is exactly the run that made it.
+    """
+
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot, self.lock = snapshot, threading.Lock()
+        self.last = snapshot.source_digest
+        self.running: dict[str, _Run] = {}
+        self.window: dict[str, _Run] = {}
+        self.changes: list[str] = []
+
+    def started(self, run: _Run) -> None:
+        with self.lock:
+            self.running[run.key] = self.window[run.key] = run
+
+    def ended(self, run: _Run) -> None:
+        with self.lock:
+            state = self.snapshot.source_state()
+            diff = differences(state, self.last)
+            if diff:
+                self.last = state
+                self.changes += diff
+                for suspect in self.window.values():
+                    suspect.checkout = (diff, len(self.window))
+            self.running.pop(run.key, None)
+            self.window = dict(self.running)
 
 
 def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path = ROOT / "solutions",
@@ -148,7 +181,9 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
         return results
     with Slots(min(jobs, len(runs))) as slots, ThreadPoolExecutor(max_workers=jobs) as pool, \
             tqdm(total=len(runs), desc="grading", unit="notebook", disable=hide) as bar:
-        futures = {pool.submit(_execute, run, slots, base_env, cell_timeout, timeout, stop): run for run in runs}
+        watch = _Watch(slots.snapshot)
+        futures = {pool.submit(_execute, run, slots, watch, base_env, cell_timeout, timeout, stop): run
+                   for run in runs}
         try:
             for future in as_completed(futures):
                 run = futures[future]
@@ -169,6 +204,11 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
                 if run.proc is not None and run.proc.poll() is None:
                     _kill(run.proc, run.pids or [])
             raise
+    if watch.changes:
+        print("labkit grade: WARNING: the grader's own labkit or data changed while notebooks ran ("
+              + "; ".join(watch.changes[:10]) + "). This batch was graded against the copy taken at its start; "
+              "restore these files (git status) before grading again. The notebooks that ran meanwhile are "
+              "flagged in the gradebook.", file=sys.stderr)
     write_outputs(results, out, files)
     return results
 
@@ -211,9 +251,19 @@ def _finish(run: _Run, problem: str, *, cell_timeout: float, timeout: float) -> 
     score(r, run.graded.notebook, run.checks, run.records or {}, killed=run.killed,
           cell_timeout=cell_timeout, timeout=timeout, origins=run.graded.origins)
     r.kernel_pids = list(run.pids or [])
+    held = ""  # the reason passed checks wait for an instructor, if any
+    if run.checkout:
+        what, runs = run.checkout
+        note = "the grader's own labkit or data changed while this notebook ran (" + "; ".join(what[:5]) + ")"
+        if runs == 1:
+            r.tampered = "; ".join(filter(None, [r.tampered, note]))
+        else:
+            held = (f"{note}, beside {runs - 1} other notebook(s): any of them may have done it "
+                    "(grade them again with --jobs 1 to find which)")
+            r.flags.append(f"checkout changed: {held}")
     if run.forged:
-        r.tampered = (f"{run.forged} result line(s) reached the grader from outside the grading process "
-                      "(forged results)")
+        r.tampered = "; ".join(filter(None, [r.tampered, f"{run.forged} result line(s) reached the grader from "
+                                             "outside the grading process (forged results)"]))
     if r.tampered:
         r.flags.append(f"tampered: {r.tampered}")
         for c in r.checks:
@@ -229,12 +279,13 @@ def _finish(run: _Run, problem: str, *, cell_timeout: float, timeout: float) -> 
     suspicious = run.findings["suspicious"]
     if suspicious:
         r.flags += [f"suspicious: {f.describe()}" for f in suspicious]
-        lines = "\n".join(f.describe() for f in suspicious)
+        held = "\n".join(filter(None, [held, *(f.describe() for f in suspicious)]))
+    if held:
         for c in r.checks:
             if c.status == "passed":
                 c.points, c.status = 0.0, "suspicious"
                 c.message = ("the check passed, but your notebook has code that reaches into what grades it; "
-                             "the points are held until an instructor has read it:\n" + lines)
+                             "the points are held until an instructor has read it:\n" + held)
     stub = {ex for ex, (_, src) in run.graded.exercises.items() if "NotImplementedError" in src
             and "your code here" in src}
     for c in r.checks:
@@ -255,13 +306,14 @@ def _child_env(jobs: int) -> dict[str, str]:
     return env
 
 
-def _execute(run: _Run, slots: Slots, base_env: dict, cell_timeout: float, timeout: float,
+def _execute(run: _Run, slots: Slots, watch: _Watch, base_env: dict, cell_timeout: float, timeout: float,
              stop: threading.Event) -> str:
     """Run nbval over one notebook in a private folder against a pristine slot; return why it could not run."""
     if stop.is_set():
         return "grading was interrupted"
     slot = slots.take()
     private = Path(tempfile.mkdtemp(prefix="lk-run-"))
+    watch.started(run)
     try:
         before = slots.check(slot)  # a slot changed by another run is rewritten before this one uses it
         pristine = slots.roots[slot]
@@ -278,10 +330,13 @@ def _execute(run: _Run, slots: Slots, base_env: dict, cell_timeout: float, timeo
         env = setup()
         problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
         changed = slots.check(slot)
-        if changed and not stop.is_set():
-            # Changed by this notebook, or by another run reaching into this slot: run it once more on the
-            # restored copy. Only a notebook that changes it again is marked tampered.
-            run.log += f"\n[labkit grade] the pristine copy changed during this run ({changed[:5]}); run again\n"
+        lost = not notebook.is_file()  # another run can delete this run's private folder, as this one can
+        if (changed or lost) and not stop.is_set():
+            # Changed by this notebook, or by another run reaching into this slot or folder: run it once more
+            # on the restored copy. Only a notebook that changes the copy again is marked tampered.
+            why = (f"the pristine copy changed during this run ({changed[:5]})" if changed
+                   else "this run's private folder was removed during the run")
+            run.log += f"\n[labkit grade] {why}; run again\n"
             first_log = run.log
             run.records, run.pids, run.forged, run.killed = None, None, 0, False
             env = setup()
@@ -296,6 +351,7 @@ def _execute(run: _Run, slots: Slots, base_env: dict, cell_timeout: float, timeo
             run.log += f"\n[labkit grade] the slot had changed before this run and was restored: {before[:5]}\n"
         return problem
     finally:
+        watch.ended(run)
         remove_tree(private)
         slots.give(slot)
 
@@ -365,8 +421,6 @@ def _run_pytest(run: _Run, notebook: Path, work: Path, env: dict, cell_timeout: 
         t.join(timeout=30)  # a kernel still holding the pipes open (it was killed) can't stall the batch
     run.records, pids, run.forged = read_records(list(lines), key)
     run.pids = pids
-    from labkit.course.nbval_hooks import clip
-
     run.log = clip(b"".join(output).decode("utf-8", errors="replace"), 200_000)
     if proc.returncode not in (0, 1) and not run.killed and not run.records:
         return f"nbval did not run the notebook (pytest exit status {proc.returncode}; see logs/{run.key}.txt)"

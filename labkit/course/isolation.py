@@ -10,7 +10,10 @@ grader's checkout. After every notebook the grader compares its slot with the sn
 
 Each run also gets a private folder: the kernel's working directory, ``HOME`` and every cache
 (IPython, Jupyter, Matplotlib, Triton, Numba), so nothing one notebook writes there reaches
-another notebook.
+another notebook. The kernel starts with no import route to the grader's own checkout (an
+editable install's finder would otherwise supply ``labkit.*`` from it whenever the slot lacks
+a module), and the checkout itself is compared with the snapshot after every notebook too: a
+change there is reported, never undone (an instructor's own edits are not the grader's to revert).
 """
 
 from __future__ import annotations
@@ -39,16 +42,34 @@ def _files(root: Path):
                 yield Path(dirpath) / name
 
 
-class Snapshot:
-    """The pristine tree, in memory: relative path -> bytes (labkit/ compiled, data/)."""
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
-    def __init__(self, package: Path = PACKAGE, data: Path | None = ROOT / "data"):
+
+def differences(found: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """``"PATH changed"``, ``"PATH removed"``, ``"PATH added"`` for each path whose digest differs."""
+    diff = [f"{rel} changed" for rel in sorted(found.keys() & expected.keys()) if found[rel] != expected[rel]]
+    diff += [f"{rel} removed" for rel in sorted(expected.keys() - found.keys())]
+    diff += [f"{rel} added" for rel in sorted(found.keys() - expected.keys())]
+    return diff
+
+
+class Snapshot:
+    """The pristine tree, in memory: relative path -> bytes (labkit/ compiled, data/).
+
+    ``package`` defaults to the grader's own labkit, ``data`` to its ``data/`` folder (None: none).
+    """
+
+    def __init__(self, package: Path | None = None, data: Path | None = ROOT / "data"):
         self.files: dict[str, bytes] = {}
-        for src, prefix in ((package, "labkit"), (data, "data")):
+        self.sources: dict[str, Path] = {}  # prefix -> the folder it was read from
+        for src, prefix in ((package or PACKAGE, "labkit"), (data, "data")):
             if src is None or not Path(src).is_dir():
                 continue
+            self.sources[prefix] = Path(src)
             for path in _files(Path(src)):
                 self.files[f"{prefix}/{path.relative_to(src).as_posix()}"] = path.read_bytes()
+        self.source_digest = self.digest()  # as read, before bytecode joins the snapshot
         self._compiled = False
 
     def write(self, root: Path) -> None:
@@ -67,7 +88,24 @@ class Snapshot:
         make_read_only(root)
 
     def digest(self) -> dict[str, str]:
-        return {rel: hashlib.sha256(data).hexdigest() for rel, data in self.files.items()}
+        return {rel: _sha(data) for rel, data in self.files.items()}
+
+    def source_state(self) -> dict[str, str]:
+        """The folders the snapshot was read from, as they are now: relative path -> SHA-256.
+
+        Grading reads only the snapshot, so a run that writes the grader's own checkout (by its path)
+        changes no grade of this batch, but would change the next batch's snapshot: compare this
+        with :attr:`source_digest` (:func:`differences`) to find it.
+        """
+        found: dict[str, str] = {}
+        for prefix, src in self.sources.items():
+            for path in _files(src):
+                rel = f"{prefix}/{path.relative_to(src).as_posix()}"
+                try:
+                    found[rel] = _sha(path.read_bytes())
+                except OSError:
+                    found[rel] = "unreadable"
+        return found
 
 
 def make_read_only(root: Path) -> None:
@@ -104,13 +142,10 @@ def changes(root: Path, expected: dict[str, str]) -> list[str]:
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
             try:
-                found[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if not path.is_symlink() else "link"
+                found[rel] = _sha(path.read_bytes()) if not path.is_symlink() else "link"
             except OSError:
                 found[rel] = "unreadable"
-    diff = [f"{rel} changed" for rel in sorted(found.keys() & expected.keys()) if found[rel] != expected[rel]]
-    diff += [f"{rel} removed" for rel in sorted(expected.keys() - found.keys())]
-    diff += [f"{rel} added" for rel in sorted(found.keys() - expected.keys())]
-    return diff
+    return differences(found, expected)
 
 
 class Slots:
@@ -211,6 +246,31 @@ def _no_fallback_dir() -> str:
     return _NO_FALLBACK[0]
 
 
+# Run by the kernel before any cell (an IPython startup file). PYTHONPATH puts the pristine copy first,
+# but a meta-path finder (setuptools' editable install) answers for ``labkit.<module>`` whenever the
+# copy lacks that module, e.g. after another run deleted part of it: without this, such an import
+# would come from the grader's checkout, which the notebook could then rewrite.
+NO_CHECKOUT_FINDER = """\
+import importlib.machinery as _m
+import sys as _s
+
+_standard = (_m.PathFinder, _m.BuiltinImporter, _m.FrozenImporter)
+
+
+def _supplies_labkit(finder):
+    if finder in _standard or isinstance(finder, _standard):
+        return False
+    try:
+        return finder.find_spec("labkit", None) is not None
+    except Exception:
+        return False
+
+
+_s.meta_path[:] = [f for f in _s.meta_path if not _supplies_labkit(f)]
+del _m, _s, _standard, _supplies_labkit
+"""
+
+
 def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, str]:
     """The environment of one run's pytest and kernel: labkit from ``pristine``; home and caches in ``private``."""
     env = {k: v for k, v in base.items() if k not in DROPPED_ENV}
@@ -218,6 +278,9 @@ def run_env(base: dict[str, str], pristine: Path, private: Path) -> dict[str, st
     for sub in ("", ".ipython", ".jupyter", ".jupyter-data", ".jupyter-runtime", ".cache", ".config", ".mpl",
                 ".triton", ".numba"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    startup = home / ".ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    (startup / "00-labkit-grader.py").write_text(NO_CHECKOUT_FINDER)
     env.update(_user_site())
     env.update({
         "PYTHONPATH": os.pathsep.join([str(pristine), _no_fallback_dir(), *_package_dirs(base.get("PYTHONPATH", ""))]),
