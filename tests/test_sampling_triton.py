@@ -11,15 +11,13 @@ from __future__ import annotations
 import labkit  # noqa: F401, I001  (first: it picks the mode before Triton is imported)
 import pytest
 import torch
-import triton
-import triton.language as tl
 from labkit import runtime
 from labkit.checks import nb06
 from labkit.checks.core import CheckFailure
 from labkit.decoding.sampling import probs
 from labkit.bench.sampling import bench_sampling
 from labkit.decoding.sampling_bisect import top_p_sample_kernel
-from labkit.decoding.sampling_launch import ordered_key, sample_top_p
+from labkit.decoding.sampling_launch import sample_top_p
 from labkit.decoding.sampling_triton import sample_top_k_top_p, top_k_top_p_sample_kernel
 from labkit.decoding.stats import chi_square, counts_of
 
@@ -112,147 +110,48 @@ def test_bench_in_sim_mode_checks_only():
     assert records and all(r.time_ms is None for r in records) == runtime.is_sim()
 
 
-# A student's correct kernel (the notebook's master solution) and two wrong ones.
+# A student's correct kernel (the master's answer to 06.sample_kernel, taken from its cell) and two
+# wrong ones made from it by changing one line.
+PREAMBLE = "import triton\nimport triton.language as tl\nfrom labkit.decoding.sampling_launch import ordered_key\n"
+GUMBEL = "((x - m) * inv_temp)[None, :] - tl.log(-tl.log(u))"
+WRONG = {
+    "uniform_over_nucleus": (GUMBEL, "-tl.log(-tl.log(u))"),  # the right set, drawn uniformly (no logits)
+    "no_cut": ("keep = valid & (ordered_key(x).to(tl.int64) >= lo)", "keep = valid"),  # top_p ignored
+}
 
 
-@triton.jit
-def student_top_p_kernel(logits_ptr, out_ptr, V, stride_b, inv_temp, top_p, seed,
-                         BLOCK_V: tl.constexpr, SAMPLES: tl.constexpr):
-    b = tl.program_id(0)
-    row_ptr = logits_ptr + b.to(tl.int64) * stride_b
-    m = tl.full([], float("-inf"), tl.float32)  # the row's largest logit so far
-    z = tl.zeros([], tl.float32)  # Σ exp((x - m) / T), rescaled whenever m grows
-    kmin = tl.full([], 2147483647, tl.int32)  # smallest and largest ordered_key(x)
-    kmax = tl.full([], -2147483648, tl.int32)
-    for start in range(0, V, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
-        valid = offs < V
-        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
-        key = ordered_key(x)
-        kmin = tl.minimum(kmin, tl.min(tl.where(valid, key, 2147483647), axis=0))
-        kmax = tl.maximum(kmax, tl.max(tl.where(valid, key, -2147483648), axis=0))
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
-        m = m_new
-    lo = kmin.to(tl.int64)
-    hi = kmax.to(tl.int64) + 1
-    while hi - lo > 1:
-        mid = lo + (hi - lo) // 2
-        mass = tl.full([], 0.0, tl.float32)
-        for start in range(0, V, BLOCK_V):
-            offs = start + tl.arange(0, BLOCK_V)
-            x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-            keep = (offs < V) & (ordered_key(x).to(tl.int64) >= mid)
-            mass += tl.sum(tl.where(keep, tl.exp((x - m) * inv_temp), 0.0), axis=0)
-        ok = mass >= top_p * z
-        lo = tl.where(ok, mid, lo)
-        hi = tl.where(ok, hi, mid)
-    draws = tl.arange(0, SAMPLES)
-    best = tl.full([SAMPLES], float("-inf"), tl.float32)
-    best_i = tl.full([SAMPLES], 0, tl.int32)
-    for start in range(0, V, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
-        x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-        keep = (offs < V) & (ordered_key(x).to(tl.int64) >= lo)
-        u = tl.minimum(tl.maximum(tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + offs[None, :]), 1e-7), 1 - 1e-7)
-        score = tl.where(keep[None, :], ((x - m) * inv_temp)[None, :] - tl.log(-tl.log(u)), float("-inf"))
-        blk = tl.max(score, axis=1)
-        best_i = tl.where(blk > best, start + tl.argmax(score, axis=1), best_i)
-        best = tl.maximum(best, blk)
-    tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    """name -> ``@triton.jit`` kernel: "student" (the master's cell as it is) and each of ``WRONG``."""
+    import importlib.util
+
+    from labkit.course.solutions import exercise_source
+
+    source = exercise_source("06_speculative_decoding", "06.sample_kernel")
+    variants = {"student": source}
+    for name, (old, new) in WRONG.items():
+        assert source.count(old) == 1, f"the master's cell no longer has {old!r}: update WRONG"
+        variants[name] = source.replace(old, new)
+    found = {}
+    for name, text in variants.items():
+        path = tmp_path_factory.mktemp("kernels") / f"nb06_{name}.py"
+        path.write_text(PREAMBLE + text + "\n")  # Triton reads a kernel's source from its file
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found[name] = module.top_p_kernel
+    return found
 
 
-@triton.jit
-def uniform_over_nucleus_kernel(logits_ptr, out_ptr, V, stride_b, inv_temp, top_p, seed,
-                                BLOCK_V: tl.constexpr, SAMPLES: tl.constexpr):
-    """Wrong: the right set of tokens, but drawn uniformly (the logits left out of the race)."""
-    b = tl.program_id(0)
-    row_ptr = logits_ptr + b.to(tl.int64) * stride_b
-    m = tl.full([], float("-inf"), tl.float32)  # the row's largest logit so far
-    z = tl.zeros([], tl.float32)  # Σ exp((x - m) / T), rescaled whenever m grows
-    kmin = tl.full([], 2147483647, tl.int32)  # smallest and largest ordered_key(x)
-    kmax = tl.full([], -2147483648, tl.int32)
-    for start in range(0, V, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
-        valid = offs < V
-        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
-        key = ordered_key(x)
-        kmin = tl.minimum(kmin, tl.min(tl.where(valid, key, 2147483647), axis=0))
-        kmax = tl.maximum(kmax, tl.max(tl.where(valid, key, -2147483648), axis=0))
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
-        m = m_new
-    lo = kmin.to(tl.int64)
-    hi = kmax.to(tl.int64) + 1
-    while hi - lo > 1:
-        mid = lo + (hi - lo) // 2
-        mass = tl.full([], 0.0, tl.float32)
-        for start in range(0, V, BLOCK_V):
-            offs = start + tl.arange(0, BLOCK_V)
-            x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-            keep = (offs < V) & (ordered_key(x).to(tl.int64) >= mid)
-            mass += tl.sum(tl.where(keep, tl.exp((x - m) * inv_temp), 0.0), axis=0)
-        ok = mass >= top_p * z
-        lo = tl.where(ok, mid, lo)
-        hi = tl.where(ok, hi, mid)
-    draws = tl.arange(0, SAMPLES)
-    best = tl.full([SAMPLES], float("-inf"), tl.float32)
-    best_i = tl.full([SAMPLES], 0, tl.int32)
-    for start in range(0, V, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
-        x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-        keep = (offs < V) & (ordered_key(x).to(tl.int64) >= lo)
-        u = tl.minimum(tl.maximum(tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + offs[None, :]), 1e-7), 1 - 1e-7)
-        score = tl.where(keep[None, :], -tl.log(-tl.log(u)), float("-inf"))
-        blk = tl.max(score, axis=1)
-        best_i = tl.where(blk > best, start + tl.argmax(score, axis=1), best_i)
-        best = tl.maximum(best, blk)
-    tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
-
-
-@triton.jit
-def no_cut_kernel(logits_ptr, out_ptr, V, stride_b, inv_temp, top_p, seed,
-                  BLOCK_V: tl.constexpr, SAMPLES: tl.constexpr):
-    """Wrong: samples the whole softmax (top_p ignored)."""
-    b = tl.program_id(0)
-    row_ptr = logits_ptr + b.to(tl.int64) * stride_b
-    m = tl.full([], float("-inf"), tl.float32)  # the row's largest logit so far
-    z = tl.zeros([], tl.float32)  # Σ exp((x - m) / T), rescaled whenever m grows
-    kmin = tl.full([], 2147483647, tl.int32)  # smallest and largest ordered_key(x)
-    kmax = tl.full([], -2147483648, tl.int32)
-    for start in range(0, V, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
-        valid = offs < V
-        x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
-        key = ordered_key(x)
-        kmin = tl.minimum(kmin, tl.min(tl.where(valid, key, 2147483647), axis=0))
-        kmax = tl.maximum(kmax, tl.max(tl.where(valid, key, -2147483648), axis=0))
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
-        m = m_new
-    draws = tl.arange(0, SAMPLES)
-    best = tl.full([SAMPLES], float("-inf"), tl.float32)
-    best_i = tl.full([SAMPLES], 0, tl.int32)
-    for start in range(0, V, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
-        x = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-        u = tl.minimum(tl.maximum(tl.rand(seed, (b * SAMPLES + draws[:, None]) * V + offs[None, :]), 1e-7), 1 - 1e-7)
-        score = tl.where((offs < V)[None, :], ((x - m) * inv_temp)[None, :] - tl.log(-tl.log(u)), float("-inf"))
-        blk = tl.max(score, axis=1)
-        best_i = tl.where(blk > best, start + tl.argmax(score, axis=1), best_i)
-        best = tl.maximum(best, blk)
-    tl.store(out_ptr + b * SAMPLES + draws, best_i.to(tl.int64))
-
-
-def test_check_accepts_a_correct_kernel(capsys):
-    nb06.check_sample_kernel(student_top_p_kernel)
+def test_check_accepts_a_correct_kernel(kernels, capsys):
+    nb06.check_sample_kernel(kernels["student"])
     assert "all 7 properties pass" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("wrong", [uniform_over_nucleus_kernel, no_cut_kernel])
-def test_check_rejects_a_wrong_kernel(wrong):
+@pytest.mark.parametrize("wrong", sorted(WRONG))
+def test_check_rejects_a_wrong_kernel(kernels, wrong):
     with pytest.raises(CheckFailure) as info:
-        nb06.check_sample_kernel(wrong)
+        nb06.check_sample_kernel(kernels[wrong])
     assert "chi-square" in str(info.value) or "outside the top-p set" in str(info.value)
 
 
