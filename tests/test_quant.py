@@ -243,7 +243,9 @@ def test_nb08_checks_pass_solutions_and_fail_stubs(capsys):
         nb08.check_quantize(stub)
     with pytest.raises(CheckFailure, match="not started"):
         nb08.check_dequant_kernel(_stub_kernel)
-    with pytest.raises(CheckFailure, match="absmax"):  # a wrong answer: the scale from the mean
+    # A wrong answer: the scale from the mean. Its scale is always wrong; whether its clamped maximum
+    # still reaches ±127 depends on the random row length, so only the scale's message is certain.
+    with pytest.raises(CheckFailure, match=r"scale = max\|row\| / 127"):
         nb08.check_quantize(lambda x: (torch.round(x.float() / (x.float().abs().mean(-1, keepdim=True) / 50)).clamp(
             -127, 127).to(torch.int8), x.float().abs().mean(-1) / 50))
     assert set(nb08.SOLUTIONS) == {"08.quantize", "08.dequant_kernel"}
