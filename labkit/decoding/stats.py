@@ -9,11 +9,15 @@ from __future__ import annotations
 import torch
 
 
-def chi_square(counts, probs, *, min_expected: float = 5.0) -> tuple[float, int, float]:
+def chi_square(counts, probs, *, min_expected: float = 20.0) -> tuple[float, int, float]:
     """(statistic, degrees of freedom, p-value) for observed ``counts`` [V] against ``probs`` [V].
 
-    Categories expected fewer than ``min_expected`` times are pooled into one (the test's
-    approximation needs it). A draw in a category of probability 0 gives p-value 0.
+    Categories expected fewer than ``min_expected`` times are pooled into one: the p-value comes
+    from the chi-square approximation, whose tail is too light when categories are small. At 256
+    draws over 6-14 tokens (notebook 06's check), p <= 1e-4 came 3.4x as often as it should with
+    pooling below 5 expected draws (the textbook rule), and 1.6x below 20 (100,000 samples drawn
+    from the exact distribution); the power against wrong samplers was the same.
+    A draw in a category of probability 0 gives p-value 0.
     """
     counts = torch.as_tensor(counts).detach().to("cpu", torch.float64).reshape(-1)
     probs = torch.as_tensor(probs).detach().to("cpu", torch.float64).reshape(-1)
