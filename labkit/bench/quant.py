@@ -105,7 +105,9 @@ def sdpa_best(sets, expected, warmup: int, rep: int) -> tuple[float | None, str]
 SWEEP = [  # (block_t, num_warps, num_stages, use_dot, biased)
     (128, 4, 3, True, True), (128, 4, 3, True, False), (64, 4, 3, True, True), (64, 4, 3, True, False),
     (128, 4, 2, True, True), (128, 4, 4, True, True), (128, 8, 3, True, True), (256, 8, 3, True, True),
+    (128, 4, 2, True, False), (64, 4, 4, True, False),
 ]
+SPLITS = (None, 8, 32, 64)  # the plan's split count, then fixed ones (timed for the unbiased entries)
 
 
 def sweep(fmt: str, B: int, T: int, roofline, warmup, rep) -> list[Record]:
@@ -119,7 +121,7 @@ def sweep(fmt: str, B: int, T: int, roofline, warmup, rep) -> list[Record]:
     for bt, w, st, dot, biased in SWEEP:
         if biased and fmt != "int8":
             continue
-        for splits in (None,):
+        for splits in SPLITS if not biased else (None,):
             kw = dict(block_t=bt, num_warps=w, num_stages=st, use_dot=dot, num_splits=splits, biased=biased)
             try:
                 if expected is not None:
@@ -134,7 +136,8 @@ def sweep(fmt: str, B: int, T: int, roofline, warmup, rep) -> list[Record]:
             bw = gbps(nbytes, ms)
             out.append(Record(f"sweep_{fmt}", {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}, fmt, nbytes, ms, bw,
                               None if not roofline else 100 * bw / roofline, {"config": kw}))
-            print(f"  sweep {fmt} B={B} T={T} bt={bt} w={w} st={st} dot={dot} biased={biased}: {ms * 1e3:.1f} us "
+            print(f"  sweep {fmt} B={B} T={T} bt={bt} w={w} st={st} dot={dot} biased={biased} splits={splits}: "
+                  f"{ms * 1e3:.1f} us "
                   f"({bw:.0f} GB/s)")
     return out
 
