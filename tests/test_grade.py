@@ -516,7 +516,7 @@ def test_a_real_master_scores_full_points_its_release_zero_and_reuse_or_patches_
 
 def test_graded_notebooks_time_briefly(monkeypatch):
     """Benchmark cells still run under the grader, but each measurement is cut short (LABKIT_TIMING)."""
-    from labkit.course.grade import _child_env
+    from labkit.course.runner import child_env as _child_env
 
     monkeypatch.delenv("LABKIT_TIMING", raising=False)
     assert _child_env(2)["LABKIT_TIMING"] == "brief"

@@ -183,7 +183,7 @@ def test_a_changed_pristine_copy_is_found_and_restored(tmp_path):
 def test_a_change_to_the_graders_checkout_names_every_run_in_flight_since_the_last_clean_look(tmp_path):
     from types import SimpleNamespace
 
-    from labkit.course.grade import _Watch
+    from labkit.course.runner import Watch as _Watch
 
     package = tmp_path / "pkg"
     (package / "checks").mkdir(parents=True)

@@ -6,7 +6,8 @@ exercise cells and extra cells, the master's own code and its checks, each check
 check modules loaded fresh), read its code for reused solutions and suspicious lines
 (:mod:`labkit.course.reuse`), then execute it in a fresh kernel with ``pytest --nbval-lax`` in a
 subprocess (a per-cell and a per-notebook time limit; several notebooks at once), against a
-pristine read-only copy of labkit verified after every notebook (:mod:`labkit.course.isolation`).
+pristine read-only copy of labkit verified after every notebook (:mod:`labkit.course.runner`,
+:mod:`labkit.course.isolation`).
 Per-cell results come only from the pytest process, over a pipe (:mod:`labkit.course.nbval_hooks`).
 nbval runs every cell even after one fails or is interrupted for running too long, so one broken exercise costs only its own points; one broken or hanging
 submission never stops the batch. Results (see :mod:`labkit.course.gradebook`) go to::
@@ -23,33 +24,19 @@ Submissions are untrusted code: run the grader in a container or a VM (docs/inst
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
 from labkit.course import reuse
-from labkit.course.gradebook import NotebookResult, error_rows, read_records, safe_name, score, write_outputs
-from labkit.course.isolation import PACKAGE, Slots, Snapshot, differences, remove_tree, run_env
-from labkit.course.nbval_hooks import clip
-from labkit.course.prepare import PRISTINE, Check, Graded, GradeError, Masters, build_graded, find_submissions
+from labkit.course.gradebook import NotebookResult, error_rows, safe_name, score, write_outputs
+from labkit.course.isolation import PACKAGE, Slots
+from labkit.course.prepare import PRISTINE, GradeError, Masters, build_graded, find_submissions
+from labkit.course.runner import Run, Watch, child_env, cores, execute, kill
 from labkit.paths import ROOT
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="grades", help="folder for the gradebook and feedback (default: grades)")
     parser.add_argument("--masters", default=str(ROOT / "solutions"),
                         help="folder of master notebooks (default: the repository's solutions/)")
-    parser.add_argument("--jobs", type=int, default=_cores(),
+    parser.add_argument("--jobs", type=int, default=cores(),
                         help="notebooks graded at once (default: the number of cores, %(default)s here)")
     parser.add_argument("--cell-timeout", type=float, default=300, help="seconds one cell may run (default: 300)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one notebook may run (default: 1800)")
@@ -84,55 +71,6 @@ def main(args: argparse.Namespace) -> int:
     return 1 if any(c.status == "error" for r in results for c in r.checks) else 0
 
 
-@dataclass
-class _Run:
-    """One submission to run: the notebook built for it, and what its run reported."""
-
-    result: NotebookResult
-    checks: list[Check]
-    graded: Graded
-    key: str  # its files' stem under --out: STUDENT/NOTEBOOK
-    findings: dict = None  # "reuse": {exercise: [Finding]}, "suspicious": [Finding]
-    records: dict | None = None
-    pids: list | None = None
-    forged: int = 0
-    log: str = ""
-    killed: bool = False
-    proc: subprocess.Popen | None = None
-    checkout: tuple[list[str], int] | None = None  # the grader's checkout changed while this ran: (what, runs)
-
-
-class _Watch:
-    """The grader's own labkit and data, compared after every run with how they were; who ran meanwhile.
-
-    Every run in flight since the last comparison that found nothing is a suspect of the next change
-    found: with ``--jobs 1`` that is exactly the run that made it.
-    """
-
-    def __init__(self, snapshot: Snapshot):
-        self.snapshot, self.lock = snapshot, threading.Lock()
-        self.last = snapshot.source_digest
-        self.running: dict[str, _Run] = {}
-        self.window: dict[str, _Run] = {}
-        self.changes: list[str] = []
-
-    def started(self, run: _Run) -> None:
-        with self.lock:
-            self.running[run.key] = self.window[run.key] = run
-
-    def ended(self, run: _Run) -> None:
-        with self.lock:
-            state = self.snapshot.source_state()
-            diff = differences(state, self.last)
-            if diff:
-                self.last = state
-                self.changes += diff
-                for suspect in self.window.values():
-                    suspect.checkout = (diff, len(self.window))
-            self.running.pop(run.key, None)
-            self.window = dict(self.running)
-
-
 def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path = ROOT / "solutions",
           jobs: int | None = None, cell_timeout: float = 300, timeout: float = 1800,
           progress: bool | None = None) -> list[NotebookResult]:
@@ -142,7 +80,7 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
     """
     from tqdm.auto import tqdm
 
-    jobs = _cores() if jobs is None else jobs
+    jobs = cores() if jobs is None else jobs
     if jobs < 1:
         raise GradeError(f"--jobs must be at least 1, got {jobs}")
     out = Path(out)
@@ -169,20 +107,20 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
             result.problem = f"not a valid notebook: {type(exc).__name__}: {str(exc)[:200]}"
             result.checks = error_rows(checks, result.problem)
             continue
-        run = _Run(result, checks, graded, key)
+        run = Run(result, checks, graded, key)
         run.findings = _scan(graded, sub.master)
         runs.append(run)
     hide = None if progress is None else not progress  # tqdm: None hides the bar when not on a terminal
     stop = threading.Event()
     files: dict[str, str] = {}
-    base_env = _child_env(jobs)
+    base_env = child_env(jobs)
     if not runs:  # nothing to run: every submission is an error row
         write_outputs(results, out, files)
         return results
     with Slots(min(jobs, len(runs))) as slots, ThreadPoolExecutor(max_workers=jobs) as pool, \
             tqdm(total=len(runs), desc="grading", unit="notebook", disable=hide) as bar:
-        watch = _Watch(slots.snapshot)
-        futures = {pool.submit(_execute, run, slots, watch, base_env, cell_timeout, timeout, stop): run
+        watch = Watch(slots.snapshot)
+        futures = {pool.submit(execute, run, slots, watch, base_env, cell_timeout, timeout, stop): run
                    for run in runs}
         try:
             for future in as_completed(futures):
@@ -202,7 +140,7 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
                 future.cancel()
             for run in runs:
                 if run.proc is not None and run.proc.poll() is None:
-                    _kill(run.proc, run.pids or [])
+                    kill(run.proc, run.pids or [])
             raise
     if watch.changes:
         print("labkit grade: WARNING: the grader's own labkit or data changed while notebooks ran ("
@@ -242,7 +180,7 @@ def _scan(graded: Graded, master: str) -> dict:
     return found
 
 
-def _finish(run: _Run, problem: str, *, cell_timeout: float, timeout: float) -> None:
+def _finish(run: Run, problem: str, *, cell_timeout: float, timeout: float) -> None:
     """Score one run: from its verified records, then reuse, suspicious lines and tampering."""
     r = run.result
     if problem:
@@ -291,152 +229,3 @@ def _finish(run: _Run, problem: str, *, cell_timeout: float, timeout: float) -> 
     for c in r.checks:
         if c.status == "failed" and c.exercise in stub and "not started" not in c.message:
             c.message = f"not started: your exercise cell still raises NotImplementedError\n{c.message}"
-
-
-def _child_env(jobs: int) -> dict[str, str]:
-    from labkit import runtime
-
-    env = dict(os.environ)
-    env["LABKIT_MODE"] = runtime.MODE  # every kernel grades in the grader's mode
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only nbval and our hooks, whatever else is installed
-    env.setdefault("LABKIT_TIMING", "brief")  # benchmark cells check their kernels; their timings grade nothing
-    threads = str(max(1, _cores() // jobs))  # kernels running side by side share the cores
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, threads)
-    return env
-
-
-def _execute(run: _Run, slots: Slots, watch: _Watch, base_env: dict, cell_timeout: float, timeout: float,
-             stop: threading.Event) -> str:
-    """Run nbval over one notebook in a private folder against a pristine slot; return why it could not run."""
-    if stop.is_set():
-        return "grading was interrupted"
-    slot = slots.take()
-    private = Path(tempfile.mkdtemp(prefix="lk-run-"))
-    watch.started(run)
-    try:
-        before = slots.check(slot)  # a slot changed by another run is rewritten before this one uses it
-        pristine = slots.roots[slot]
-        work, notebook = private / "work", private / "work" / "notebook.ipynb"
-        text = nbformat.writes(run.graded.notebook).replace(PRISTINE, str(pristine).replace("\\", "/"))
-
-        def setup() -> dict:
-            remove_tree(work)
-            work.mkdir(parents=True)
-            notebook.write_text(text, encoding="utf-8")
-            (work / "pytest.ini").write_text("[pytest]\n")  # shields the run from any outer config
-            return run_env(base_env, pristine, private)
-
-        env = setup()
-        problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
-        changed = slots.check(slot)
-        lost = not notebook.is_file()  # another run can delete this run's private folder, as this one can
-        if (changed or lost) and not stop.is_set():
-            # Changed by this notebook, or by another run reaching into this slot or folder: run it once more
-            # on the restored copy. Only a notebook that changes the copy again is marked tampered.
-            why = (f"the pristine copy changed during this run ({changed[:5]})" if changed
-                   else "this run's private folder was removed during the run")
-            run.log += f"\n[labkit grade] {why}; run again\n"
-            first_log = run.log
-            run.records, run.pids, run.forged, run.killed = None, None, 0, False
-            env = setup()
-            problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
-            run.log = first_log + run.log
-            changed = slots.check(slot)
-        if changed:
-            run.result.tampered = ("the pristine copy of labkit changed while this notebook ran ("
-                                   + "; ".join(changed[:5]) + (" …" if len(changed) > 5 else "")
-                                   + "); it was restored for the next notebook")
-        if before:
-            run.log += f"\n[labkit grade] the slot had changed before this run and was restored: {before[:5]}\n"
-        return problem
-    finally:
-        watch.ended(run)
-        remove_tree(private)
-        slots.give(slot)
-
-
-def _run_pytest(run: _Run, notebook: Path, work: Path, env: dict, cell_timeout: float, timeout: float,
-                stop: threading.Event) -> str:
-    key = secrets.token_hex(32).encode()
-    report_r, report_w = os.pipe()
-    key_r, key_w = os.pipe()
-    os.write(key_w, key)
-    os.close(key_w)
-    cmd = [sys.executable, "-m", "pytest", str(notebook),
-           "-p", "nbval.plugin", "-p", "labkit.course.nbval_hooks", "-p", "no:cacheprovider",
-           "-c", str(work / "pytest.ini"), "--rootdir", str(work),
-           "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout:g}",
-           f"--labkit-report-fd={report_w}", f"--labkit-key-fd={key_r}", "-q", "--color=no"]
-    lines: list[str] = []
-    output: list[bytes] = []
-    run.result.started = time.time()
-    try:
-        proc = run.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=env, cwd=str(work),
-                                           start_new_session=True, pass_fds=(report_w, key_r))
-    except OSError as exc:
-        for fd in (report_r, report_w, key_r):
-            os.close(fd)
-        return f"could not run pytest: {exc}"
-    finally:
-        pass
-    os.close(report_w)
-    os.close(key_r)
-
-    def read_reports():
-        size = 0
-        with os.fdopen(report_r, "r", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                size += len(line)
-                if size > 64_000_000:  # far beyond what nbval_hooks sends (clipped records): a flood, not kept
-                    if lines[-1:] != ["flood -\n"]:
-                        lines.append("flood -\n")  # counted as forged
-                    continue
-                lines.append(line)
-                if '"kernel_pid"' in line:  # known at once, so a run past --timeout can end its kernel
-                    run.pids = read_records(lines, key)[1]
-
-    def read_output():
-        kept = 0
-        for chunk in iter(lambda: proc.stdout.read(65536), b""):
-            if kept < 4_000_000:  # a notebook printing without end fills no disk
-                output.append(chunk)
-                kept += len(chunk)
-
-    readers = [threading.Thread(target=read_reports, daemon=True), threading.Thread(target=read_output, daemon=True)]
-    for t in readers:
-        t.start()
-    try:
-        try:
-            if stop.is_set():  # interrupted while this run was starting
-                raise subprocess.TimeoutExpired(cmd, 0)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            run.killed = True
-            _kill(proc, run.pids or [])
-    finally:
-        run.result.finished = time.time()
-    for t in readers:
-        t.join(timeout=30)  # a kernel still holding the pipes open (it was killed) can't stall the batch
-    run.records, pids, run.forged = read_records(list(lines), key)
-    run.pids = pids
-    run.log = clip(b"".join(output).decode("utf-8", errors="replace"), 200_000)
-    if proc.returncode not in (0, 1) and not run.killed and not run.records:
-        return f"nbval did not run the notebook (pytest exit status {proc.returncode}; see logs/{run.key}.txt)"
-    return ""
-
-
-def _kill(proc: subprocess.Popen, pids: list[int]) -> None:
-    """End a notebook's run: its kernels (each leads a process group of its own), then pytest's group."""
-    for pid in pids:
-        try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()

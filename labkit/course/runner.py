@@ -1,0 +1,238 @@
+"""Running one graded notebook: nbval in a subprocess, in a private folder, against a pristine copy.
+
+:func:`execute` takes a pristine slot (:class:`labkit.course.isolation.Slots`), writes the
+notebook built for the submission into a private folder, and runs ``pytest --nbval-lax`` on it
+in a new process session with a private ``HOME`` (:func:`labkit.course.isolation.run_env`).
+Per-cell results come back only over a pipe, signed with a key the kernel never sees
+(:mod:`labkit.course.nbval_hooks`). A run that changed its slot, or whose folder another run
+removed, runs once more on the restored copy; :class:`Watch` compares the grader's own checkout
+after every run and names who was running when it changed. :func:`kill` ends a run that
+outlived its time limit, its kernels included. :mod:`labkit.course.grade` schedules the runs and
+scores them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from labkit.course.gradebook import NotebookResult, read_records
+from labkit.course.isolation import Slots, Snapshot, differences, remove_tree, run_env
+from labkit.course.nbval_hooks import clip
+from labkit.course.prepare import PRISTINE, Check, Graded
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Run:
+    """One submission to run: the notebook built for it, and what its run reported."""
+
+    result: NotebookResult
+    checks: list[Check]
+    graded: Graded
+    key: str  # its files' stem under --out: STUDENT/NOTEBOOK
+    findings: dict = None  # "reuse": {exercise: [Finding]}, "suspicious": [Finding]
+    records: dict | None = None
+    pids: list | None = None
+    forged: int = 0
+    log: str = ""
+    killed: bool = False
+    proc: subprocess.Popen | None = None
+    checkout: tuple[list[str], int] | None = None  # the grader's checkout changed while this ran: (what, runs)
+
+
+class Watch:
+    """The grader's own labkit and data, compared after every run with how they were; who ran meanwhile.
+
+    Every run in flight since the last comparison that found nothing is a suspect of the next change
+    found: with ``--jobs 1`` that is exactly the run that made it.
+    """
+
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot, self.lock = snapshot, threading.Lock()
+        self.last = snapshot.source_digest
+        self.running: dict[str, Run] = {}
+        self.window: dict[str, Run] = {}
+        self.changes: list[str] = []
+
+    def started(self, run: Run) -> None:
+        with self.lock:
+            self.running[run.key] = self.window[run.key] = run
+
+    def ended(self, run: Run) -> None:
+        with self.lock:
+            state = self.snapshot.source_state()
+            diff = differences(state, self.last)
+            if diff:
+                self.last = state
+                self.changes += diff
+                for suspect in self.window.values():
+                    suspect.checkout = (diff, len(self.window))
+            self.running.pop(run.key, None)
+            self.window = dict(self.running)
+
+
+def child_env(jobs: int) -> dict[str, str]:
+    from labkit import runtime
+
+    env = dict(os.environ)
+    env["LABKIT_MODE"] = runtime.MODE  # every kernel grades in the grader's mode
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only nbval and our hooks, whatever else is installed
+    env.setdefault("LABKIT_TIMING", "brief")  # benchmark cells check their kernels; their timings grade nothing
+    threads = str(max(1, cores() // jobs))  # kernels running side by side share the cores
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
+    return env
+
+
+def execute(run: Run, slots: Slots, watch: Watch, base_env: dict, cell_timeout: float, timeout: float,
+             stop: threading.Event) -> str:
+    """Run nbval over one notebook in a private folder against a pristine slot; return why it could not run."""
+    if stop.is_set():
+        return "grading was interrupted"
+    slot = slots.take()
+    private = Path(tempfile.mkdtemp(prefix="lk-run-"))
+    watch.started(run)
+    try:
+        before = slots.check(slot)  # a slot changed by another run is rewritten before this one uses it
+        pristine = slots.roots[slot]
+        work, notebook = private / "work", private / "work" / "notebook.ipynb"
+        text = nbformat.writes(run.graded.notebook).replace(PRISTINE, str(pristine).replace("\\", "/"))
+
+        def setup() -> dict:
+            remove_tree(work)
+            work.mkdir(parents=True)
+            notebook.write_text(text, encoding="utf-8")
+            (work / "pytest.ini").write_text("[pytest]\n")  # shields the run from any outer config
+            return run_env(base_env, pristine, private)
+
+        env = setup()
+        problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
+        changed = slots.check(slot)
+        lost = not notebook.is_file()  # another run can delete this run's private folder, as this one can
+        if (changed or lost) and not stop.is_set():
+            # Changed by this notebook, or by another run reaching into this slot or folder: run it once more
+            # on the restored copy. Only a notebook that changes the copy again is marked tampered.
+            why = (f"the pristine copy changed during this run ({changed[:5]})" if changed
+                   else "this run's private folder was removed during the run")
+            run.log += f"\n[labkit grade] {why}; run again\n"
+            first_log = run.log
+            run.records, run.pids, run.forged, run.killed = None, None, 0, False
+            env = setup()
+            problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
+            run.log = first_log + run.log
+            changed = slots.check(slot)
+        if changed:
+            run.result.tampered = ("the pristine copy of labkit changed while this notebook ran ("
+                                   + "; ".join(changed[:5]) + (" …" if len(changed) > 5 else "")
+                                   + "); it was restored for the next notebook")
+        if before:
+            run.log += f"\n[labkit grade] the slot had changed before this run and was restored: {before[:5]}\n"
+        return problem
+    finally:
+        watch.ended(run)
+        remove_tree(private)
+        slots.give(slot)
+
+
+def _run_pytest(run: Run, notebook: Path, work: Path, env: dict, cell_timeout: float, timeout: float,
+                stop: threading.Event) -> str:
+    key = secrets.token_hex(32).encode()
+    report_r, report_w = os.pipe()
+    key_r, key_w = os.pipe()
+    os.write(key_w, key)
+    os.close(key_w)
+    cmd = [sys.executable, "-m", "pytest", str(notebook),
+           "-p", "nbval.plugin", "-p", "labkit.course.nbval_hooks", "-p", "no:cacheprovider",
+           "-c", str(work / "pytest.ini"), "--rootdir", str(work),
+           "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout:g}",
+           f"--labkit-report-fd={report_w}", f"--labkit-key-fd={key_r}", "-q", "--color=no"]
+    lines: list[str] = []
+    output: list[bytes] = []
+    run.result.started = time.time()
+    try:
+        proc = run.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=env, cwd=str(work),
+                                           start_new_session=True, pass_fds=(report_w, key_r))
+    except OSError as exc:
+        for fd in (report_r, report_w, key_r):
+            os.close(fd)
+        return f"could not run pytest: {exc}"
+    os.close(report_w)
+    os.close(key_r)
+
+    def read_reports():
+        size = 0
+        with os.fdopen(report_r, "r", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                size += len(line)
+                if size > 64_000_000:  # far beyond what nbval_hooks sends (clipped records): a flood, not kept
+                    if lines[-1:] != ["flood -\n"]:
+                        lines.append("flood -\n")  # counted as forged
+                    continue
+                lines.append(line)
+                if '"kernel_pid"' in line:  # known at once, so a run past --timeout can end its kernel
+                    run.pids = read_records(lines, key)[1]
+
+    def read_output():
+        kept = 0
+        for chunk in iter(lambda: proc.stdout.read(65536), b""):
+            if kept < 4_000_000:  # a notebook printing without end fills no disk
+                output.append(chunk)
+                kept += len(chunk)
+
+    readers = [threading.Thread(target=read_reports, daemon=True), threading.Thread(target=read_output, daemon=True)]
+    for t in readers:
+        t.start()
+    try:
+        try:
+            if stop.is_set():  # interrupted while this run was starting
+                raise subprocess.TimeoutExpired(cmd, 0)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            run.killed = True
+            kill(proc, run.pids or [])
+    finally:
+        run.result.finished = time.time()
+    for t in readers:
+        t.join(timeout=30)  # a kernel still holding the pipes open (it was killed) can't stall the batch
+    run.records, pids, run.forged = read_records(list(lines), key)
+    run.pids = pids
+    run.log = clip(b"".join(output).decode("utf-8", errors="replace"), 200_000)
+    if proc.returncode not in (0, 1) and not run.killed and not run.records:
+        return f"nbval did not run the notebook (pytest exit status {proc.returncode}; see logs/{run.key}.txt)"
+    return ""
+
+
+def kill(proc: subprocess.Popen, pids: list[int]) -> None:
+    """End a notebook's run: its kernels (each leads a process group of its own), then pytest's group."""
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+__all__ = ["Run", "Watch", "child_env", "cores", "execute", "kill"]
