@@ -7,6 +7,8 @@ Each row is a section's headline (see :mod:`labkit.bench.sections`): a ratio ove
 
 from __future__ import annotations
 
+import textwrap
+
 
 def plot_bench_summary(rows: list[dict], *, title: str = "labkit bench", source: str = ""):
     """A matplotlib figure of ``rows`` ({"section", "notebook", "value", "unit", "text"}); returns it."""
@@ -27,7 +29,8 @@ def plot_bench_summary(rows: list[dict], *, title: str = "labkit bench", source:
     ax.set_xlim(0, top * 1.25)
     ax.set_xlabel("headline ratio over each notebook's baseline (1× = as fast)")
     heading = title + (f" — {source}" if source else "")
-    ax.set_title(heading + ("\n" + "; ".join(other) if other else ""), fontsize=10)
+    notes = [textwrap.fill(line, 110) for line in other]  # a headline is a sentence: wrap it, never clip it
+    ax.set_title("\n".join([heading, *notes]), fontsize=10)
     fig.tight_layout()
     return fig
 
