@@ -18,13 +18,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# Notebook 06's sampling-kernel exercise: the master's answer, taken from its cell, and two wrong
-# kernels made from it by changing one line (the check must reject both).
+# Notebook 06's sampling-kernel exercise: the master's answer, taken from its cell, and wrong
+# kernels made from it by changing one line (the check must reject each).
 NB06_PREAMBLE = "import triton\nimport triton.language as tl\nfrom labkit.decoding.sampling_launch import ordered_key\n"
 NB06_WRONG = {
     # the right set, drawn uniformly: the logits left out of the Gumbel score
     "uniform_over_nucleus": ("((x - m) * inv_temp)[None, :] - tl.log(-tl.log(u))", "-tl.log(-tl.log(u))"),
     "no_cut": ("keep = valid & (ordered_key(x).to(tl.int64) >= lo)", "keep = valid"),  # top_p ignored
+    # step 1 as first shipped: a tile of only -inf makes z NaN (inf - inf), and no token is cut
+    "nan_after_banned_tile": ('m_ref = tl.where(m_new > float("-inf"), m_new, 0.0)', "m_ref = m_new"),
 }
 
 

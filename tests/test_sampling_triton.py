@@ -95,6 +95,21 @@ def test_plain_bisection_kernel_matches():
         assert chi_square(counts_of(draws[b], 40), want[b])[2] > 1e-4
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_banned_tokens_filling_a_tile(fast):
+    """-inf logits over the first tiles of a row: the running max stays -inf there, and a rescale by
+    exp(-inf - -inf) would make the normaliser NaN and the top-p cut vanish."""
+    torch.manual_seed(6)
+    V = 100
+    logits = (torch.randn(1, V) * 2).to(DEV)
+    logits[0, :64] = float("-inf")  # 512 draws: 16-token tiles, four of them only -inf
+    want = probs(logits.cpu(), 1.0, None, 0.5)[0]
+    draws = (sample_top_k_top_p(logits, 1.0, None, 0.5, seed=3, num_samples=512) if fast
+             else sample_top_p(logits, 1.0, 0.5, seed=3, num_samples=512)).cpu()[0]
+    assert bool((want[draws] > 0).all()), "a banned token or one outside the nucleus was drawn"
+    assert chi_square(counts_of(draws, V), want)[2] > 1e-4
+
+
 def test_bad_arguments():
     x = torch.randn(2, 8, device=DEV)
     with pytest.raises(ValueError):
@@ -112,10 +127,10 @@ def test_bench_in_sim_mode_checks_only():
 
 def test_check_accepts_a_correct_kernel(nb06_kernels, capsys):
     nb06.check_sample_kernel(nb06_kernels["student"])
-    assert "all 7 properties pass" in capsys.readouterr().out
+    assert "all 8 properties pass" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("wrong", ["uniform_over_nucleus", "no_cut"])
+@pytest.mark.parametrize("wrong", ["uniform_over_nucleus", "no_cut", "nan_after_banned_tile"])
 def test_check_rejects_a_wrong_kernel(nb06_kernels, wrong):
     with pytest.raises(CheckFailure) as info:
         nb06.check_sample_kernel(nb06_kernels[wrong])

@@ -356,6 +356,17 @@ def check_sample_kernel(kernel) -> None:
         draws = _launch_sampler(kernel, logits, 1.0, 0.9, rng.randrange(2**31))
         assert_equal(draws[0], torch.full((SAMPLE_DRAWS,), hot), what="draws when one token holds more than top_p")
 
+    def banned_tokens():
+        # A ban list (-inf logits) can fill whole tiles: the first half of the row (at 256 draws a
+        # tile holds 32 tokens), and a fifth of the rest.
+        V = rng.randint(70, 100)
+        g = torch.Generator().manual_seed(rng.randrange(2**31))
+        logits = torch.randn(2, V, generator=g) * 2
+        logits[:, : V // 2] = float("-inf")
+        logits[torch.rand(2, V, generator=g) < 0.2] = float("-inf")
+        logits[:, -1] = 1.0  # at least one token allowed
+        _sampler_case(kernel, rng, V=V, top_p=0.7, logits=logits.to(device))
+
     def seeds():
         logits = torch.randn(1, 20, device=device) * 2
         a = _launch_sampler(kernel, logits, 1.0, 0.95, 11)
@@ -374,6 +385,7 @@ def check_sample_kernel(kernel) -> None:
             ("V over several tiles, not a multiple of one", lambda: _sampler_case(kernel, rng, V=rng.randint(33, 61),
                                                                                    top_p=0.6, scale=1.0)),
             ("negative and large logits", lambda: _sampler_case(kernel, rng, V=12, top_p=0.8, scale=8.0)),
+            ("banned tokens (-inf logits) filling whole tiles", banned_tokens),
             ("one token holds more than top_p", one_token_holds_top_p),
             ("the seed decides the draws", seeds),
         ])

@@ -47,7 +47,8 @@ def top_p_sample_kernel(
         kmin = tl.minimum(kmin, tl.min(tl.where(valid, key, 2147483647), axis=0))
         kmax = tl.maximum(kmax, tl.max(tl.where(valid, key, -2147483648), axis=0))
         m_new = tl.maximum(m, tl.max(x, axis=0))
-        z = z * tl.exp((m - m_new) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_new) * inv_temp), 0.0), axis=0)
+        m_ref = tl.where(m_new > float("-inf"), m_new, 0.0)  # only -inf so far (banned tokens): no inf - inf
+        z = z * tl.exp((m - m_ref) * inv_temp) + tl.sum(tl.where(valid, tl.exp((x - m_ref) * inv_temp), 0.0), axis=0)
         m = m_new
     # Bisection over the keys: mass(key >= lo) >= top_p * z always holds; at hi it never does.
     lo = kmin.to(tl.int64)

@@ -4,7 +4,7 @@ At 32k and 128k tokens, batch 1 and 64 (the benchmark's shapes) and a peaked bat
 must lie in the kept set of the sort-based reference (``labkit.decoding.sampling.probs``);
 on a 1000-token vocabulary, 4096 draws per row (16 seeds × 256) must follow the reference distribution
 (chi-square). Then a CUDA graph replays the kernel with new logits, and notebook 06's check
-accepts the master's kernel and rejects two wrong ones. The sim-mode tests
+accepts the master's kernel and rejects three wrong ones. The sim-mode tests
 (``tests/test_sampling_triton.py``) run the same kernel in Triton's interpreter at tiny sizes.
 """
 
@@ -60,13 +60,13 @@ def test_replays_in_a_cuda_graph():
 
 
 def test_nb06_check_on_the_gpu(nb06_kernels, capsys):
-    """Notebook 06's check, run as a student on a GPU runs it: the master's kernel passes, the two
+    """Notebook 06's check, run as a student on a GPU runs it: the master's kernel passes, the
     one-line-wrong kernels fail (fixture in tests/conftest.py)."""
     from labkit.checks import nb06
     from labkit.checks.core import CheckFailure
 
     nb06.check_sample_kernel(nb06_kernels["student"])
-    assert "all 7 properties pass" in capsys.readouterr().out
-    for wrong in ("uniform_over_nucleus", "no_cut"):
+    assert "all 8 properties pass" in capsys.readouterr().out
+    for wrong in ("uniform_over_nucleus", "no_cut", "nan_after_banned_tile"):
         with pytest.raises(CheckFailure):
             nb06.check_sample_kernel(nb06_kernels[wrong])

@@ -1,7 +1,8 @@
 """compute-sanitizer on the Numba and Triton kernels (pytest -m gpu), as gpu_run.sh ran it.
 
 The targets are :mod:`labkit.testing.sanitize_numba` (memcheck and racecheck),
-:mod:`labkit.testing.sanitize_triton` and :mod:`labkit.testing.sanitize_quant` (memcheck): small, odd shapes, every case twice into
+:mod:`labkit.testing.sanitize_triton`, :mod:`labkit.testing.sanitize_quant` and
+:mod:`labkit.testing.sanitize_rope_sampling` (memcheck): small, odd shapes, every case twice into
 NaN-poisoned outputs against the float64 reference (exit 1 on a wrong answer; the sanitizer's
 ``--error-exitcode 3`` on a memory error or a race). Each runs first without the sanitizer
 (in this process: the answers), then under it in a subprocess, skipped with the reason when
@@ -26,11 +27,12 @@ RUNS = {  # id: (tool, module, extra sanitizer options)
     "numba-racecheck": ("racecheck", "labkit.testing.sanitize_numba", []),
     "triton-memcheck": ("memcheck", "labkit.testing.sanitize_triton", ["--report-api-errors", "no"]),
     "quant-memcheck": ("memcheck", "labkit.testing.sanitize_quant", ["--report-api-errors", "no"]),
+    "rope-sampling-memcheck": ("memcheck", "labkit.testing.sanitize_rope_sampling", ["--report-api-errors", "no"]),
 }
 
 
 @pytest.mark.parametrize("module", ["labkit.testing.sanitize_numba", "labkit.testing.sanitize_triton",
-                                    "labkit.testing.sanitize_quant"])
+                                    "labkit.testing.sanitize_quant", "labkit.testing.sanitize_rope_sampling"])
 def test_sanitizer_target_answers_are_right(module):
     import importlib
 
