@@ -21,7 +21,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from labkit import cli
 
 from labkit.course.isolation import Snapshot, differences
-from labkit.course.prepare import GradeError, Masters, build_graded, find_submissions, labkit_meta
+from labkit.course.graded import build_graded
+from labkit.course.prepare import GradeError, Masters, find_submissions, labkit_meta
 from labkit.course.release import student_notebook
 
 # ---------------------------------------------------------------- the synthetic masters

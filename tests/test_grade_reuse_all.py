@@ -18,7 +18,7 @@ import pytest
 
 from labkit.course import reuse
 from labkit.course.grade import _scan
-from labkit.course.prepare import build_graded
+from labkit.course.graded import build_graded
 from labkit.course.release import cell_meta, master_paths, student_notebook
 from labkit.paths import ROOT
 

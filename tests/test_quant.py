@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from labkit.attention import decode_attention, reference_decode
-from labkit.attention.triton_quant import (_quant_attend_kernel, quant_config_for, quant_constexprs,
-                                           quant_flash_decode, reference_quant_decode)
+from labkit.attention.quant_decode import quant_flash_decode, reference_quant_decode
+from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs
 from labkit.checks.core import CheckFailure, rel_error
 from labkit.kvcache.paged_attention import paged_decode
 from labkit.kvcache.quant import (FORMATS, QuantKV, bytes_per_token, empty_quant, quant_decode_bytes, quantize,

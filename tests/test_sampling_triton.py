@@ -17,8 +17,8 @@ from labkit.checks.core import CheckFailure
 from labkit.decoding.sampling import probs
 from labkit.bench.sampling import bench_sampling
 from labkit.decoding.sampling_bisect import top_p_sample_kernel
-from labkit.decoding.sampling_launch import sample_top_p
-from labkit.decoding.sampling_triton import sample_top_k_top_p, top_k_top_p_sample_kernel
+from labkit.decoding.sampling_launch import sample_top_k_top_p, sample_top_p
+from labkit.decoding.sampling_triton import top_k_top_p_sample_kernel
 from labkit.decoding.stats import chi_square, counts_of
 
 DEV = runtime.device()

@@ -27,8 +27,8 @@ IMPLEMENTATIONS = {
     "triton": "labkit.attention.triton_decode:triton_decode",
     "triton_splitk": "labkit.attention.triton_decode:flash_decode",
     # k and v: labkit.kvcache.quant.QuantKV (8-bit data, a scale per token); notebook 08
-    "triton_int8": "labkit.attention.triton_quant:int8_decode",
-    "triton_fp8": "labkit.attention.triton_quant:fp8_decode",
+    "triton_int8": "labkit.attention.quant_decode:int8_decode",
+    "triton_fp8": "labkit.attention.quant_decode:fp8_decode",
 }
 
 

@@ -27,7 +27,7 @@ from labkit import runtime
 from labkit.attention import decode_bytes, reference_decode
 from labkit.attention.sdpa import sdpa_decode
 from labkit.attention.triton_decode import flash_decode
-from labkit.attention.triton_quant import quant_flash_decode
+from labkit.attention.quant_decode import quant_flash_decode
 from labkit.bench.records import Record, run_meta, save_records
 from labkit.bench.timing import copy_roofline_gbps, gbps, rotating, rotation_count, time_for_record, time_ms
 from labkit.checks.core import TOLERANCE, rel_error

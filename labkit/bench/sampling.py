@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from labkit import runtime
-from labkit.decoding.sampling_launch import sample_top_p
-from labkit.decoding.sampling_triton import sample_top_k_top_p, torch_top_p_sample
+from labkit.decoding.sampling import torch_top_p_sample
+from labkit.decoding.sampling_launch import sample_top_k_top_p, sample_top_p
 
 
 def bench_sampling(*, vocabs=(32768, 131072), batches=(1, 64), scales=(3.0, 12.0), temperature: float = 1.0,

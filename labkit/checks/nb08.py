@@ -3,7 +3,7 @@
 * :func:`check_quantize` — ``quantize_rows(x) -> (data, scale)``: symmetric absmax int8
   quantization with one fp32 scale per row (the last dim).
 * :func:`check_dequant_kernel` — a one-pass Triton decode kernel that reads int8 K/V and their
-  per-token scales (signature in :func:`labkit.attention.triton_quant.launch_int8_one_pass`).
+  per-token scales (signature in :func:`labkit.attention.quant_decode.launch_int8_one_pass`).
 
 Every case draws fresh random inputs; outputs are poisoned with NaN first. The printed lines do
 not depend on the mode or the sizes.
@@ -130,7 +130,7 @@ def check_quantize(fn) -> None:
 
 def check_dequant_kernel(kernel) -> None:
     """``kernel``: notebook 08's one-pass int8 decode kernel (see ``launch_int8_one_pass``)."""
-    from labkit.attention.triton_quant import launch_int8_one_pass
+    from labkit.attention.quant_decode import launch_int8_one_pass
     from labkit.kvcache.quant import quantize
 
     rng = random.Random(fresh_seed())
@@ -184,7 +184,7 @@ SOLUTIONS = {
     "08.quantize": ("labkit.kvcache.quant:quantize", "labkit.kvcache.quant:round_half_away",
                     "labkit.kvcache.quant:QuantKV"),
     "08.dequant_kernel": ("labkit.attention.triton_quant:_quant_attend_kernel",
-                          "labkit.attention.triton_quant:quant_flash_decode",
-                          "labkit.attention.triton_quant:int8_decode",
+                          "labkit.attention.quant_decode:quant_flash_decode",
+                          "labkit.attention.quant_decode:int8_decode",
                           "labkit.attention.triton_quant:quant_launch"),
 }

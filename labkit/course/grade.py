@@ -3,7 +3,7 @@
 For each submitted notebook: match it to its master in ``solutions/`` (see
 :mod:`labkit.course.prepare`), build the notebook to grade from the master (the student's
 exercise cells and extra cells, the master's own code and its checks, each check run against
-check modules loaded fresh), read its code for reused solutions and suspicious lines
+check modules loaded fresh: :mod:`labkit.course.graded`), read its code for reused solutions and suspicious lines
 (:mod:`labkit.course.reuse`), then execute it in a fresh kernel with ``pytest --nbval-lax`` in a
 subprocess (a per-cell and a per-notebook time limit; several notebooks at once), against a
 pristine read-only copy of labkit verified after every notebook (:mod:`labkit.course.runner`,
@@ -34,7 +34,8 @@ import nbformat
 from labkit.course import reuse
 from labkit.course.gradebook import NotebookResult, error_rows, safe_name, score, write_outputs
 from labkit.course.isolation import PACKAGE, Slots
-from labkit.course.prepare import PRISTINE, GradeError, Masters, build_graded, find_submissions
+from labkit.course.graded import PRISTINE, build_graded
+from labkit.course.prepare import GradeError, Masters, find_submissions
 from labkit.course.runner import Run, Watch, child_env, cores, execute, kill
 from labkit.paths import ROOT
 

@@ -109,7 +109,7 @@ def score(result: NotebookResult, prepared, checks: list[Check], records: dict[i
           cell_timeout: float, timeout: float, origins: list | None = None) -> None:
     """Fill ``result`` from the records of an nbval run over the ``prepared`` notebook.
 
-    ``origins`` (from :func:`~labkit.course.prepare.build_graded`) gives, per code cell, the cell's
+    ``origins`` (from :func:`~labkit.course.graded.build_graded`) gives, per code cell, the cell's
     number in the student's own notebook, which is what the feedback names.
     """
     code = [c for c in prepared.cells if c.cell_type == "code"]

@@ -29,7 +29,8 @@ import nbformat
 from labkit.course.gradebook import NotebookResult, read_records
 from labkit.course.isolation import Slots, Snapshot, differences, remove_tree, run_env
 from labkit.course.nbval_hooks import clip
-from labkit.course.prepare import PRISTINE, Check, Graded
+from labkit.course.graded import PRISTINE, Graded
+from labkit.course.prepare import Check
 
 
 def cores() -> int:

@@ -64,3 +64,10 @@ def sample_logits(logits: torch.Tensor, temperature: float = 0.0, top_k: int | N
         check_sampling(temperature, top_k, top_p)
         return logits.argmax(-1)
     return sample(probs(logits, temperature, top_k, top_p), generator)
+
+
+def torch_top_p_sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                       top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The sort-based baseline the sampling kernels are timed against: ``sample(probs(logits, ...))``,
+    a full ``torch.sort`` per row. logits [..., V] -> int64 [...]."""
+    return sample(probs(logits, temperature, top_k, top_p), generator)

@@ -1,7 +1,7 @@
 """Top-p sampling by plain bisection, one program per row: the simplest kernel that needs no sort.
 
 Notebook 06's exercise has this shape: find the row's max and softmax normaliser in one pass,
-then bisect over the logits' ordered bits (:func:`labkit.decoding.sampling_triton.ordered_key`),
+then bisect over the logits' ordered bits (:func:`labkit.decoding.sampling_keys.ordered_key`),
 one full pass over the row per step (about 33 passes), for the largest threshold ``t`` whose
 tokens ``{x >= t}`` hold at least ``top_p`` of the mass; then draw among them with the
 Gumbel-max trick. :func:`labkit.decoding.sampling_launch.sample_top_p` launches any kernel of

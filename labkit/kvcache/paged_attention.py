@@ -95,7 +95,7 @@ def paged_decode(q, k_pool, v_pool, block_tables, lengths, *, scale: float | Non
     splits default to the heuristic over the tables' capacity, ``max_blocks × BS``.
     """
     if type(k_pool).__name__ == "QuantKV":  # an 8-bit pool (notebook 08): the dequantizing kernel
-        from labkit.attention.triton_quant import quant_paged_decode
+        from labkit.attention.quant_decode import quant_paged_decode
 
         return quant_paged_decode(q, k_pool, v_pool, block_tables, lengths, scale=scale, out=out,
                                   check_values=check_values, block_n=block_n, num_splits=num_splits,

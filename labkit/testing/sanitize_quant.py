@@ -18,7 +18,7 @@ import labkit  # noqa: F401  (decides the mode before triton is imported)
 import torch
 
 from labkit import runtime
-from labkit.attention.triton_quant import quant_flash_decode, reference_quant_decode
+from labkit.attention.quant_decode import quant_flash_decode, reference_quant_decode
 from labkit.checks.core import poisoned
 from labkit.kvcache.paged_attention import paged_decode
 from labkit.kvcache.quant import QuantKV, empty_quant, format_supported, quantize, to_paged_quant

@@ -23,8 +23,7 @@ import torch
 from labkit import runtime
 from labkit.checks.core import poisoned
 from labkit.decoding.sampling import probs
-from labkit.decoding.sampling_launch import sample_top_p
-from labkit.decoding.sampling_triton import sample_top_k_top_p
+from labkit.decoding.sampling_launch import sample_top_k_top_p, sample_top_p
 from labkit.rope import apply_rope, rope_tables
 from labkit.rope.rotate import rope_triton
 from labkit.rope.write import write_kv_rope

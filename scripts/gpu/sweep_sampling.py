@@ -9,7 +9,7 @@ torch's sort-based top-p are timed through CUDA graphs. Prints one line per shap
 setting with the best geometric-mean time among those at least 2x the sort at batch 64 (else
 the one with the best worst case there), writes ``DIR/sweep_sampling.json``, and runs the
 ``sampling`` section with that setting, which writes its record to DIR. Copy the setting into
-``labkit/decoding/sampling_triton.py`` (NPIV, SEARCH_BLOCK, SEARCH_WARPS) when it changes.
+``labkit/decoding/sampling_launch.py`` (NPIV, SEARCH_BLOCK, SEARCH_WARPS) when it changes.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import triton
 from triton.testing import do_bench_cudagraph
 
 from labkit.bench.report import add_arguments, run_report
-from labkit.decoding import sampling_triton as st
-from labkit.decoding.sampling import probs
+from labkit.decoding import sampling_launch as st
+from labkit.decoding.sampling import probs, torch_top_p_sample
 
 SETTINGS = [(block, warps, npiv) for npiv in (4, 8, 16) for block, warps in ((512, 8), (1024, 8), (1024, 16))]
 TOP_P = 0.9
@@ -41,7 +41,7 @@ def sweep_shape(scale: float, V: int, B: int) -> dict:
     logits = torch.randn(B, V, device="cuda", generator=g) * scale
     keep = probs(logits, 1.0, None, TOP_P) > 0
     row = {"scale": scale, "V": V, "B": B, "us": {},
-           "sort_us": do_bench_cudagraph(lambda: st.torch_top_p_sample(logits, 1.0, None, TOP_P), rep=30) * 1e3}
+           "sort_us": do_bench_cudagraph(lambda: torch_top_p_sample(logits, 1.0, None, TOP_P), rep=30) * 1e3}
     for setting in SETTINGS:
         use(setting)
         run = lambda: st.sample_top_k_top_p(logits, 1.0, None, TOP_P, seed=7)  # noqa: E731

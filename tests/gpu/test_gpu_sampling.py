@@ -16,7 +16,7 @@ import torch
 
 from labkit.decoding.graphs import capture
 from labkit.decoding.sampling import probs
-from labkit.decoding.sampling_triton import sample_top_k_top_p
+from labkit.decoding.sampling_launch import sample_top_k_top_p
 from labkit.decoding.stats import chi_square, counts_of
 
 
