@@ -116,8 +116,9 @@ def format_table(records: list[Record], *, baselines: tuple[str, ...] = ("naive"
     by_shape = defaultdict(dict)
     for r in records:
         by_shape[tuple(sorted(r.shape.items())) + (r.dtype,)][r.kernel] = r
+    widths = [max(10, len(b) + 5) for b in baselines]  # a long baseline name keeps a space before it
     head = f"{'kernel':<14}{'shape':<34}{'dtype':<9}{'µs':>9}{'GB/s':>8}{'%roof':>7}" + "".join(
-        f"{'vs ' + b:>10}" for b in baselines)
+        f"{'vs ' + b:>{w}}" for b, w in zip(baselines, widths))
     lines = [head, "-" * len(head)]
     for key, row in by_shape.items():
         for kernel, r in row.items():
@@ -125,7 +126,7 @@ def format_table(records: list[Record], *, baselines: tuple[str, ...] = ("naive"
             t = f"{r.time_ms * 1e3:9.1f}" if r.time_ms else f"{'—':>9}"
             bw = f"{r.gbps:8.0f}" if r.gbps else f"{'—':>8}"
             pct = f"{r.pct_roofline:7.1f}" if r.pct_roofline else f"{'—':>7}"
-            rel = "".join(f"{row[b].time_ms / r.time_ms:9.2f}×" if b in row and r.time_ms and row[b].time_ms
-                          else f"{'—':>10}" for b in baselines)
+            rel = "".join(f"{row[b].time_ms / r.time_ms:{w - 1}.2f}×" if b in row and r.time_ms and row[b].time_ms
+                          else f"{'—':>{w}}" for b, w in zip(baselines, widths))
             lines.append(f"{kernel:<14}{shape:<34}{r.dtype:<9}{t}{bw}{pct}{rel}")
     return "\n".join(lines)
