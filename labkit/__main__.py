@@ -2,4 +2,5 @@ import sys
 
 from labkit.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing this module (a notebook can) must not run the CLI
+    sys.exit(main())

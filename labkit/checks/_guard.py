@@ -9,8 +9,8 @@ passes every numerical property of 01.naive_decode). Three tests, all cheap:
   defined in a ``labkit`` module other than the checks;
 * :func:`run_guarded`: the answer runs with a profile hook that fails when any function named in
   ``SOLUTIONS`` is entered. The hook sees calls through any name the student bound, because it
-  compares code objects, not names. It watches the calling thread only: Numba's simulator
-  threads and Triton's interpreter are not slowed down;
+  compares code objects, not names. It watches the calling thread and the threads started
+  during the call, and fails an answer that turns it off;
 * an answer that delegates in a way neither sees is caught by ``labkit grade``, which reads the
   exercise cell (:mod:`labkit.course.reuse`).
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from typing import Callable, Iterable
 
 from labkit.checks.core import CheckFailure
@@ -108,24 +109,57 @@ def reject_labkit(answer, exercise: str, solutions: dict | None = None) -> None:
                            "write the exercise in the notebook cell; handing in labkit's earns no points")
 
 
+# Calls that switch a call watch off, or install another in its place (a thread of the answer's own
+# gets the watch through threading.setprofile; these would take it away again).
+_UNWATCH = {getattr(sys, n): f"sys.{n}" for n in ("setprofile", "settrace") if hasattr(sys, n)}
+_UNWATCH_CODE = {getattr(threading, n).__code__: f"threading.{n}" for n in ("setprofile", "settrace")}
+
+
 def run_guarded(fn: Callable, specs: Iterable[str], *args, **kwargs):
-    """Call ``fn(*args, **kwargs)``; fail if it enters any labkit function named in ``specs``."""
+    """Call ``fn(*args, **kwargs)``; fail if it enters any labkit function named in ``specs``.
+
+    The hook watches the calling thread and every thread started during the call; an answer that
+    turns it off (``sys.setprofile``/``settrace``, in any of those threads) or leaves another in its
+    place fails as well: what it then called could not be seen.
+    """
     codes = forbidden(specs)
     hit: list[str] = []
+    unwatched: list[str] = []
+    watching = [True]
 
     def hook(frame, event, arg):
-        if event == "call" and frame.f_code in codes and not hit:
-            hit.append(codes[frame.f_code])
+        if not watching[0]:
+            return
+        if event == "call":
+            if frame.f_code in codes and not hit:
+                hit.append(codes[frame.f_code])
+            elif frame.f_code in _UNWATCH_CODE:
+                unwatched.append(_UNWATCH_CODE[frame.f_code])
+        elif event == "c_call":
+            try:
+                name = _UNWATCH.get(arg)
+            except TypeError:  # an unhashable callable: not one of sys's
+                name = None
+            if name:
+                unwatched.append(name)
 
-    old = sys.getprofile()
+    old, old_threads = sys.getprofile(), threading.getprofile()
+    threading.setprofile(hook)
     sys.setprofile(hook)
     try:
         result = fn(*args, **kwargs)
     finally:
+        still = sys.getprofile() is hook
+        watching[0] = False  # from here on the calls are ours (restoring the old hooks)
         sys.setprofile(old)
+        threading.setprofile(old_threads)
     if hit:
         raise AssertionError(f"your answer calls labkit's {hit[0]}, which already computes the answer "
                              "(converting or reshaping its output is not an answer): write it yourself")
+    if unwatched or not still:
+        raise AssertionError(f"your answer turned off the check's watch on the functions it calls "
+                             f"({unwatched[0] if unwatched else 'its profile hook was replaced'}): "
+                             "a check cannot tell what such an answer computes; leave sys.setprofile alone")
     return result
 
 

@@ -9,6 +9,7 @@ started raises ``NotImplementedError`` from its stub: that is a failure, never a
 
 from __future__ import annotations
 
+import inspect
 import os
 import traceback
 from typing import Callable, Iterable, Sequence
@@ -32,13 +33,50 @@ def fresh_seed() -> int:
     return int.from_bytes(os.urandom(4), "little")
 
 
-def _as_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach()
-        if x.dtype.is_floating_point:
-            x = x.double()
-        return x.cpu().numpy()
-    return np.asarray(x)
+# A student's answer is untrusted code: it is read through torch's and NumPy's own functions, never
+# its methods (a Tensor subclass can override ``detach``, ``__sub__`` or ``__torch_function__``; an
+# object can answer False to ``!=``), and must come out as plain numbers.
+_NUMBERS = (bool, int, float, complex)
+_NUMPY_SCALARS = frozenset(t for t in np.sctypeDict.values() if issubclass(t, np.generic))
+_KINDS = "biufc"  # bool, int, unsigned, float, complex
+
+
+class _NotNumbers(AssertionError):
+    pass
+
+
+def _tensor(x) -> np.ndarray:
+    if inspect.getattr_static(type(x), "__torch_dispatch__", None) is not \
+            inspect.getattr_static(torch.Tensor, "__torch_dispatch__"):
+        raise _NotNumbers(f"a {type(x).__name__}, a tensor subclass that intercepts torch's operations")
+    with torch._C.DisableTorchFunction():  # no subclass's __torch_function__, no mode a cell pushed
+        t = torch.Tensor.detach(x).as_subclass(torch.Tensor).cpu()
+        if t.dtype.is_floating_point:
+            t = t.double()
+        return t.numpy()
+
+
+def _plain(x, depth: int = 0):
+    kind = type(x)
+    if kind in _NUMBERS or kind in _NUMPY_SCALARS or kind is np.ndarray:
+        return x
+    if isinstance(x, torch.Tensor):
+        return _tensor(x)
+    if kind in (list, tuple) and depth < 8:
+        return [_plain(v, depth + 1) for v in x]
+    raise _NotNumbers(f"a {kind.__name__}")
+
+
+def _as_numpy(x, what: str = "value", who: str = "yours") -> np.ndarray:
+    """``x`` as a plain ``np.ndarray`` of numbers; ``AssertionError`` naming ``who`` and ``what`` if it is not."""
+    try:
+        y = np.array(_plain(x))
+        if y.dtype.kind not in _KINDS:
+            raise _NotNumbers(f"an array of {y.dtype} elements")
+    except _NotNumbers as exc:
+        raise AssertionError(f"{what}: {who} is {exc}, not numbers: expected a torch.Tensor, a NumPy array, "
+                             "a number or a list of numbers") from None
+    return y
 
 
 def rel_error(yours, expected) -> float:
@@ -92,8 +130,8 @@ def assert_finite(yours, *, what: str = "output", expected=None) -> None:
     before a run, so nothing was written); some NaN or inf raises ``AssertionError`` with where.
     Never raises anything else (no NumPy warnings turned into errors, no all-NaN reductions).
     """
-    y = _as_numpy(yours)
-    if y.dtype.kind not in "fc":
+    y = _as_numpy(yours, what)
+    if y.dtype.kind not in "fc":  # plain integers or booleans: nothing can be NaN
         return
     y64 = y.astype(np.float64) if y.dtype.kind == "f" else np.abs(y)
     nan, inf = np.isnan(y64), np.isinf(y64)
@@ -112,7 +150,7 @@ def assert_finite(yours, *, what: str = "output", expected=None) -> None:
     msg = (f"{what}: {n_nan + n_inf} of {y.size} elements are NaN or inf (never written, or overflow): "
            + "; ".join(parts))
     if expected is not None:
-        e64 = _as_numpy(expected).astype(np.float64)
+        e64 = _as_numpy(expected, what, "expected").astype(np.float64)
         if e64.shape == y64.shape:
             msg += "\n" + _where(y64, e64, nan | inf)
     else:
@@ -128,7 +166,7 @@ def assert_close(yours, expected, *, rtol: float, atol: float = 0.0, what: str =
     must be at most ``rtol``. Elementwise differences above ``atol + rtol·|expected|·10``
     are reported to show *where* the answers part.
     """
-    y, e = _as_numpy(yours), _as_numpy(expected)
+    y, e = _as_numpy(yours, what), _as_numpy(expected, what, "expected")
     if y.shape != e.shape:
         raise AssertionError(f"{what}: shape {tuple(y.shape)} (yours) vs {tuple(e.shape)} (expected)")
     y64, e64 = y.astype(np.float64), e.astype(np.float64)
@@ -147,7 +185,7 @@ def assert_close(yours, expected, *, rtol: float, atol: float = 0.0, what: str =
 
 def assert_equal(yours, expected, *, what: str = "value") -> None:
     """Exact equality for integers, token ids, block tables and other discrete results."""
-    y, e = _as_numpy(yours), _as_numpy(expected)
+    y, e = _as_numpy(yours, what), _as_numpy(expected, what, "expected")
     if y.shape != e.shape:
         raise AssertionError(f"{what}: shape {tuple(y.shape)} (yours) vs {tuple(e.shape)} (expected)")
     if y.dtype.kind == "f" and e.dtype.kind == "f" and np.isfinite(e).all():

@@ -4,8 +4,8 @@ For each submitted notebook: match it to its master in ``solutions/`` (see
 :mod:`labkit.course.prepare`), build the notebook to grade from the master (the student's
 exercise cells and extra cells, the master's own code and its checks, each check run against
 check modules loaded fresh: :mod:`labkit.course.graded`), read its code for reused solutions and suspicious lines
-(:mod:`labkit.course.reuse`), then execute it in a fresh kernel with ``pytest --nbval-lax`` in a
-subprocess (a per-cell and a per-notebook time limit; several notebooks at once), against a
+(:mod:`labkit.course.reuse`, :mod:`labkit.course.suspicious`), then execute it in a fresh kernel with
+``pytest --nbval-lax`` in a subprocess (a per-cell and a per-notebook time limit; several notebooks at once), against a
 pristine read-only copy of labkit verified after every notebook (:mod:`labkit.course.runner`,
 :mod:`labkit.course.isolation`).
 Per-cell results come only from the pytest process, over a pipe (:mod:`labkit.course.nbval_hooks`).
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import nbformat
 
-from labkit.course import reuse
+from labkit.course import reuse, suspicious
 from labkit.course.gradebook import NotebookResult, error_rows, safe_name, score, write_outputs
-from labkit.course.isolation import PACKAGE, Slots
+from labkit.course.isolation import PACKAGE, Slots, Snapshot, remove_no_fallback
 from labkit.course.graded import PRISTINE, build_graded
 from labkit.course.prepare import GradeError, Masters, find_submissions
 from labkit.course.runner import Run, Watch, child_env, cores, execute, kill
@@ -118,33 +118,38 @@ def grade(submissions: list[str | Path], out: str | Path, *, masters: str | Path
     if not runs:  # nothing to run: every submission is an error row
         write_outputs(results, out, files)
         return results
-    with Slots(min(jobs, len(runs))) as slots, ThreadPoolExecutor(max_workers=jobs) as pool, \
-            tqdm(total=len(runs), desc="grading", unit="notebook", disable=hide) as bar:
-        watch = Watch(slots.snapshot)
-        futures = {pool.submit(execute, run, slots, watch, base_env, cell_timeout, timeout, stop): run
-                   for run in runs}
-        try:
-            for future in as_completed(futures):
-                run = futures[future]
-                problem = future.result()
-                _finish(run, problem, cell_timeout=cell_timeout, timeout=timeout)
-                # as graded, its checks pointed at this checkout's labkit (the pristine copies are gone)
-                files[f"prepared/{run.key}.ipynb"] = nbformat.writes(run.graded.notebook).replace(
-                    PRISTINE, str(PACKAGE.parent).replace("\\", "/"))
-                files[f"logs/{run.key}.txt"] = run.log
-                r = run.result
-                bar.set_postfix_str(f"{r.student}/{r.notebook} {r.score:g}/{r.possible:g}")
-                bar.update(1)
-        except KeyboardInterrupt:  # Ctrl-C: end every run now (their kernels don't get the signal)
-            stop.set()
-            for future in futures:
-                future.cancel()
-            for run in runs:
-                if run.proc is not None and run.proc.poll() is None:
-                    kill(run.proc, run.pids or [])
-            raise
+    try:
+        # the masters are watched too: a run that rewrites one would change the next batch's grades
+        with Slots(min(jobs, len(runs)), Snapshot(masters=Path(masters))) as slots, \
+                ThreadPoolExecutor(max_workers=jobs) as pool, \
+                tqdm(total=len(runs), desc="grading", unit="notebook", disable=hide) as bar:
+            watch = Watch(slots.snapshot)
+            futures = {pool.submit(execute, run, slots, watch, base_env, cell_timeout, timeout, stop): run
+                       for run in runs}
+            try:
+                for future in as_completed(futures):
+                    run = futures[future]
+                    problem = future.result()
+                    _finish(run, problem, cell_timeout=cell_timeout, timeout=timeout)
+                    # as graded, its checks pointed at this checkout's labkit (the pristine copies are gone)
+                    files[f"prepared/{run.key}.ipynb"] = nbformat.writes(run.graded.notebook).replace(
+                        PRISTINE, str(PACKAGE.parent).replace("\\", "/"))
+                    files[f"logs/{run.key}.txt"] = run.log
+                    r = run.result
+                    bar.set_postfix_str(f"{r.student}/{r.notebook} {r.score:g}/{r.possible:g}")
+                    bar.update(1)
+            except KeyboardInterrupt:  # Ctrl-C: end every run now (their kernels don't get the signal)
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                for run in runs:
+                    if run.proc is not None and run.proc.poll() is None:
+                        kill(run.proc, run.pids or [])
+                raise
+    finally:
+        remove_no_fallback()  # the batch leaves no folder of its own behind
     if watch.changes:
-        print("labkit grade: WARNING: the grader's own labkit or data changed while notebooks ran ("
+        print("labkit grade: WARNING: the grader's own labkit, data or masters changed while notebooks ran ("
               + "; ".join(watch.changes[:10]) + "). This batch was graded against the copy taken at its start; "
               "restore these files (git status) before grading again. The notebooks that ran meanwhile are "
               "flagged in the gradebook.", file=sys.stderr)
@@ -177,7 +182,7 @@ def _scan(graded: Graded, master: str) -> dict:
         if hits:
             found["reuse"][exercise] = hits
     for number, source in student:
-        found["suspicious"] += reuse.find_suspicious(source, number, aliases)
+        found["suspicious"] += suspicious.find_suspicious(source, number, aliases)
     return found
 
 
@@ -193,7 +198,7 @@ def _finish(run: Run, problem: str, *, cell_timeout: float, timeout: float) -> N
     held = ""  # the reason passed checks wait for an instructor, if any
     if run.checkout:
         what, runs = run.checkout
-        note = "the grader's own labkit or data changed while this notebook ran (" + "; ".join(what[:5]) + ")"
+        note = "the grader's own labkit, data or masters changed while this notebook ran (" + "; ".join(what[:5]) + ")"
         if runs == 1:
             r.tampered = "; ".join(filter(None, [r.tampered, note]))
         else:
@@ -215,10 +220,10 @@ def _finish(run: Run, problem: str, *, cell_timeout: float, timeout: float) -> N
             c.message = ("your answer uses labkit's own implementation of this exercise, not your code:\n"
                          + "\n".join(h.describe() for h in hits))
             r.flags += [f"reused-solution {c.exercise}: {h.describe()}" for h in hits]
-    suspicious = run.findings["suspicious"]
-    if suspicious:
-        r.flags += [f"suspicious: {f.describe()}" for f in suspicious]
-        held = "\n".join(filter(None, [held, *(f.describe() for f in suspicious)]))
+    flagged = run.findings["suspicious"]
+    if flagged:
+        r.flags += [f"suspicious: {f.describe()}" for f in flagged]
+        held = "\n".join(filter(None, [held, *(f.describe() for f in flagged)]))
     if held:
         for c in r.checks:
             if c.status == "passed":

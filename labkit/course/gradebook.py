@@ -2,9 +2,11 @@
 
 Each check of a master becomes one row of the gradebook with a status:
 
-* ``passed``: the restored check cell ran without raising; full points.
+* ``passed``: the restored check cell ran without raising and printed its check's pass line
+  (:func:`reported_pass`); full points.
 * ``failed``: it raised (a :class:`~labkit.checks.core.CheckFailure`, or e.g. a ``NameError``
-  when the exercise cell never defined the function), or the kernel died; no points.
+  when the exercise cell never defined the function), printed no pass line, or the kernel died;
+  no points.
 * ``timeout``: the check cell ran past ``--cell-timeout``, or never ran because an earlier cell
   hung the kernel or the notebook ran past ``--timeout``; no points.
 * ``error``: the submission could not be graded at all (not a notebook, no matching master,
@@ -26,6 +28,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from labkit.checks.core import FAIL
 from labkit.course.nbval_hooks import clip, sign
 from labkit.course.prepare import Check, labkit_meta
 
@@ -134,12 +137,28 @@ def score(result: NotebookResult, prepared, checks: list[Check], records: dict[i
         # a check cell in the prepared notebook is the master's, with the master's metadata
         exercise, points = str(meta["check"]), float(meta.get("points", 1))
         status, message = _status(rec, killed=killed, hung=hung, cell_timeout=cell_timeout, timeout=timeout)
+        if status == "passed" and not reported_pass(exercise, rec.get("stdout", "")):
+            status, message = "failed", (
+                f"the check cell ended without an error, but without the check's pass line (`{exercise}: all N "
+                f"properties pass`, and no {FAIL}): something in the notebook hid how the check ended")
         if rec and rec.get("message", "").startswith("Timeout"):
             hung = hung or f"the check for {exercise}"
         result.checks.append(CheckResult(exercise, points if status == "passed" else 0.0, points, status,
                                          clip(message), clip((rec or {}).get("stdout", ""))))
     order = [c.exercise for c in checks]  # rows in the master's order, whatever order the student's cells are in
     result.checks.sort(key=lambda c: order.index(c.exercise) if c.exercise in order else len(order))
+
+
+def reported_pass(exercise: str, output: str) -> bool:
+    """Whether a check cell's ``output`` shows the check passing: the pass line
+    :func:`~labkit.checks.core.run_check` prints, and no failed property (✗).
+
+    A cell that raised nothing is not enough: code in the notebook can swallow the check's
+    ``CheckFailure`` (an IPython custom exception handler) so that no error reaches nbval.
+    """
+    lines = output.splitlines()
+    passed = any(re.fullmatch(rf"{re.escape(exercise)}: all \d+ properties pass", ln.strip()) for ln in lines)
+    return passed and not any(ln.lstrip().startswith(f"{FAIL} ") for ln in lines)
 
 
 def _status(rec: dict | None, *, killed: bool, hung: str | None, cell_timeout: float,

@@ -44,17 +44,20 @@ def _fresh_notebook(cells, metadata) -> nbformat.NotebookNode:
 
 PRISTINE = "__LABKIT_PRISTINE__"  # replaced, when a run starts, by its slot's pristine copy
 
+# Every builtin the wrapper uses is reached through ``builtins`` imported inside it: a notebook cell can
+# bind ``exec``, ``compile`` or ``dict`` in the namespace this runs in, never the names of a function's locals.
 FRESH_CHECK = '''# NBVAL_CHECK_OUTPUT
 # labkit grade: the master's check, run with {modules} loaded fresh from the pristine copy
 # (never the module objects a notebook cell could have patched).
-def _labkit_grade_check(_source, _ns):
+def _labkit_grade_check(_source):
+    import builtins as _b
     import importlib.util as _u
     import sys as _sys
     import types as _t
     _names = {modules!r}
     _fresh, _saved = {{}}, {{_n: _sys.modules.get(_n) for _n in _names}}
     _pkg = _sys.modules.get("labkit.checks")
-    _attrs = {{_n: getattr(_pkg, _n.rsplit(".", 1)[1], None) for _n in _names}} if _pkg is not None else {{}}
+    _attrs = {{_n: _b.getattr(_pkg, _n.rsplit(".", 1)[1], None) for _n in _names}} if _pkg is not None else {{}}
     try:
         for _name in _names:
             _spec = _u.spec_from_file_location(_name, {root!r} + "/" + _name.replace(".", "/") + ".py")
@@ -62,12 +65,13 @@ def _labkit_grade_check(_source, _ns):
             _sys.modules[_name] = _mod
             _spec.loader.exec_module(_mod)
             if _pkg is not None:
-                setattr(_pkg, _name.rsplit(".", 1)[1], _mod)
-        _env = dict(_ns)
+                _b.setattr(_pkg, _name.rsplit(".", 1)[1], _mod)
+        _env = _b.dict(_b.globals())
         _short = {{_n.rsplit(".", 1)[1]: _m for _n, _m in _fresh.items()}}
         _env.update({{_k: _v for _k, _v in _short.items() if _k != "core"}})
         _env["checks"] = _t.SimpleNamespace(**_short)
-        exec(compile(_source, "<check {exercise}>", "exec"), _env)
+        _env["__builtins__"] = _b
+        _b.exec(_b.compile(_source, "<check {exercise}>", "exec"), _env)
     finally:
         for _name, _mod in _saved.items():
             if _mod is None:
@@ -76,8 +80,8 @@ def _labkit_grade_check(_source, _ns):
                 _sys.modules[_name] = _mod
         for _name, _mod in _attrs.items():
             if _mod is not None:
-                setattr(_pkg, _name.rsplit(".", 1)[1], _mod)
-_labkit_grade_check({source!r}, globals())
+                _b.setattr(_pkg, _name.rsplit(".", 1)[1], _mod)
+_labkit_grade_check({source!r})
 del _labkit_grade_check
 '''
 

@@ -58,18 +58,23 @@ class Snapshot:
     """The pristine tree, in memory: relative path -> bytes (labkit/ compiled, data/).
 
     ``package`` defaults to the grader's own labkit, ``data`` to its ``data/`` folder (None: none).
+    ``masters``, the folder of master notebooks, is watched (:meth:`source_state`) but never copied:
+    a slot is readable by the notebooks graded in it, and the masters hold the answers.
     """
 
-    def __init__(self, package: Path | None = None, data: Path | None = ROOT / "data"):
+    def __init__(self, package: Path | None = None, data: Path | None = ROOT / "data", masters: Path | None = None):
         self.files: dict[str, bytes] = {}
         self.sources: dict[str, Path] = {}  # prefix -> the folder it was read from
-        for src, prefix in ((package or PACKAGE, "labkit"), (data, "data")):
+        for src, prefix in ((package or PACKAGE, "labkit"), (data, "data"), (masters, "solutions")):
             if src is None or not Path(src).is_dir():
                 continue
             self.sources[prefix] = Path(src)
-            for path in _files(Path(src)):
-                self.files[f"{prefix}/{path.relative_to(src).as_posix()}"] = path.read_bytes()
-        self.source_digest = self.digest()  # as read, before bytecode joins the snapshot
+            if prefix != "solutions":
+                for path in _files(Path(src)):
+                    self.files[f"{prefix}/{path.relative_to(src).as_posix()}"] = path.read_bytes()
+        watched = {p: s for p, s in self.sources.items() if p == "solutions"}
+        # as read, before bytecode joins the snapshot; the masters as they are now
+        self.source_digest = {**self.digest(), **self._state(watched)}
         self._compiled = False
 
     def write(self, root: Path) -> None:
@@ -91,14 +96,18 @@ class Snapshot:
         return {rel: _sha(data) for rel, data in self.files.items()}
 
     def source_state(self) -> dict[str, str]:
-        """The folders the snapshot was read from, as they are now: relative path -> SHA-256.
+        """The folders the snapshot was read from, and the masters, as they are now: relative path -> SHA-256.
 
-        Grading reads only the snapshot, so a run that writes the grader's own checkout (by its path)
-        changes no grade of this batch, but would change the next batch's snapshot: compare this
-        with :attr:`source_digest` (:func:`differences`) to find it.
+        Grading reads only the snapshot (and the masters as loaded when the batch started), so a run
+        that writes the grader's own checkout (by its path) changes no grade of this batch, but would
+        change the next batch's: compare this with :attr:`source_digest` (:func:`differences`) to find it.
         """
+        return self._state(self.sources)
+
+    @staticmethod
+    def _state(sources: dict[str, Path]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for prefix, src in self.sources.items():
+        for prefix, src in sources.items():
             for path in _files(src):
                 rel = f"{prefix}/{path.relative_to(src).as_posix()}"
                 try:
@@ -244,6 +253,12 @@ def _no_fallback_dir() -> str:
             'raise ImportError("the grader\'s pristine copy of labkit is missing: this run cannot import labkit")\n')
         _NO_FALLBACK[:] = [str(folder)]
     return _NO_FALLBACK[0]
+
+
+def remove_no_fallback() -> None:
+    """Remove the folder :func:`_no_fallback_dir` made (at the end of a batch; the next makes a new one)."""
+    if _NO_FALLBACK:
+        remove_tree(Path(_NO_FALLBACK.pop()))
 
 
 # Run by the kernel before any cell (an IPython startup file). PYTHONPATH puts the pristine copy first,

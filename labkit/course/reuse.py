@@ -7,17 +7,15 @@
   reference_decode(q, k, v, scale=scale).to(q.dtype)``. Any use inside the exercise cell counts,
   as does anything from ``labkit.course.solutions`` (it loads the masters' solutions). The
   exercise gets status ``reused-solution`` and no points.
-* :func:`find_suspicious`: code in any cell of the student's that reaches into what grades it:
-  ``labkit.checks``, ``sys.modules``, ``builtins``, ``importlib``, the IPython shell, ``exec``/
-  ``eval``, ``setattr``, a module's attributes rebound (``labkit.x.f = ...``, ``np.isfinite =
-  ...``), files of modules (``__file__``), shell escapes. Passing checks of such a notebook are
-  held at 0 points with status ``suspicious`` until an instructor has read the lines.
+* code that reaches into what grades it is found by :mod:`labkit.course.suspicious`.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import sys
+import types
 from dataclasses import dataclass
 
 
@@ -30,9 +28,6 @@ class Finding:
 
     def describe(self) -> str:
         return f"cell {self.cell}, line {self.line}: `{self.text}` ({self.why})"
-
-
-SAFE_MAGICS = {"matplotlib", "time", "timeit", "%time", "%timeit", "load_ext", "autoreload", "config", "pip"}
 
 
 def parse(source: str) -> ast.Module | None:
@@ -86,18 +81,38 @@ def collect_aliases(tree: ast.Module, aliases: dict[str, str]) -> None:
 _MISSING = object()
 
 
+def _attribute(obj, attr: str):
+    if isinstance(obj, types.ModuleType):  # the module's own names; a lazy one only if it declares it
+        found = vars(obj).get(attr, _MISSING)
+        if found is _MISSING and attr in (vars(obj).get("__all__") or ()):
+            found = getattr(obj, attr, _MISSING)
+        return found
+    return getattr(obj, attr, _MISSING)
+
+
 def resolve(name: str):
-    """The object a dotted labkit name refers to (imported in the grader's process), or _MISSING."""
+    """The object a dotted labkit name refers to in the grader's process, or _MISSING.
+
+    Never imports: the name comes from a student's notebook, and importing it would run, in the
+    grader, whatever module of that name a run left on its path (or a module that acts when imported).
+    Only modules of labkit's that the grader has already imported are looked in.
+    """
     parts = name.split(".")
+    if parts[0] != "labkit":
+        return _MISSING
     for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except Exception:  # noqa: BLE001 - not a module (or it fails to import): try a shorter prefix
+        obj = sys.modules.get(".".join(parts[:cut]))
+        if obj is None:
             continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr, _MISSING)
-            if obj is _MISSING:
-                return _MISSING
+        try:
+            for attr in parts[cut:]:
+                obj = _attribute(obj, attr)
+                if obj is _MISSING:
+                    return _MISSING
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - whatever a lookup raises (SystemExit included), it names nothing
+            return _MISSING
         return obj
     return _MISSING
 
@@ -106,6 +121,10 @@ def solution_objects(entries) -> list[tuple[str, object]]:
     """``("labkit.m:obj" | "labkit.m", ...)`` as ``(dotted name, object)`` pairs (unresolvable ones kept by name)."""
     out = []
     for entry in entries:
+        try:  # labkit's own SOLUTIONS names these modules, never a notebook
+            importlib.import_module(entry.partition(":")[0])
+        except Exception:  # noqa: BLE001 - kept by name
+            pass
         name = entry.replace(":", ".")
         out.append((name, resolve(name)))
     return out
@@ -154,79 +173,6 @@ def find_reuse(source: str, cell: int, targets: list[tuple[str, object]], aliase
     return sorted(found, key=lambda f: f.line)
 
 
-SUSPICIOUS_NAMES = {
-    "sys.modules": "reaches into sys.modules", "sys.meta_path": "changes how modules are imported",
-    "sys.path_hooks": "changes how modules are imported", "builtins": "reaches into builtins",
-    "__builtins__": "reaches into builtins", "importlib": "imports modules by hand",
-    "get_ipython": "reaches into the notebook's shell", "gc": "walks the interpreter's objects",
-    "ctypes": "reaches into the interpreter's memory", "__import__": "imports modules by hand",
-    "exec": "runs code built at run time", "eval": "runs code built at run time",
-    "compile": "builds code at run time", "setattr": "rebinds attributes by name",
-    "delattr": "deletes attributes by name", "subprocess": "starts other programs",
-    "os.system": "starts other programs", "os.kill": "signals other processes", "os.chmod": "changes file permissions",
-    "shutil.rmtree": "deletes folders", "os.environ": "reaches into the environment",
-}
-DUNDER_ATTRS = {"__file__": "touches a module's file", "__code__": "rewrites a function's code",
-                "__globals__": "reaches into a function's globals", "__dict__": "rebinds attributes behind the names",
-                "__class__": "rebinds an object's class", "__builtins__": "reaches into builtins"}
-
-
-def find_suspicious(source: str, cell: int, aliases: dict[str, str]) -> list[Finding]:
-    """Lines of a student's cell that reach into what grades it (see the module docstring)."""
-    found: dict[int, Finding] = {}
-
-    def flag(lineno: int, why: str) -> None:
-        found.setdefault(lineno, Finding(cell, lineno, _line(source, lineno), why))
-
-    for i, ln in enumerate(source.splitlines(), 1):
-        s = ln.lstrip()
-        if s.startswith("!") or (s.startswith("%") and s.lstrip("%").split(" ")[0] not in SAFE_MAGICS):
-            flag(i, "a shell escape or magic")
-    tree = parse(source)
-    if tree is None:
-        return sorted(found.values(), key=lambda f: f.line)
-    local = dict(aliases)
-    collect_aliases(tree, local)
-    modules = {n for n, target in local.items() if "." not in n}  # names bound by imports
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
-            for n in names:
-                if n.startswith("labkit.checks") or n == "labkit.checks":
-                    flag(node.lineno, "imports the checks")
-                root = n.split(".")[0]
-                if root in SUSPICIOUS_NAMES or n in SUSPICIOUS_NAMES:
-                    flag(node.lineno, SUSPICIOUS_NAMES.get(n) or SUSPICIOUS_NAMES[root])
-        elif isinstance(node, ast.Name):
-            if node.id in SUSPICIOUS_NAMES and node.id not in ("gc",):
-                flag(node.lineno, SUSPICIOUS_NAMES[node.id])
-            name = local.get(node.id, "")
-            if name.startswith("labkit.checks"):
-                flag(node.lineno, "uses the checks")
-        elif isinstance(node, ast.Attribute):
-            name = dotted(node, local) or ""
-            if name.startswith("labkit.checks"):
-                flag(node.lineno, "reaches into labkit.checks")
-            for key, why in SUSPICIOUS_NAMES.items():
-                if "." in key and (name == key or name.startswith(key + ".")):
-                    flag(node.lineno, why)
-            if node.attr in DUNDER_ATTRS:
-                flag(node.lineno, DUNDER_ATTRS[node.attr])
-        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
-            for t in targets:
-                for sub in ast.walk(t):
-                    if isinstance(sub, ast.Attribute):
-                        base = sub.value
-                        while isinstance(base, ast.Attribute):
-                            base = base.value
-                        if isinstance(base, ast.Name) and (base.id in modules
-                                                           or local.get(base.id, "").startswith("labkit")):
-                            flag(node.lineno, f"rebinds {dotted(sub, local) or base.id + '.' + sub.attr}")
-    return sorted(found.values(), key=lambda f: f.line)
-
-
 def exercise_names(source: str) -> set[str]:
     """The top-level names an exercise cell defines (functions, classes, assignments)."""
     tree = parse(source)
@@ -243,4 +189,4 @@ def defines_any(source: str, names: set[str]) -> bool:
     return bool(exercise_names(source) & names)
 
 
-__all__ = ["Finding", "collect_aliases", "find_reuse", "find_suspicious", "parse", "solution_objects"]
+__all__ = ["Finding", "collect_aliases", "find_reuse", "parse", "solution_objects"]

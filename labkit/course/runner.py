@@ -6,9 +6,9 @@ in a new process session with a private ``HOME`` (:func:`labkit.course.isolation
 Per-cell results come back only over a pipe, signed with a key the kernel never sees
 (:mod:`labkit.course.nbval_hooks`). A run that changed its slot, or whose folder another run
 removed, runs once more on the restored copy; :class:`Watch` compares the grader's own checkout
-after every run and names who was running when it changed. :func:`kill` ends a run that
-outlived its time limit, its kernels included. :mod:`labkit.course.grade` schedules the runs and
-scores them.
+after every run and names who was running when it changed. When a run ends (or outlives its
+time limit), :func:`kill` ends its kernels and whatever they started, unless that left their
+sessions. :mod:`labkit.course.grade` schedules the runs and scores them.
 """
 
 from __future__ import annotations
@@ -208,21 +208,47 @@ def _run_pytest(run: Run, notebook: Path, work: Path, env: dict, cell_timeout: f
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             run.killed = True
-            kill(proc, run.pids or [])
     finally:
+        # finished in time or not, nothing the run started outlives it (a process a cell left running
+        # would otherwise go on acting after the grader reads this run's results)
+        known = list(run.pids or [])
+        kill(proc, known)
         run.result.finished = time.time()
     for t in readers:
         t.join(timeout=30)  # a kernel still holding the pipes open (it was killed) can't stall the batch
     run.records, pids, run.forged = read_records(list(lines), key)
     run.pids = pids
+    end_sessions(set(pids) - set(known))  # a kernel whose pid arrived only now
     run.log = clip(b"".join(output).decode("utf-8", errors="replace"), 200_000)
     if proc.returncode not in (0, 1) and not run.killed and not run.records:
         return f"nbval did not run the notebook (pytest exit status {proc.returncode}; see logs/{run.key}.txt)"
     return ""
 
 
+def end_sessions(sessions: set[int]) -> None:
+    """SIGKILL every process of the process sessions (or groups) led by ``sessions``, never the grader's own.
+
+    pytest runs in a session of its own and jupyter_client starts each kernel in another: whatever a
+    cell starts stays in its kernel's session unless it calls ``setsid`` itself. Linux (``/proc``) only.
+    """
+    mine = {os.getpid(), os.getsid(0), os.getpgrp()}
+    sessions = {s for s in sessions if s > 1} - mine
+    if not sessions or not os.path.isdir("/proc"):
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold ")"
+            if int(fields[2]) in sessions or int(fields[3]) in sessions:  # process group, session
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            pass  # gone meanwhile, or not ours to signal
+
+
 def kill(proc: subprocess.Popen, pids: list[int]) -> None:
-    """End a notebook's run: its kernels (each leads a process group of its own), then pytest's group."""
+    """End a notebook's run: its kernels (each leads a session of its own), pytest's, and what they started."""
     for pid in pids:
         try:
             if os.getpgid(pid) == pid:
@@ -231,9 +257,10 @@ def kill(proc: subprocess.Popen, pids: list[int]) -> None:
             pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
+    end_sessions({proc.pid, *pids})
     proc.wait()
 
 
-__all__ = ["Run", "Watch", "child_env", "cores", "execute", "kill"]
+__all__ = ["Run", "Watch", "child_env", "cores", "end_sessions", "execute", "kill"]
