@@ -189,6 +189,51 @@ def test_a_changed_pristine_copy_is_found_and_restored(tmp_path):
         assert slots.check(0) == []
 
 
+def test_a_run_graded_again_runs_with_no_other_notebook_running(tmp_path):
+    """A run whose copy another run changed is run again alone: it waits for the runs in flight, and no
+    new run starts until it is done (else the same neighbour could change it again)."""
+    import threading
+    import time
+
+    from labkit.course.runner import Watch as _Watch
+
+    (tmp_path / "pkg").mkdir()
+    watch = _Watch(Snapshot(tmp_path / "pkg", None))
+    events, release = [], threading.Event()
+
+    def neighbour():
+        with watch.shared():
+            events.append("neighbour starts")
+            release.wait(5)
+            events.append("neighbour ends")
+
+    def again():
+        with watch.alone():
+            events.append("again starts")
+            time.sleep(0.2)
+            events.append("again ends")
+
+    def late():
+        with watch.shared():
+            events.append("late starts")
+
+    first = threading.Thread(target=neighbour)
+    first.start()
+    while not events:
+        time.sleep(0.01)
+    second = threading.Thread(target=again)
+    second.start()
+    time.sleep(0.2)
+    third = threading.Thread(target=late)  # arrives while the second run waits
+    third.start()
+    time.sleep(0.2)
+    assert events == ["neighbour starts"]
+    release.set()
+    for t in (first, second, third):
+        t.join(10)
+    assert events == ["neighbour starts", "neighbour ends", "again starts", "again ends", "late starts"]
+
+
 def test_a_change_to_the_graders_checkout_names_every_run_in_flight_since_the_last_clean_look(tmp_path):
     from types import SimpleNamespace
 

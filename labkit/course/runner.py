@@ -5,7 +5,7 @@ notebook built for the submission into a private folder, and runs ``pytest --nbv
 in a new process session with a private ``HOME`` (:func:`labkit.course.isolation.run_env`).
 Per-cell results come back only over a pipe, signed with a key the kernel never sees
 (:mod:`labkit.course.nbval_hooks`). A run that changed its slot, or whose folder another run
-removed, runs once more on the restored copy; :class:`Watch` compares the grader's own checkout
+removed, runs once more on the restored copy, with no other notebook running; :class:`Watch` compares the grader's own checkout
 after every run and names who was running when it changed. When a run ends (or outlives its
 time limit), :func:`kill` ends its kernels and whatever they started, unless that left their
 sessions. :mod:`labkit.course.grade` schedules the runs and scores them.
@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,39 @@ class Watch:
         self.running: dict[str, Run] = {}
         self.window: dict[str, Run] = {}
         self.changes: list[str] = []
+        self.gate = threading.Condition()
+        self.sharing = 0  # runs of nbval in flight side by side
+        self.solo = 0  # runs waiting to run again alone, or running so
+        self.one_alone = False
+
+    @contextmanager
+    def shared(self):
+        """A first run: side by side with up to ``--jobs`` others, unless one is waiting to run alone."""
+        with self.gate:
+            self.gate.wait_for(lambda: self.solo == 0)
+            self.sharing += 1
+        try:
+            yield
+        finally:
+            with self.gate:
+                self.sharing -= 1
+                self.gate.notify_all()
+
+    @contextmanager
+    def alone(self):
+        """A second run, after its copy or folder changed: with no other notebook running, so that
+        only the notebook itself can change them again (a run ends its processes when it ends)."""
+        with self.gate:
+            self.solo += 1
+            self.gate.wait_for(lambda: self.sharing == 0 and not self.one_alone)
+            self.one_alone = True
+        try:
+            yield
+        finally:
+            with self.gate:
+                self.one_alone = False
+                self.solo -= 1
+                self.gate.notify_all()
 
     def started(self, run: Run) -> None:
         with self.lock:
@@ -123,22 +157,25 @@ def execute(run: Run, slots: Slots, watch: Watch, base_env: dict, cell_timeout: 
             (work / "pytest.ini").write_text("[pytest]\n")  # shields the run from any outer config
             return run_env(base_env, pristine, private)
 
-        env = setup()
-        problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
-        changed = slots.check(slot)
-        lost = not notebook.is_file()  # another run can delete this run's private folder, as this one can
-        if (changed or lost) and not stop.is_set():
-            # Changed by this notebook, or by another run reaching into this slot or folder: run it once more
-            # on the restored copy. Only a notebook that changes the copy again is marked tampered.
-            why = (f"the pristine copy changed during this run ({changed[:5]})" if changed
-                   else "this run's private folder was removed during the run")
-            run.log += f"\n[labkit grade] {why}; run again\n"
-            first_log = run.log
-            run.records, run.pids, run.forged, run.killed = None, None, 0, False
+        with watch.shared():
             env = setup()
             problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
-            run.log = first_log + run.log
             changed = slots.check(slot)
+            lost = not notebook.is_file()  # another run can delete this run's private folder, as this one can
+        if (changed or lost) and not stop.is_set():
+            # Changed by this notebook, or by another run reaching into this slot or folder: run it once more,
+            # alone, on the restored copy. Only a notebook that changes the copy again is marked tampered.
+            why = (f"the pristine copy changed during this run ({changed[:5]})" if changed
+                   else "this run's private folder was removed during the run")
+            run.log += f"\n[labkit grade] {why}; run again, alone\n"
+            first_log = run.log
+            run.records, run.pids, run.forged, run.killed = None, None, 0, False
+            with watch.alone():
+                slots.check(slot)  # restored again: other runs went on while this one waited
+                env = setup()
+                problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
+                changed = slots.check(slot)
+            run.log = first_log + run.log
         if changed:
             run.result.tampered = ("the pristine copy of labkit changed while this notebook ran ("
                                    + "; ".join(changed[:5]) + (" …" if len(changed) > 5 else "")
