@@ -238,3 +238,16 @@ def test_new_kernels_compile_for_the_t4(tmp_path, monkeypatch):
     ptx = compile_numba_ptx_for_t4([("nb02_block_reduce", "block_reduce_kernel",
                                      "void(float32[:, ::1], float32[::1], float32[::1], int32[:, ::1])")])
     assert len(ptx) == 1
+
+
+def test_a_failed_check_shows_its_message_not_labkits_frames(capfd):
+    """In a notebook a failed check prints the failed properties and why, not 20 lines of labkit's
+    frames (IPython renders ``CheckFailure`` through its ``_render_traceback_``)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_cell("from labkit.checks import nb01\nnb01.check_naive_decode(lambda q, k, v, scale=None: q * 0)")
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert "01.naive_decode: 7 of 8 properties failed" in text and "[the scale argument]" in text
+    assert "run_check(" not in text and "core.py" not in text and "Traceback" not in text

@@ -27,6 +27,11 @@ PASS, FAIL = "✓", "✗"
 class CheckFailure(AssertionError):
     """One or more properties of an exercise failed."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython prints these lines in place of the traceback: its frames would all be labkit's
+        # (the check and run_check), and the message already names each failed property and why.
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
 
 def fresh_seed() -> int:
     """A seed that differs on every call: checks must not pass by memorising one input."""
