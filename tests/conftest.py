@@ -52,3 +52,17 @@ def nb06_kernels(tmp_path_factory):
         spec.loader.exec_module(module)
         found[name] = module.top_p_kernel
     return found
+
+
+@pytest.fixture
+def alive():
+    """``alive(pid)``: whether the process runs (a zombie waiting to be reaped by init does not)."""
+
+    def check(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    return check

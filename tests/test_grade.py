@@ -431,7 +431,7 @@ def test_a_kernel_whose_copy_lost_a_module_cannot_import_it_from_the_graders_che
 # ---------------------------------------------------------------- the notebook time limit
 
 
-def test_a_notebook_past_its_time_limit_or_whose_kernel_dies_keeps_what_it_graded(tmp_path, masters_dir):
+def test_a_notebook_past_its_time_limit_or_whose_kernel_dies_keeps_what_it_graded(tmp_path, masters_dir, alive):
     subs = tmp_path / "subs"
     subs.mkdir()
     for student, cell in (("hank", "import time\ntime.sleep(600)"), ("ivan", "import os\nos._exit(1)")):
@@ -456,15 +456,6 @@ def test_a_notebook_past_its_time_limit_or_whose_kernel_dies_keeps_what_it_grade
     assert "not run: the kernel had died in an earlier cell" in feedback
     pids = next(r for r in json.loads((out / "results.json").read_text()) if r["student"] == "hank")["kernel_pids"]
     assert pids and not any(map(alive, pids))  # hank's kernel was ended with its run
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting to be reaped by init does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # ---------------------------------------------------------------- one real course notebook

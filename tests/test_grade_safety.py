@@ -583,14 +583,6 @@ def test_a_check_cell_passes_only_with_its_pass_line():
 # ---------------------------------------------------------------- processes a run leaves behind
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 _SPAWN = """import os, subprocess, sys, time
 kids = [subprocess.Popen(["sleep", "300"]), subprocess.Popen(["sleep", "300"], process_group=0)]
 print(" ".join(str(k.pid) for k in kids), flush=True)
@@ -599,7 +591,7 @@ time.sleep(300)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="Linux")
-def test_ending_a_run_ends_what_its_processes_started(tmp_path):
+def test_ending_a_run_ends_what_its_processes_started(tmp_path, alive):
     """pytest and the kernel each lead a session; what they start (even in a new process group) ends with them."""
     import signal
     import subprocess
@@ -616,13 +608,13 @@ def test_ending_a_run_ends_what_its_processes_started(tmp_path):
     kernel, from_kernel = leader()
     everything = [kernel.pid, *started, *from_kernel]
     try:
-        assert all(map(_alive, everything))
+        assert all(map(alive, everything))
         kill(pytest_proc, [kernel.pid])
         kernel.wait(timeout=10)
         deadline = __import__("time").monotonic() + 10
-        while any(map(_alive, everything)) and __import__("time").monotonic() < deadline:
+        while any(map(alive, everything)) and __import__("time").monotonic() < deadline:
             __import__("time").sleep(0.1)
-        assert not any(map(_alive, everything)), [p for p in everything if _alive(p)]
+        assert not any(map(alive, everything)), [p for p in everything if alive(p)]
     finally:
         for pid in everything:
             try:
@@ -651,7 +643,7 @@ HOSTILE = {  # student -> (exercise cell, an extra cell after the imports)
 }
 
 
-def test_a_batch_of_hostile_notebooks_grades_honestly_and_leaves_nothing_behind(tmp_path, monkeypatch):
+def test_a_batch_of_hostile_notebooks_grades_honestly_and_leaves_nothing_behind(tmp_path, monkeypatch, alive):
     """Through the Python API (an aborted batch raises here); every run's processes and folders end with it."""
     import tempfile
 
@@ -686,7 +678,7 @@ def test_a_batch_of_hostile_notebooks_grades_honestly_and_leaves_nothing_behind(
                           "patches_builtins": "failed", "imports_main": "failed", "leaves_processes": "suspicious"}
         assert "hid how the check ended" in results["swallows_errors"].checks[0].message
         started = [int(p) for p in pids.read_text().split()]
-        assert len(started) == 2 and not any(map(_alive, started))
+        assert len(started) == 2 and not any(map(alive, started))
         assert sorted(os.listdir(tmp)) == []  # no private folder, copy of labkit or guard folder is left
     finally:
         for pid in pids.read_text().split() if pids.exists() else []:
