@@ -1,0 +1,57 @@
+"""The int8 kernel at batch 1, 32 heads, d = 128, T tokens (default 8192): every tile, warp,
+stage and split setting against the fp16 flash-decoding kernel, CUDA-graph timings, KV rotated
+past the L2. Writes ``quant-b1-sweep_<gpu>.json``.
+
+    LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/sweep_int8_b1.py --out data/results [--T 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+from labkit.attention import decode_bytes
+from labkit.attention.quant_decode import quant_flash_decode
+from labkit.attention.triton_decode import flash_decode
+from labkit.bench.quant import D, H, make_sets
+from labkit.bench.records import Record, run_meta, save_records
+from labkit.bench.timing import rotating, time_ms
+from labkit.kvcache.quant import quant_decode_bytes
+
+CONFIGS = [(bt, w, st, True, sp) for bt, w, st, sp in itertools.product((64, 128, 256), (4, 8), (2, 3, 4),
+                                                                          (None, 8, 16, 24))]
+CONFIGS += [(bt, w, 1, False, sp) for bt, w, sp in itertools.product((32, 64), (4, 8), (None, 16))]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="data/results")
+    p.add_argument("--T", type=int, default=8192)
+    args = p.parse_args()
+    T, shape = args.T, {"B": 1, "Hq": H, "Hkv": H, "T": args.T, "D": D}
+    sets = make_sets(1, H, H, T, D, ("int8",))
+    base = time_ms(rotating(lambda q, k, v: flash_decode(q, k, v), [(s["q"], s["k"], s["v"]) for s in sets]),
+                   graph=True)
+    print(f"fp16 triton_splitk T={T}: {base * 1e3:.1f} us", flush=True)
+    args8 = [(s["q"], *s["int8"]) for s in sets]
+    nbytes = quant_decode_bytes(1, H, H, T, D, "int8")
+    fp16_bytes = decode_bytes(1, H, H, T, D, 2)
+    records = [Record("triton_splitk", shape, "float16", fp16_bytes, base, fp16_bytes / base / 1e6, None, {})]
+    for bt, w, st, dot, sp in CONFIGS:
+        kw = dict(block_t=bt, num_warps=w, num_stages=st, use_dot=dot, num_splits=sp)
+        try:
+            ms = time_ms(rotating(lambda q, k, v: quant_flash_decode(q, k, v, **kw), args8), warmup=10, rep=40,
+                         graph=True)
+        except Exception as exc:  # noqa: BLE001 - a setting that does not compile or fit
+            print("fail", kw, type(exc).__name__, str(exc)[:60])
+            continue
+        records.append(Record("sweep_int8", shape, "int8", nbytes, ms, nbytes / ms / 1e6, None,
+                              {"config": kw, "speedup_vs_fp16_kernel": base / ms}))
+        print(f"{ms * 1e3:7.1f} us {base / ms:.2f}x {kw}", flush=True)
+    save_records(records, "quant-b1-sweep", run_meta(), Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
