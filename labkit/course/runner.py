@@ -5,8 +5,8 @@ notebook built for the submission into a private folder, and runs ``pytest --nbv
 in a new process session with a private ``HOME`` (:func:`labkit.course.isolation.run_env`).
 Per-cell results come back only over a pipe, signed with a key the kernel never sees
 (:mod:`labkit.course.nbval_hooks`). A run that changed its slot, or whose folder another run
-removed, runs once more on the restored copy, with no other notebook running; :class:`Watch` compares the grader's own checkout
-after every run and names who was running when it changed. When a run ends (or outlives its
+removed, runs once more on the restored copy, with no other notebook running; :class:`Watch`
+compares the grader's own checkout after every run and names who was running when it changed. When a run ends (or outlives its
 time limit), :func:`kill` ends its kernels and whatever they started, unless that left their
 sessions. :mod:`labkit.course.grade` schedules the runs and scores them.
 """
