@@ -44,7 +44,7 @@ def _as_quant(x, fmt: str):
 
 def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num_splits: int | None = None,
                        out=None, fmt: str | None = None, block_t: int | None = None, num_warps: int | None = None,
-                       num_stages: int | None = None, use_dot: bool | None = None, kernel=None,
+                       num_stages: int | None = None, use_dot: bool | None = None,
                        biased: bool | None = None) -> torch.Tensor:
     """Flash-decoding over a quantized contiguous cache.
 
@@ -52,7 +52,8 @@ def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num
     of data [B, Hkv, T, D] and scales [B, Hkv, T] (a plain tensor is quantized first, to
     ``fmt`` or int8 — convenient, not fast). ``lengths``: optional [B] int32 in [1, T].
     Returns [B, Hq, D] in q's dtype. ``num_splits``, ``block_t``, ``num_warps``,
-    ``num_stages`` and ``use_dot`` override the plan (tuning).
+    ``num_stages`` and ``use_dot`` override the plan; ``biased`` picks the biased int8
+    conversion (:data:`labkit.attention.triton_quant.BIASED_INT8`) (tuning).
     """
     k, v = _as_quant(k, fmt or "int8"), _as_quant(v, fmt or "int8")
     device = runtime.device()
@@ -81,7 +82,7 @@ def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num
                            use_dot=use_dot)
     splits = plan_splits(B, Hq, Hkv, T, cfg, num_splits=num_splits, device_index=q.device.index)
     return quant_launch(q, k, v, check_out(out, q), scale=scale, T=T, cfg=cfg, num_splits=splits, lengths=lengths,
-                        kernel=kernel, biased=biased)
+                        biased=biased)
 
 
 def int8_decode(q, k, v, *, scale=None, **kwargs):

@@ -15,6 +15,16 @@ tensor-core path on sm_80+: an int8 value converts to fp16 exactly) in registers
 plan, the fp32 workspace and the log-sum-exp merge (:mod:`labkit.attention.triton_merge`)
 are flash-decoding's. The same kernel reads a paged pool through block tables.
 
+Half the bytes halve the time only if the loop keeps up with them: per byte, an 8-bit tile asks
+for twice the instructions of an fp16 one (conversions on top). The first version of this kernel
+ran 1463 instructions per thread per 128-token tile on sm_90 and streamed int8 at about 2.9 TB/s
+on the H100 and the H200 alike, an instruction ceiling, not the memory's. Two changes cut the loop
+to 888: V converts to fp16 *before* its layout change (:mod:`labkit.attention.quant_tile`: Triton
+otherwise gathered V from shared memory a byte at a time), and the contiguous cache's whole tiles run unmasked, their
+pointers stepped a tile, with the partial last tile done once after the loop. On the H100 the
+int8 kernel went from 1.38× to 1.60× the fp16 kernel at batch 1, 8k tokens, and from 1.77× to
+1.85× at batch 8 (``data/results/h100/quant-loop_nvidia-h100-80gb-hbm3.json``).
+
 This module holds the kernel, its launch configuration and its launch;
 :mod:`labkit.attention.quant_decode` holds the entry points that validate their inputs
 (``decode_attention(..., impl="triton_int8")``, the paged pool's, notebook 08's).
@@ -26,31 +36,12 @@ import torch
 import triton
 import triton.language as tl
 
+from labkit import runtime
+from labkit.attention.quant_tile import dot_tile
 from labkit.attention.splits import LOG2E
 from labkit.attention.triton_merge import merge_splits
 from labkit.attention.triton_plan import Config, capability, heads_per_program, short_context_block, workspace
 from labkit.kvcache.quant import QuantKV
-
-
-@triton.jit
-def _to_f16(x):
-    """An 8-bit tile as fp16 for ``tl.dot``. int8 by the magic-number trick: the byte's bits
-    x + 128 placed under fp16's exponent of 1024 (bits 0x6400 | byte) read 1024 + x + 128, and
-    one subtraction leaves x, exactly. That is integer logic and a packed fp16 subtract, where a
-    plain conversion (I2F) runs at a quarter of the rate and measured slower than the loads on
-    sm_90. fp8 converts with the GPU's packed instruction."""
-    if x.dtype == tl.int8:
-        bits = x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480
-        return bits.to(tl.float16, bitcast=True) - 1152.0
-    else:
-        return x.to(tl.float16)
-
-
-@triton.jit
-def _i8_biased_f16(x):
-    """An int8 tile as fp16 values ``x + 1152`` (bits 0x6400 | (x + 128)): no subtraction; the
-    caller removes the bias from the dot product (1152·Σ of the other operand)."""
-    return (x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480).to(tl.float16, bitcast=True)
 
 
 @triton.jit
@@ -79,6 +70,7 @@ def _quant_attend_kernel(
     PAGED: tl.constexpr,
     USE_DOT: tl.constexpr,  # dequantize to fp16 and use tl.dot (sm_80+) or reduce in fp32 (the T4)
     BIASED: tl.constexpr = False,  # int8 with tl.dot: biased fp16 tiles, the bias taken off after the dot
+    ASM: tl.constexpr = False,  # the tensor-core path's conversions in PTX (a GPU; the interpreter runs none)
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -116,56 +108,64 @@ def _quant_attend_kernel(
         acc = tl.zeros([HEADS, 1, HEAD_DIM], dtype=tl.float32)
 
     # 3. Stream the 8-bit K and V tiles and their per-token scales.
-    if PAGED:
-        table = BlockTables + b.to(tl.int64) * stride_bt
-        head_row = hk.to(tl.int64) * BS  # a pool block holds [Hkv, BS] rows
+    if USE_DOT and not PAGED:
+        # The tensor-core path is bound by the loop's instructions, not only its bytes: whole
+        # tiles run with no masks and with pointers that step a tile, then the partial last
+        # tile (if any) runs once, masked.
+        row0 = pid_bh.to(tl.int64) * T + t_begin  # the first (token, KV head) row of this range
+        kv_ptr = (row0 + offs_t)[:, None] * HEAD_DIM + offs_d
+        k_ptrs, v_ptrs = K + kv_ptr, V + kv_ptr
+        ks_ptrs, vs_ptrs = KS + row0 + offs_t, VS + row0 + offs_t
+        full = (t_end - t_begin) // BLOCK_T
+        for _ in tl.range(0, full, num_stages=NUM_STAGES):
+            m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs), tl.load(v_ptrs), tl.load(ks_ptrs),
+                                  tl.load(vs_ptrs), offs_t, qk_scale, False, BIASED, ASM)
+            k_ptrs += BLOCK_T * HEAD_DIM
+            v_ptrs += BLOCK_T * HEAD_DIM
+            ks_ptrs += BLOCK_T
+            vs_ptrs += BLOCK_T
+        if t_begin + full * BLOCK_T < t_end:
+            mask_t = offs_t < t_end - (t_begin + full * BLOCK_T)
+            m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs, mask=mask_t[:, None], other=0.0),
+                                  tl.load(v_ptrs, mask=mask_t[:, None], other=0.0),
+                                  tl.load(ks_ptrs, mask=mask_t, other=0.0), tl.load(vs_ptrs, mask=mask_t, other=0.0),
+                                  mask_t, qk_scale, True, BIASED, ASM)
     else:
-        head_row = pid_bh.to(tl.int64) * T  # this (sequence, KV head)'s first row
-    for start in tl.range(t_begin, t_end, BLOCK_T, num_stages=NUM_STAGES):
-        t = start + offs_t
-        mask_t = t < t_end
-        if PAGED:  # token t is row t % BS of pool block BlockTables[b, t // BS]
-            block = tl.load(table + t // BS, mask=mask_t, other=0)
-            srow = block.to(tl.int64) * (HKV * BS) + head_row + t % BS
+        if PAGED:
+            table = BlockTables + b.to(tl.int64) * stride_bt
+            head_row = hk.to(tl.int64) * BS  # a pool block holds [Hkv, BS] rows
         else:
-            srow = head_row + t  # the row of (token, KV head): its scale's index
-        rows = srow * HEAD_DIM  # its data's first element
-        ks = tl.load(KS + srow, mask=mask_t, other=0.0)  # [BLOCK_T] fp32
-        vs = tl.load(VS + srow, mask=mask_t, other=0.0)
-        if USE_DOT:
-            kv_offs = rows[:, None] + offs_d  # [BLOCK_T, D]
-            if BIASED:
-                k = _i8_biased_f16(tl.load(K + kv_offs, mask=mask_t[:, None], other=0))
-                v = _i8_biased_f16(tl.load(V + kv_offs, mask=mask_t[:, None], other=0))
-                s = (tl.dot(q_op, tl.trans(k)) - q_bias) * (ks * qk_scale)[None, :]
+            head_row = pid_bh.to(tl.int64) * T  # this (sequence, KV head)'s first row
+        for start in tl.range(t_begin, t_end, BLOCK_T, num_stages=NUM_STAGES):
+            t = start + offs_t
+            mask_t = t < t_end
+            if PAGED:  # token t is row t % BS of pool block BlockTables[b, t // BS]
+                block = tl.load(table + t // BS, mask=mask_t, other=0)
+                srow = block.to(tl.int64) * (HKV * BS) + head_row + t % BS
             else:
-                k = _to_f16(tl.load(K + kv_offs, mask=mask_t[:, None], other=0.0))
-                v = _to_f16(tl.load(V + kv_offs, mask=mask_t[:, None], other=0.0))
-                s = tl.dot(q_op, tl.trans(k)) * (ks * qk_scale)[None, :]  # the key scale after the dot
-            s = tl.where(mask_t[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1, keep_dims=True))
-            alpha = tl.exp2(m - m_new)
-            p = tl.exp2(s - m_new)
-            l = l * alpha + tl.sum(p, axis=1, keep_dims=True)
-            pv = (p * vs[None, :]).to(tl.float16)  # the value scale folded into the weights
-            if BIASED:
-                acc = acc * alpha + (tl.dot(pv, v) - 1152.0 * tl.sum(pv.to(tl.float32), axis=1, keep_dims=True))
+                srow = head_row + t  # the row of (token, KV head): its scale's index
+            rows = srow * HEAD_DIM  # its data's first element
+            ks = tl.load(KS + srow, mask=mask_t, other=0.0)  # [BLOCK_T] fp32
+            vs = tl.load(VS + srow, mask=mask_t, other=0.0)
+            if USE_DOT:
+                kv_offs = rows[:, None] + offs_d  # [BLOCK_T, D]
+                m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(K + kv_offs, mask=mask_t[:, None], other=0.0),
+                                      tl.load(V + kv_offs, mask=mask_t[:, None], other=0.0), ks, vs, mask_t,
+                                      qk_scale, True, BIASED, ASM)
             else:
-                acc = acc * alpha + tl.dot(pv, v)
-        else:
-            kv_offs = rows[None, :, None] + offs_d[:, None, :]  # [1, BLOCK_T, D]
-            mask3 = mask_t[None, :, None]
-            k = tl.load(K + kv_offs, mask=mask3, other=0.0).to(tl.float32)
-            v = tl.load(V + kv_offs, mask=mask3, other=0.0).to(tl.float32)
-            ks3 = (ks * qk_scale)[None, :, None]
-            s = tl.sum(q3 * k, axis=2, keep_dims=True) * ks3  # [HEADS, BLOCK_T, 1]
-            s = tl.where(mask3, s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1, keep_dims=True))
-            alpha = tl.exp2(m - m_new)
-            p = tl.exp2(s - m_new)
-            l = l * alpha + tl.sum(p, axis=1, keep_dims=True)
-            acc = acc * alpha + tl.sum((p * vs[None, :, None]) * v, axis=1, keep_dims=True)
-        m = m_new
+                kv_offs = rows[None, :, None] + offs_d[:, None, :]  # [1, BLOCK_T, D]
+                mask3 = mask_t[None, :, None]
+                k = tl.load(K + kv_offs, mask=mask3, other=0.0).to(tl.float32)
+                v = tl.load(V + kv_offs, mask=mask3, other=0.0).to(tl.float32)
+                ks3 = (ks * qk_scale)[None, :, None]
+                s = tl.sum(q3 * k, axis=2, keep_dims=True) * ks3  # [HEADS, BLOCK_T, 1]
+                s = tl.where(mask3, s, float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, axis=1, keep_dims=True))
+                alpha = tl.exp2(m - m_new)
+                p = tl.exp2(s - m_new)
+                l = l * alpha + tl.sum(p, axis=1, keep_dims=True)
+                acc = acc * alpha + tl.sum((p * vs[None, :, None]) * v, axis=1, keep_dims=True)
+                m = m_new
 
     # 4. The normalised output, or this chunk's partial for the merge.
     acc2 = tl.reshape(acc, [HEADS, HEAD_DIM])
@@ -191,14 +191,17 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
     sm_80+ dequantizes to fp16 and scores with ``tl.dot``; a tile of 128 tokens keeps as many
     bytes in flight per program as the fp16 kernel's 64, three stages deep on sm_90: the H200
     sweep in ``labkit.bench.quant`` measured it fastest at 8k-32k tokens (B = 1 and 8) among 64-256
-    tokens, 4 or 8 warps and 1-4 stages (``data/results/quant-sweep_nvidia-h200.json``).
+    tokens, 4 or 8 warps and 1-4 stages (``data/results/quant-sweep_nvidia-h200.json``). That
+    build takes 228 registers a thread on sm_90 (V staged as fp16, :mod:`~labkit.attention.quant_tile`), so two
+    programs fit an SM, and the splits aim at two: at B = 1, 8k tokens the H100 measured 8 splits
+    (256 programs) at 31.0 µs against 34.6 µs for 16 (``data/results/h100/quant-loop_*.json``).
     """
     cc = cc or capability()
     if use_dot is None:
         use_dot = head_dim >= 16 and cc >= (8, 0)
     if use_dot:
         return Config(block_t=128, num_warps=4, num_stages=3 if cc >= (9, 0) else 1, use_dot=True,
-                      programs_per_sm=4)
+                      programs_per_sm=2)
     heads = heads_per_program(group, False)
     block_t = min(128, 8192 // head_dim)
     if heads > 1:
@@ -219,21 +222,19 @@ def quant_config_for(D: int, group: int, T: int, *, cc=None, block_t=None, num_w
 
 
 def quant_constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, split: bool,
-                     paged: bool, biased: bool = False) -> dict:
-    """The kernel's compile-time arguments for a launch (the compile tests build the same)."""
+                     paged: bool, biased: bool = False, asm: bool | None = None) -> dict:
+    """The kernel's compile-time arguments for a launch (the compile tests build the same).
+    ``asm`` (default: not in sim mode) writes the tensor-core path's conversions in PTX."""
     heads = heads_per_program(group, cfg.use_dot)
+    asm = not runtime.is_sim() if asm is None else asm
     return dict(HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
                 BLOCK_T=cfg.block_t, BS=bs, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=has_lengths, SPLIT=split,
-                PAGED=paged, USE_DOT=cfg.use_dot, BIASED=biased and cfg.use_dot)
+                PAGED=paged, USE_DOT=cfg.use_dot, BIASED=biased and cfg.use_dot, ASM=asm and cfg.use_dot)
 
 
 def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: Config, num_splits: int,
-                 lengths=None, block_tables=None, kernel=None, biased: bool | None = None):
-    """Launch the kernel (and the merge when ``num_splits > 1``) on validated inputs; returns ``out``.
-
-    ``kernel`` (default :func:`_quant_attend_kernel`) may be any kernel with its signature:
-    notebook 08's exercise runs the student's through the same launch.
-    """
+                 lengths=None, block_tables=None, biased: bool | None = None):
+    """Launch the kernel (and the merge when ``num_splits > 1``) on validated inputs; returns ``out``."""
     B, Hq, D = q.shape
     Hkv = k.data.shape[1]
     ws = workspace(q.device, B, Hq, num_splits, D) if num_splits > 1 else (out, out, out)
@@ -242,7 +243,7 @@ def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: C
     meta = quant_constexprs(Hkv, Hq // Hkv, D, cfg, bs=k.data.shape[2] if block_tables is not None else 1,
                             has_lengths=lengths is not None, split=num_splits > 1, paged=block_tables is not None,
                             biased=biased and k.data.dtype == torch.int8)
-    (kernel or _quant_attend_kernel)[(B * Hkv * meta["HEAD_CHUNKS"], num_splits)](
+    _quant_attend_kernel[(B * Hkv * meta["HEAD_CHUNKS"], num_splits)](
         q, k.data, v.data, k.scale, v.scale,
         block_tables if block_tables is not None else q,
         lengths if lengths is not None else q,

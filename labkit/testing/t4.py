@@ -30,6 +30,7 @@ class TritonBuild:
     registers: int | None
     cubin_bytes: int
     spill_bytes: int | None = None  # ptxas -v's spill stores (None where ptxas could not be run)
+    byte_shared_loads: int = 0  # 8-bit loads from shared memory in the PTX (a tile gathered byte by byte)
 
 
 def compile_triton_for_t4(kernel, signature: dict, constexprs: dict | None = None, *, num_warps: int = 4,
@@ -82,7 +83,9 @@ def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps:
                               options={"num_warps": num_warps, "num_stages": num_stages})
     md = compiled.metadata
     registers, spills = _ptxas_resources(compiled.asm["ptx"], cc)
-    return TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), registers, len(compiled.asm["cubin"]), spills)
+    byte_loads = len(re.findall(r"ld\.shared(?:\.v\d)?\.[bus]8\b", compiled.asm["ptx"]))
+    return TritonBuild(fn.__name__, int(md.shared), int(md.num_warps), registers, len(compiled.asm["cubin"]), spills,
+                       byte_loads)
 
 
 def aligned_pointers(arg_names, signature: dict) -> dict:

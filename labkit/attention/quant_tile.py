@@ -1,0 +1,97 @@
+"""One tile of the quantized kernel's tensor-core path: 8-bit K and V as fp16 operands of ``tl.dot``.
+
+:mod:`labkit.attention.triton_quant`'s kernel calls :func:`dot_tile` once per ``[BLOCK_T, D]`` tile
+on sm_80+: the tiles are converted to fp16 in registers, scored against the query rows, folded
+into the online softmax and the weighted sum of V. How the 8-bit values become fp16 decides the
+loop's speed more than the bytes do (see :func:`_to_f16`), so the conversions live here with it.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _to_f16(x, ASM: tl.constexpr = False, PURE: tl.constexpr = True):
+    """An 8-bit tile as fp16 for ``tl.dot``.
+
+    int8 by the magic-number trick: the byte's bits x + 128 placed under fp16's exponent of
+    1024 (bits 0x6400 | byte) read 1024 + x + 128, and one subtraction leaves x, exactly. That
+    is integer logic and a packed fp16 subtract, where a plain conversion (I2F) runs at a
+    quarter of the rate. fp8 converts with the GPU's packed instruction.
+
+    ``ASM`` (a GPU, not the interpreter) writes it in PTX, four bytes at a time: one XOR, two
+    byte permutes, two packed subtracts. ``PURE=False`` marks that asm as having effects, so
+    Triton cannot move the conversion past the tile's layout change. For V that matters: V is
+    the second operand of p·V with its reduction dimension (tokens) strided in memory, and an
+    8-bit operand laid out so must be gathered from shared memory a byte at a time (64 loads
+    per thread per 64-token tile and the permutes that pack them: about a quarter of the loop's
+    instructions on sm_90). Converted first, the tile changes layout as fp16, which
+    ``ldmatrix.trans`` reads whole.
+    """
+    if ASM:
+        if x.dtype == tl.int8:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t, a, b, c;
+                xor.b32 t, $2, 0x80808080;
+                prmt.b32 a, t, 0x64646464, 0x5140;
+                prmt.b32 b, t, 0x64646464, 0x7362;
+                mov.b32 c, 0x64806480;
+                sub.f16x2 $0, a, c;
+                sub.f16x2 $1, b, c;
+                }""",
+                constraints="=r,=r,r", args=[x], dtype=tl.float16, is_pure=PURE, pack=4)
+        else:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b16 lo, hi;
+                mov.b32 {lo, hi}, $2;
+                cvt.rn.f16x2.e4m3x2 $0, lo;
+                cvt.rn.f16x2.e4m3x2 $1, hi;
+                }""",
+                constraints="=r,=r,r", args=[x], dtype=tl.float16, is_pure=PURE, pack=4)
+    elif x.dtype == tl.int8:
+        bits = x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480
+        return bits.to(tl.float16, bitcast=True) - 1152.0
+    else:
+        return x.to(tl.float16)
+
+
+@triton.jit
+def _i8_biased_f16(x):
+    """An int8 tile as fp16 values ``x + 1152`` (bits 0x6400 | (x + 128)): no subtraction; the
+    caller removes the bias from the dot product (1152·Σ of the other operand)."""
+    return (x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def dot_tile(q_op, q_bias, m, l, acc, kq, vq, ks, vs, mask_t, qk_scale,
+              MASKED: tl.constexpr, BIASED: tl.constexpr, ASM: tl.constexpr):
+    """One tile of the tensor-core path: scores, online softmax, p·V. kq, vq: [BLOCK_T, D]
+    8-bit; ks, vs: [BLOCK_T] fp32 scales; ``mask_t`` ([BLOCK_T], read if MASKED) marks the
+    valid tokens. Returns the updated ``(m, l, acc)``."""
+    if BIASED:
+        k = _i8_biased_f16(kq)
+        v = _i8_biased_f16(vq)
+        s = (tl.dot(q_op, tl.trans(k)) - q_bias) * (ks * qk_scale)[None, :]
+    else:
+        k = _to_f16(kq, ASM)
+        v = _to_f16(vq, ASM, PURE=False)
+        s = tl.dot(q_op, tl.trans(k)) * (ks * qk_scale)[None, :]  # the key scale after the dot
+    if MASKED:
+        s = tl.where(mask_t[None, :], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1, keep_dims=True))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new)
+    l = l * alpha + tl.sum(p, axis=1, keep_dims=True)
+    pv = (p * vs[None, :]).to(tl.float16)  # the value scale folded into the weights
+    if BIASED:
+        acc = acc * alpha + (tl.dot(pv, v) - 1152.0 * tl.sum(pv.to(tl.float32), axis=1, keep_dims=True))
+    else:
+        acc = acc * alpha + tl.dot(pv, v)
+    return m_new, l, acc
+
+
+__all__ = ["dot_tile"]
