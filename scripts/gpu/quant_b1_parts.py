@@ -1,0 +1,96 @@
+"""Where batch 1 at 8k tokens spends its time (issue #23): the int8 kernel as shipped, without its
+merge, and a kernel with the same grid, tiles and pipeline that only streams the 8-bit K/V and
+their scales (no conversion, no dot, no softmax). 32 heads, d = 128, CUDA graphs, KV rotated
+past the L2. Prints microseconds; writes ``quant-b1-parts_<gpu>.json``.
+
+    LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/quant_b1_parts.py --out data/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+from labkit.attention.quant_decode import quant_flash_decode
+from labkit.attention.splits import LOG2E
+from labkit.attention.triton_decode import flash_decode
+from labkit.attention.triton_plan import workspace
+from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs
+from labkit.bench.quant import D, H, make_sets
+from labkit.bench.records import Record, run_meta, save_records
+from labkit.bench.timing import copy_roofline_gbps, rotating, time_ms
+from labkit.kvcache.quant import quant_decode_bytes
+
+
+@triton.jit
+def _stream_kernel(K, V, KS, VS, Out, T, num_splits, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
+                   NUM_STAGES: tl.constexpr):
+    # The shipped kernel's grid and loads (whole tiles, pointers stepped a tile), nothing else:
+    # an elementwise max keeps every load alive at one instruction per register.
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    tiles = tl.cdiv(tl.cdiv(T, BLOCK_T), num_splits)
+    row0 = pid.to(tl.int64) * T + split * tiles * BLOCK_T
+    offs_t = tl.arange(0, BLOCK_T)
+    offs = (row0 + offs_t)[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+    k_ptrs, v_ptrs, ks_ptrs, vs_ptrs = K + offs, V + offs, KS + row0 + offs_t, VS + row0 + offs_t
+    acc = tl.zeros([BLOCK_T, HEAD_DIM], dtype=tl.int8)
+    sc = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for _ in tl.range(0, tiles, num_stages=NUM_STAGES):
+        acc = tl.maximum(acc, tl.maximum(tl.load(k_ptrs), tl.load(v_ptrs)))
+        sc = tl.maximum(sc, tl.maximum(tl.load(ks_ptrs), tl.load(vs_ptrs)))
+        k_ptrs += BLOCK_T * HEAD_DIM
+        v_ptrs += BLOCK_T * HEAD_DIM
+        ks_ptrs += BLOCK_T
+        vs_ptrs += BLOCK_T
+    tl.store(Out + (pid * num_splits + split), tl.max(tl.max(acc, axis=1).to(tl.float32) + sc, axis=0))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="data/results")
+    p.add_argument("--T", type=int, default=8192)
+    args = p.parse_args()
+    T, roof = args.T, copy_roofline_gbps()
+    shape = {"B": 1, "Hq": H, "Hkv": H, "T": T, "D": D}
+    sets = make_sets(1, H, H, T, D, ("int8",))
+    args8 = [(s["q"], *s["int8"], torch.empty_like(s["q"])) for s in sets]
+    nbytes = quant_decode_bytes(1, H, H, T, D, "int8")
+    sink = torch.empty(H * 64, device=sets[0]["q"].device)
+    records = []
+
+    def add(name, ms, dtype="int8", b=nbytes, **extra):
+        records.append(Record(name, shape, dtype, b, ms, b / ms / 1e6, 100 * b / ms / 1e6 / roof, extra))
+        print(f"{ms * 1e3:7.1f} us {b / ms / 1e6:6.0f} GB/s  {name} {extra}", flush=True)
+
+    fp = [(s["q"], s["k"], s["v"]) for s in sets]
+    add("fp16 flash_decode", time_ms(rotating(lambda q, k, v: flash_decode(q, k, v), fp), graph=True), "float16",
+        2 * H * T * D * 2 + 2 * H * D * 2)
+    add("int8 shipped", time_ms(rotating(lambda q, k, v, o: quant_flash_decode(q, k, v, out=o), args8), graph=True))
+    cfg = quant_config_for(D, 1, T)
+    for splits in (8, 16):
+        meta = quant_constexprs(H, 1, D, cfg, bs=1, has_lengths=False, split=True, paged=False)
+
+        def attend(q, k, v, o, splits=splits, meta=meta):
+            ws = workspace(q.device, 1, H, splits, D)
+            _quant_attend_kernel[(H, splits)](q, k.data, v.data, k.scale, v.scale, q, q, o, *ws,
+                                              LOG2E / math.sqrt(D), T, splits, 0, **meta, num_warps=cfg.num_warps)
+
+        add("int8 kernel without the merge", time_ms(rotating(attend, args8), graph=True), splits=splits)
+        for bt, st in ((cfg.block_t, cfg.num_stages), (64, 3), (128, 2)):
+            def stream(q, k, v, o, splits=splits, bt=bt, st=st):
+                _stream_kernel[(H, splits)](k.data, v.data, k.scale, v.scale, sink, T, splits, HEAD_DIM=D,
+                                            BLOCK_T=bt, NUM_STAGES=st, num_warps=4)
+
+            add("loads only", time_ms(rotating(stream, args8), graph=True), splits=splits, block_t=bt, stages=st)
+    print("wrote", save_records(records, "quant-b1-parts", run_meta(roof), Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
