@@ -164,6 +164,17 @@ def test_kernel_matches_dequantized_reference_and_the_bound(B, Hq, Hkv, T, D, dt
     assert rel_error(out, reference_decode(q, kf, vf, lengths=lengths)) < INT8_BOUND
 
 
+def test_tensor_core_path_leaves_splits_past_the_length_empty():
+    # 16 splits of 16-token tiles over T = 256: sequences of 1, 20 and 37 tokens leave most splits
+    # with no token (their range starts past the length); such a split must add nothing.
+    q, kf, vf = qkv(3, 2, 2, 256, 64, torch.float16)
+    k, v = quantize(kf), quantize(vf)
+    lengths = torch.tensor([1, 20, 37], dtype=torch.int32)
+    out = torch.full_like(q, float("nan"))
+    quant_flash_decode(q, k, v, lengths=lengths, num_splits=16, use_dot=True, out=out)
+    assert rel_error(out, reference_quant_decode(q, k, v, lengths=lengths)) < 1e-3
+
+
 def test_decode_attention_and_paged_decode_accept_the_quantized_cache():
     q, kf, vf = qkv(2, 4, 2, 40, 64)
     k, v = quantize(kf), quantize(vf)

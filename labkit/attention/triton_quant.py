@@ -116,7 +116,7 @@ def _quant_attend_kernel(
         kv_ptr = (row0 + offs_t)[:, None] * HEAD_DIM + offs_d
         k_ptrs, v_ptrs = K + kv_ptr, V + kv_ptr
         ks_ptrs, vs_ptrs = KS + row0 + offs_t, VS + row0 + offs_t
-        full = (t_end - t_begin) // BLOCK_T
+        full = tl.maximum(t_end - t_begin, 0) // BLOCK_T  # a split past the length has none
         for _ in tl.range(0, full, num_stages=NUM_STAGES):
             m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs), tl.load(v_ptrs), tl.load(ks_ptrs),
                                   tl.load(vs_ptrs), offs_t, qk_scale, False, BIASED, ASM)
