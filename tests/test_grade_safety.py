@@ -234,6 +234,39 @@ def test_a_run_graded_again_runs_with_no_other_notebook_running(tmp_path):
     assert events == ["neighbour starts", "neighbour ends", "again starts", "again ends", "late starts"]
 
 
+@pytest.mark.parametrize("first, runs", [("kernel never started", 2), ("a cell ran", 1)])
+def test_a_run_whose_kernel_never_started_is_graded_again(tmp_path, monkeypatch, first, runs):
+    """nbval fails every cell at setup when the kernel does not start (seen once in CI under load):
+    the notebook's code never ran, so it runs once more, alone, instead of scoring every check 0."""
+    import threading
+    from types import SimpleNamespace
+
+    from nbformat.v4 import new_notebook
+
+    from labkit.course import runner
+    from labkit.course.gradebook import kernel_never_ran
+
+    not_started = {c: {"when": "setup", "outcome": "failed", "error": "RuntimeError"} for c in range(3)}
+    ran = {0: {"when": "call", "outcome": "passed"}, 1: {"when": "setup", "outcome": "failed"}}
+    assert kernel_never_ran(not_started) and not kernel_never_ran(ran) and not kernel_never_ran({})
+    calls = []
+
+    def fake_pytest(run, notebook, work, env, cell_timeout, timeout, stop):
+        calls.append(notebook.is_file())
+        run.records = not_started if len(calls) == 1 and first == "kernel never started" else ran
+        return ""
+
+    monkeypatch.setattr(runner, "_run_pytest", fake_pytest)
+    slots = SimpleNamespace(roots=[tmp_path], take=lambda: 0, give=lambda slot: None, check=lambda slot: [])
+    (tmp_path / "pkg").mkdir()
+    run = SimpleNamespace(graded=SimpleNamespace(notebook=new_notebook()), key="s/n", records=None, pids=None,
+                          forged=0, killed=False, log="")
+    problem = runner.execute(run, slots, runner.Watch(Snapshot(tmp_path / "pkg", None)), dict(os.environ), 10, 60,
+                             threading.Event())
+    assert problem == "" and calls == [True] * runs and run.records is ran
+    assert ("kernel did not start" in run.log) == (runs == 2)
+
+
 def test_a_change_to_the_graders_checkout_names_every_run_in_flight_since_the_last_clean_look(tmp_path):
     from types import SimpleNamespace
 

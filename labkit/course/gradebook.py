@@ -97,6 +97,12 @@ def read_records(lines: list[str], key: bytes) -> tuple[dict[int, dict], list[in
     return cells, pids, forged
 
 
+def kernel_never_ran(records: dict[int, dict] | None) -> bool:
+    """Whether nbval failed every cell before running it: the kernel did not start (a busy machine,
+    a crash in its startup), so the notebook's code never ran and grading it again is fair."""
+    return bool(records) and all(r.get("when") == "setup" and r.get("outcome") == "failed" for r in records.values())
+
+
 def hmac_ok(key: bytes, mac: str, payload: str) -> bool:
     import hmac
 

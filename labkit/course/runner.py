@@ -27,7 +27,7 @@ from pathlib import Path
 
 import nbformat
 
-from labkit.course.gradebook import NotebookResult, read_records
+from labkit.course.gradebook import NotebookResult, kernel_never_ran, read_records
 from labkit.course.isolation import Slots, Snapshot, differences, remove_tree, run_env
 from labkit.course.nbval_hooks import clip
 from labkit.course.graded import PRISTINE, Graded
@@ -162,11 +162,14 @@ def execute(run: Run, slots: Slots, watch: Watch, base_env: dict, cell_timeout: 
             problem = _run_pytest(run, notebook, work, env, cell_timeout, timeout, stop)
             changed = slots.check(slot)
             lost = not notebook.is_file()  # another run can delete this run's private folder, as this one can
-        if (changed or lost) and not stop.is_set():
-            # Changed by this notebook, or by another run reaching into this slot or folder: run it once more,
-            # alone, on the restored copy. Only a notebook that changes the copy again is marked tampered.
+            unstarted = kernel_never_ran(run.records)
+        if (changed or lost or unstarted) and not stop.is_set():
+            # Changed by this notebook, or by another run reaching into this slot or folder, or no cell ran at
+            # all: run it once more, alone, on the restored copy. Only a notebook that changes the copy again
+            # is marked tampered.
             why = (f"the pristine copy changed during this run ({changed[:5]})" if changed
-                   else "this run's private folder was removed during the run")
+                   else "this run's private folder was removed during the run" if lost
+                   else "its kernel did not start, so no cell ran")
             run.log += f"\n[labkit grade] {why}; run again, alone\n"
             first_log = run.log
             run.records, run.pids, run.forged, run.killed = None, None, 0, False
