@@ -68,7 +68,7 @@ def _i8_biased_f16(x):
 
 @triton.jit
 def dot_tile(q_op, q_bias, m, l, acc, kq, vq, ks, vs, mask_t, qk_scale,
-              MASKED: tl.constexpr, BIASED: tl.constexpr, ASM: tl.constexpr):
+             MASKED: tl.constexpr, BIASED: tl.constexpr, ASM: tl.constexpr):
     """One tile of the tensor-core path: scores, online softmax, p·V. kq, vq: [BLOCK_T, D]
     8-bit; ks, vs: [BLOCK_T] fp32 scales; ``mask_t`` ([BLOCK_T], read if MASKED) marks the
     valid tokens. Returns the updated ``(m, l, acc)``."""

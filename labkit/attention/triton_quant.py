@@ -19,11 +19,11 @@ Half the bytes halve the time only if the loop keeps up with them: per byte, an 
 for twice the instructions of an fp16 one (conversions on top). The first version of this kernel
 ran 1463 instructions per thread per 128-token tile on sm_90 and streamed int8 at about 2.9 TB/s
 on the H100 and the H200 alike, an instruction ceiling, not the memory's. Two changes cut the loop
-to 888: V converts to fp16 *before* its layout change (:mod:`labkit.attention.quant_tile`: Triton
-otherwise gathered V from shared memory a byte at a time), and the contiguous cache's whole tiles run unmasked, their
-pointers stepped a tile, with the partial last tile done once after the loop. On the H100 the
-int8 kernel went from 1.38× to 1.60× the fp16 kernel at batch 1, 8k tokens, and from 1.77× to
-1.85× at batch 8 (``data/results/h100/quant-loop_nvidia-h100-80gb-hbm3.json``).
+to 888: V converts to fp16 *before* its layout change (:mod:`labkit.attention.quant_tile`;
+Triton otherwise gathered V from shared memory a byte at a time), and the contiguous cache's
+whole tiles run unmasked, their pointers stepped a tile, with the partial last tile done once
+after the loop. On the H100 the int8 kernel went from 1.38× to 1.60× the fp16 kernel at batch 1,
+8k tokens, and from 1.77× to 1.85× at batch 8 (``data/results/h100/quant-loop_*.json``).
 
 This module holds the kernel, its launch configuration and its launch;
 :mod:`labkit.attention.quant_decode` holds the entry points that validate their inputs
@@ -119,7 +119,7 @@ def _quant_attend_kernel(
         full = tl.maximum(t_end - t_begin, 0) // BLOCK_T  # a split past the length has none
         for _ in tl.range(0, full, num_stages=NUM_STAGES):
             m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs), tl.load(v_ptrs), tl.load(ks_ptrs),
-                                  tl.load(vs_ptrs), offs_t, qk_scale, False, BIASED, ASM)
+                                 tl.load(vs_ptrs), offs_t, qk_scale, False, BIASED, ASM)  # offs_t: no mask read
             k_ptrs += BLOCK_T * HEAD_DIM
             v_ptrs += BLOCK_T * HEAD_DIM
             ks_ptrs += BLOCK_T
@@ -127,9 +127,9 @@ def _quant_attend_kernel(
         if t_begin + full * BLOCK_T < t_end:
             mask_t = offs_t < t_end - (t_begin + full * BLOCK_T)
             m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs, mask=mask_t[:, None], other=0.0),
-                                  tl.load(v_ptrs, mask=mask_t[:, None], other=0.0),
-                                  tl.load(ks_ptrs, mask=mask_t, other=0.0), tl.load(vs_ptrs, mask=mask_t, other=0.0),
-                                  mask_t, qk_scale, True, BIASED, ASM)
+                                 tl.load(v_ptrs, mask=mask_t[:, None], other=0.0),
+                                 tl.load(ks_ptrs, mask=mask_t, other=0.0), tl.load(vs_ptrs, mask=mask_t, other=0.0),
+                                 mask_t, qk_scale, True, BIASED, ASM)
     else:
         if PAGED:
             table = BlockTables + b.to(tl.int64) * stride_bt
@@ -149,9 +149,9 @@ def _quant_attend_kernel(
             vs = tl.load(VS + srow, mask=mask_t, other=0.0)
             if USE_DOT:
                 kv_offs = rows[:, None] + offs_d  # [BLOCK_T, D]
-                m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(K + kv_offs, mask=mask_t[:, None], other=0.0),
-                                      tl.load(V + kv_offs, mask=mask_t[:, None], other=0.0), ks, vs, mask_t,
-                                      qk_scale, True, BIASED, ASM)
+                kq = tl.load(K + kv_offs, mask=mask_t[:, None], other=0.0)
+                vq = tl.load(V + kv_offs, mask=mask_t[:, None], other=0.0)
+                m, l, acc = dot_tile(q_op, q_bias, m, l, acc, kq, vq, ks, vs, mask_t, qk_scale, True, BIASED, ASM)
             else:
                 kv_offs = rows[None, :, None] + offs_d[:, None, :]  # [1, BLOCK_T, D]
                 mask3 = mask_t[None, :, None]
@@ -192,9 +192,10 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
     bytes in flight per program as the fp16 kernel's 64, three stages deep on sm_90: the H200
     sweep in ``labkit.bench.quant`` measured it fastest at 8k-32k tokens (B = 1 and 8) among 64-256
     tokens, 4 or 8 warps and 1-4 stages (``data/results/quant-sweep_nvidia-h200.json``). That
-    build takes 228 registers a thread on sm_90 (V staged as fp16, :mod:`~labkit.attention.quant_tile`), so two
-    programs fit an SM, and the splits aim at two: at B = 1, 8k tokens the H100 measured 8 splits
-    (256 programs) at 31.0 µs against 34.6 µs for 16 (``data/results/h100/quant-loop_*.json``).
+    build takes 228 registers a thread on sm_90 (V staged as fp16,
+    :mod:`~labkit.attention.quant_tile`), so two programs fit an SM, and the splits aim at two:
+    at B = 1, 8k tokens the H100 measured 8 splits (256 programs) at 31.0 µs against 34.6 µs for
+    16 (``data/results/h100/quant-loop_*.json``).
     """
     cc = cc or capability()
     if use_dot is None:
