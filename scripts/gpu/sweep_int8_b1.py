@@ -1,6 +1,7 @@
 """The int8 kernel at batch 1, 32 heads, d = 128, T tokens (default 8192): every tile, warp,
 stage and split setting against the fp16 flash-decoding kernel, CUDA-graph timings, KV rotated
-past the L2. Writes ``quant-b1-sweep_<gpu>.json``.
+past the L2. Writes ``quant-b1-sweep_<gpu>.json``. With no options it runs the full grid; the
+options narrow it (``--block 128 --warps 4 --stages 2 3 --splits 0 8 --no-reductions``).
 
     LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/sweep_int8_b1.py --out data/results [--T 8192]
 """
@@ -16,20 +17,34 @@ from labkit.attention.quant_decode import quant_flash_decode
 from labkit.attention.triton_decode import flash_decode
 from labkit.bench.quant import D, H, make_sets
 from labkit.bench.records import Record, run_meta, save_records
-from labkit.bench.timing import rotating, time_ms
+from labkit.bench.timing import copy_roofline_gbps, rotating, time_ms
 from labkit.kvcache.quant import quant_decode_bytes
 
-CONFIGS = [(bt, w, st, True, sp) for bt, w, st, sp in itertools.product((64, 128, 256), (4, 8), (2, 3, 4),
-                                                                          (None, 8, 16, 24))]
-CONFIGS += [(bt, w, 1, False, sp) for bt, w, sp in itertools.product((32, 64), (4, 8), (None, 16))]
+
+
+def configs(blocks, warps, stages, splits, reductions):
+    """(block_t, num_warps, num_stages, use_dot, num_splits) for the tensor-core path, and the
+    reduction path's (32 and 64 tokens, one stage) when ``reductions``; a split of 0 is the plan's."""
+    splits = [sp or None for sp in splits]
+    found = [(bt, w, st, True, sp) for bt, w, st, sp in itertools.product(blocks, warps, stages, splits)]
+    if reductions:
+        found += [(bt, w, 1, False, sp) for bt, w, sp in itertools.product((32, 64), warps, (None, 16))]
+    return found
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="data/results")
     p.add_argument("--T", type=int, default=8192)
+    p.add_argument("--block", type=int, nargs="+", default=[64, 128, 256])
+    p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--splits", type=int, nargs="+", default=[0, 8, 16, 24], help="0: the plan's count")
+    p.add_argument("--no-reductions", dest="reductions", action="store_false",
+                   help="leave out the reduction path's settings")
+    p.add_argument("--name", default="quant-b1-sweep", help="the record's name, before the GPU's")
     args = p.parse_args()
-    T, shape = args.T, {"B": 1, "Hq": H, "Hkv": H, "T": args.T, "D": D}
+    T, shape, roof = args.T, {"B": 1, "Hq": H, "Hkv": H, "T": args.T, "D": D}, copy_roofline_gbps()
     sets = make_sets(1, H, H, T, D, ("int8",))
     base = time_ms(rotating(lambda q, k, v: flash_decode(q, k, v), [(s["q"], s["k"], s["v"]) for s in sets]),
                    graph=True)
@@ -37,8 +52,13 @@ def main() -> int:
     args8 = [(s["q"], *s["int8"]) for s in sets]
     nbytes = quant_decode_bytes(1, H, H, T, D, "int8")
     fp16_bytes = decode_bytes(1, H, H, T, D, 2)
-    records = [Record("triton_splitk", shape, "float16", fp16_bytes, base, fp16_bytes / base / 1e6, None, {})]
-    for bt, w, st, dot, sp in CONFIGS:
+
+    def pct(b, ms):
+        return 100 * b / ms / 1e6 / roof
+
+    records = [Record("triton_splitk", shape, "float16", fp16_bytes, base, fp16_bytes / base / 1e6,
+                      pct(fp16_bytes, base), {})]
+    for bt, w, st, dot, sp in configs(args.block, args.warps, args.stages, args.splits, args.reductions):
         kw = dict(block_t=bt, num_warps=w, num_stages=st, use_dot=dot, num_splits=sp)
         try:
             ms = time_ms(rotating(lambda q, k, v: quant_flash_decode(q, k, v, **kw), args8), warmup=10, rep=40,
@@ -46,10 +66,10 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - a setting that does not compile or fit
             print("fail", kw, type(exc).__name__, str(exc)[:60])
             continue
-        records.append(Record("sweep_int8", shape, "int8", nbytes, ms, nbytes / ms / 1e6, None,
+        records.append(Record("sweep_int8", shape, "int8", nbytes, ms, nbytes / ms / 1e6, pct(nbytes, ms),
                               {"config": kw, "speedup_vs_fp16_kernel": base / ms}))
-        print(f"{ms * 1e3:7.1f} us {base / ms:.2f}x {kw}", flush=True)
-    save_records(records, "quant-b1-sweep", run_meta(), Path(args.out))
+        print(f"{ms * 1e3:7.1f} us {base / ms:.2f}x {pct(nbytes, ms):5.1f}% {kw}", flush=True)
+    print("wrote", save_records(records, args.name, run_meta(roof), Path(args.out)))
     return 0
 
 
