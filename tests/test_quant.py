@@ -21,7 +21,7 @@ from labkit.attention import decode_attention, reference_decode
 from labkit.attention.quant_decode import quant_flash_decode, reference_quant_decode
 from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs
 from labkit.checks.core import CheckFailure, rel_error
-from labkit.kvcache.paged_attention import paged_decode
+from labkit.kvcache.paged_attention import gather_paged, paged_decode
 from labkit.kvcache.quant import (FORMATS, QuantKV, bytes_per_token, empty_quant, quant_decode_bytes, quantize,
                                   quantize_per_channel, to_paged_quant)
 from labkit.kvcache.quant_write import quant_write, quant_write_kernel, reference_quant_write
@@ -122,10 +122,9 @@ def test_quant_write_paged_pool_then_decode():
     q = torch.randn(B, 4, D)
     out = paged_decode(q, kp, vp, tables, lengths)
 
-    def contiguous(pool):  # the pool's rows of each (sequence, token), as a [B, H, T, D] QuantKV
-        at = (rows.long(), slice(None), (pos % BS).long())
-        return QuantKV(pool.data[at].view(B, T, H, D).transpose(1, 2).contiguous(),
-                       pool.scale[at].view(B, T, H).transpose(1, 2).contiguous())
+    def contiguous(pool):  # the pool read back as a [B, H, T, D] QuantKV
+        scale = gather_paged(pool.scale[..., None], tables, lengths)[..., 0]  # [B, H, T]
+        return QuantKV(gather_paged(pool.data, tables, lengths), scale)
 
     kc, vc = contiguous(kp), contiguous(vp)
     assert rel_error(out, reference_quant_decode(q, kc, vc)) < 1e-5  # the decode reads what was written

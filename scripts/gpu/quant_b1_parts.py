@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from labkit.attention import decode_bytes
 from labkit.attention.quant_decode import quant_flash_decode
 from labkit.attention.splits import LOG2E
 from labkit.attention.triton_decode import flash_decode
@@ -23,7 +24,7 @@ from labkit.attention.triton_plan import workspace
 from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs
 from labkit.bench.quant import D, H, make_sets
 from labkit.bench.records import Record, run_meta, save_records
-from labkit.bench.timing import copy_roofline_gbps, rotating, time_ms
+from labkit.bench.timing import copy_roofline_gbps, gbps, rotating, time_ms
 from labkit.kvcache.quant import quant_decode_bytes
 
 
@@ -65,12 +66,12 @@ def main() -> int:
     records = []
 
     def add(name, ms, dtype="int8", b=nbytes, **extra):
-        records.append(Record(name, shape, dtype, b, ms, b / ms / 1e6, 100 * b / ms / 1e6 / roof, extra))
-        print(f"{ms * 1e3:7.1f} us {b / ms / 1e6:6.0f} GB/s  {name} {extra}", flush=True)
+        records.append(Record(name, shape, dtype, b, ms, gbps(b, ms), 100 * gbps(b, ms) / roof, extra))
+        print(f"{ms * 1e3:7.1f} us {gbps(b, ms):6.0f} GB/s  {name} {extra}", flush=True)
 
     fp = [(s["q"], s["k"], s["v"]) for s in sets]
     add("fp16 flash_decode", time_ms(rotating(lambda q, k, v: flash_decode(q, k, v), fp), graph=True), "float16",
-        2 * H * T * D * 2 + 2 * H * D * 2)
+        decode_bytes(1, H, H, T, D, 2))
     add("int8 shipped", time_ms(rotating(lambda q, k, v, o: quant_flash_decode(q, k, v, out=o), args8), graph=True))
     cfg = quant_config_for(D, 1, T)
     for splits in (8, 16):

@@ -17,9 +17,8 @@ from labkit.attention.quant_decode import quant_flash_decode
 from labkit.attention.triton_decode import flash_decode
 from labkit.bench.quant import D, H, make_sets
 from labkit.bench.records import Record, run_meta, save_records
-from labkit.bench.timing import copy_roofline_gbps, rotating, time_ms
+from labkit.bench.timing import copy_roofline_gbps, gbps, rotating, time_ms
 from labkit.kvcache.quant import quant_decode_bytes
-
 
 
 def configs(blocks, warps, stages, splits, reductions):
@@ -53,11 +52,10 @@ def main() -> int:
     nbytes = quant_decode_bytes(1, H, H, T, D, "int8")
     fp16_bytes = decode_bytes(1, H, H, T, D, 2)
 
-    def pct(b, ms):
-        return 100 * b / ms / 1e6 / roof
+    def rate(b, ms):  # (effective GB/s, % of the copy roofline)
+        return gbps(b, ms), 100 * gbps(b, ms) / roof
 
-    records = [Record("triton_splitk", shape, "float16", fp16_bytes, base, fp16_bytes / base / 1e6,
-                      pct(fp16_bytes, base), {})]
+    records = [Record("triton_splitk", shape, "float16", fp16_bytes, base, *rate(fp16_bytes, base), {})]
     for bt, w, st, dot, sp in configs(args.block, args.warps, args.stages, args.splits, args.reductions):
         kw = dict(block_t=bt, num_warps=w, num_stages=st, use_dot=dot, num_splits=sp)
         try:
@@ -66,9 +64,9 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - a setting that does not compile or fit
             print("fail", kw, type(exc).__name__, str(exc)[:60])
             continue
-        records.append(Record("sweep_int8", shape, "int8", nbytes, ms, nbytes / ms / 1e6, pct(nbytes, ms),
+        records.append(Record("sweep_int8", shape, "int8", nbytes, ms, *rate(nbytes, ms),
                               {"config": kw, "speedup_vs_fp16_kernel": base / ms}))
-        print(f"{ms * 1e3:7.1f} us {base / ms:.2f}x {pct(nbytes, ms):5.1f}% {kw}", flush=True)
+        print(f"{ms * 1e3:7.1f} us {base / ms:.2f}x {rate(nbytes, ms)[1]:5.1f}% {kw}", flush=True)
     print("wrote", save_records(records, args.name, run_meta(roof), Path(args.out)))
     return 0
 
