@@ -289,11 +289,10 @@ def test_quantized_cache_patch_is_restored_and_attention_errors_are_ordered():
 
 
 # --- compiles for the T4 (and the sm_89+/sm_90 paths) -------------------------------------------
-def _quant_build(fmt: str, D: int, group: int, split: bool, T: int, cc=(7, 5), paged: bool = False,
-                 pdl: bool = False):
+def _quant_build(fmt: str, D: int, group: int, split: bool, T: int, cc=(7, 5), paged: bool = False):
     cfg = quant_config_for(D, group, T, cc=cc)
     meta = quant_constexprs(8, group, D, cfg, bs=16 if paged else 1, has_lengths=True, split=split, paged=paged,
-                            asm=cc >= (8, 0), pdl=pdl)
+                            asm=cc >= (8, 0))
     sig = {"Q": "*fp16", "K": f"*{fmt}", "V": f"*{fmt}", "KS": "*fp32", "VS": "*fp32", "BlockTables": "*i32",
            "Lengths": "*i32", "Out": "*fp16", "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32",
            "T": "i32", "num_splits": "i32", "stride_bt": "i32"}
@@ -340,22 +339,6 @@ def test_the_tensor_core_and_fp8_paths_compile_for_sm90():
     # V converts to fp16 before its layout change: read from shared memory whole, not a byte at a
     # time (the first version gathered 64 bytes per thread per tile, half the loop's instructions)
     assert [b.byte_shared_loads for b in builds[:4]] == [0, 0, 0, 0]
-
-
-def test_the_programmatic_dependent_launch_builds_for_sm90_at_no_register_cost():
-    # PDL_MERGE: the split kernel signals griddepcontrol.launch_dependents, the merge waits in
-    # griddepcontrol.wait (sm_90+ PTX); neither may cost the split kernel a register or an SM slot
-    from labkit.attention.triton_merge import _merge_kernel
-    from labkit.testing import compile_triton_many_for_t4
-
-    requests = [_quant_build("i8", 128, 1, True, 8192, cc=(9, 0), pdl=pdl) for pdl in (False, True)]
-    assert requests[1][2]["PDL"] and not _quant_build("i8", 128, 1, False, 8192, cc=(9, 0), pdl=True)[2]["PDL"]
-    requests += [(_merge_kernel, {"Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "Out": "*fp16", "num_splits": "i32"},
-                  dict(HEAD_DIM=128, SPLITS_P=16, PDL=pdl), 4) for pdl in (False, True)]
-    plain, pdl, merge, merge_pdl = compile_triton_many_for_t4(requests, ccs=[(9, 0)] * len(requests))
-    assert pdl.cubin_bytes > 0 and merge_pdl.cubin_bytes > 0 and pdl.spill_bytes in (None, 0)
-    if plain.registers is not None:
-        assert pdl.registers <= plain.registers + 2 and pdl.shared_bytes == plain.shared_bytes
 
 
 def test_formats_name_their_gpus():

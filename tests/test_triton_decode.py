@@ -213,7 +213,7 @@ def test_every_kernel_compiles_for_sm75_within_64kb_of_shared_memory():
     requests += [attend_build("fp16", 128, g, True, 8192, paged=True) for g in (1, 4)]
     for dt in ("fp16", "fp32"):
         requests.append((_merge_kernel, {"Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "Out": f"*{dt}",
-                                         "num_splits": "i32"}, dict(HEAD_DIM=128, SPLITS_P=MAX_SPLITS, PDL=False), 4))
+                                         "num_splits": "i32"}, dict(HEAD_DIM=128, SPLITS_P=MAX_SPLITS), 4))
     for build in compile_triton_many_for_t4(requests):
         assert 0 < build.shared_bytes <= 64 * 1024 or build.name == "_merge_kernel"
         assert build.cubin_bytes > 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 
 @triton.jit
@@ -26,10 +25,7 @@ def _merge_kernel(
     num_splits,  # partials per row
     HEAD_DIM: tl.constexpr,  # D, a power of two
     SPLITS_P: tl.constexpr,  # num_splits rounded up to a power of two
-    PDL: tl.constexpr = False,  # launched before the split kernel ends (sm_90+): wait for its writes
 ):
-    if PDL:
-        gdc_wait()  # returns once the split kernel has finished and its partials are visible
     row = tl.program_id(0).to(tl.int64)  # one (sequence, query head) per program
     offs_s = tl.arange(0, SPLITS_P)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -45,14 +41,10 @@ def _merge_kernel(
     tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
-def merge_splits(ws, out, num_splits: int, rows: int, head_dim: int, *, pdl: bool = False) -> None:
-    """Launch the merge: ``ws`` = (M, L, Acc) workspaces of the split kernel; ``rows`` = B·Hq rows of ``out``.
-
-    ``pdl`` (sm_90+, a split kernel that signals ``gdc_launch_dependents``): a programmatic
-    dependent launch, so the merge's programs start while the split kernel's last ones still run
-    and wait on the GPU, not behind the launch gap."""
+def merge_splits(ws, out, num_splits: int, rows: int, head_dim: int) -> None:
+    """Launch the merge: ``ws`` = (M, L, Acc) workspaces of the split kernel; ``rows`` = B·Hq rows of ``out``."""
     _merge_kernel[(rows,)](*ws, out, num_splits, HEAD_DIM=head_dim, SPLITS_P=triton.next_power_of_2(num_splits),
-                           PDL=pdl, num_warps=4, launch_pdl=pdl)
+                           num_warps=4)
 
 
 __all__ = ["_merge_kernel", "merge_splits"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents
 
 from labkit import runtime
 from labkit.attention.quant_tile import dot_tile
@@ -72,10 +71,7 @@ def _quant_attend_kernel(
     USE_DOT: tl.constexpr,  # dequantize to fp16 and use tl.dot (sm_80+) or reduce in fp32 (the T4)
     BIASED: tl.constexpr = False,  # int8 with tl.dot: biased fp16 tiles, the bias taken off after the dot
     ASM: tl.constexpr = False,  # the tensor-core path's conversions in PTX (a GPU; the interpreter runs none)
-    PDL: tl.constexpr = False,  # let the merge launch now (sm_90+): it waits on the GPU for this grid's end
 ):
-    if PDL:
-        gdc_launch_dependents()
     pid = tl.program_id(0)
     split = tl.program_id(1)
     pid_bh = pid // HEAD_CHUNKS
@@ -185,7 +181,6 @@ def _quant_attend_kernel(
 
 
 BIASED_INT8 = False  # int8 on the tensor-core path: biased tiles (measured slower on the H200), or the subtraction
-PDL_MERGE = False  # sm_90+: the merge as a programmatic dependent launch (scripts/gpu/quant_pdl.py times it)
 
 
 def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *, use_dot: bool | None = None) -> Config:
@@ -228,32 +223,27 @@ def quant_config_for(D: int, group: int, T: int, *, cc=None, block_t=None, num_w
 
 
 def quant_constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, split: bool,
-                     paged: bool, biased: bool = False, asm: bool | None = None, pdl: bool = False) -> dict:
+                     paged: bool, biased: bool = False, asm: bool | None = None) -> dict:
     """The kernel's compile-time arguments for a launch (the compile tests build the same).
-    ``asm`` (default: not in sim mode) writes the tensor-core path's conversions in PTX; ``pdl``
-    (sm_90+, split launches) lets the merge start as a programmatic dependent launch."""
+    ``asm`` (default: not in sim mode) writes the tensor-core path's conversions in PTX."""
     heads = heads_per_program(group, cfg.use_dot)
     asm = not runtime.is_sim() if asm is None else asm
     return dict(HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
                 BLOCK_T=cfg.block_t, BS=bs, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=has_lengths, SPLIT=split,
-                PAGED=paged, USE_DOT=cfg.use_dot, BIASED=biased and cfg.use_dot, ASM=asm and cfg.use_dot,
-                PDL=pdl and split)
+                PAGED=paged, USE_DOT=cfg.use_dot, BIASED=biased and cfg.use_dot, ASM=asm and cfg.use_dot)
 
 
 def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: Config, num_splits: int,
-                 lengths=None, block_tables=None, biased: bool | None = None, pdl: bool | None = None):
-    """Launch the kernel (and the merge when ``num_splits > 1``) on validated inputs; returns ``out``.
-    ``pdl`` (default :data:`PDL_MERGE`; sm_90+ on a GPU only) launches the merge as a programmatic
-    dependent launch."""
+                 lengths=None, block_tables=None, biased: bool | None = None):
+    """Launch the kernel (and the merge when ``num_splits > 1``) on validated inputs; returns ``out``."""
     B, Hq, D = q.shape
     Hkv = k.data.shape[1]
     ws = workspace(q.device, B, Hq, num_splits, D) if num_splits > 1 else (out, out, out)
     if biased is None:
         biased = BIASED_INT8 and k.data.dtype == torch.int8
-    pdl = (PDL_MERGE if pdl is None else pdl) and num_splits > 1 and not runtime.is_sim() and capability(q.device.index) >= (9, 0)
     meta = quant_constexprs(Hkv, Hq // Hkv, D, cfg, bs=k.data.shape[2] if block_tables is not None else 1,
                             has_lengths=lengths is not None, split=num_splits > 1, paged=block_tables is not None,
-                            biased=biased and k.data.dtype == torch.int8, pdl=pdl)
+                            biased=biased and k.data.dtype == torch.int8)
     _quant_attend_kernel[(B * Hkv * meta["HEAD_CHUNKS"], num_splits)](
         q, k.data, v.data, k.scale, v.scale,
         block_tables if block_tables is not None else q,
@@ -263,8 +253,8 @@ def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: C
         **meta, num_warps=cfg.num_warps,
     )
     if num_splits > 1:
-        merge_splits(ws, out, num_splits, B * Hq, D, pdl=pdl)
+        merge_splits(ws, out, num_splits, B * Hq, D)
     return out
 
 
-__all__ = ["BIASED_INT8", "PDL_MERGE", "quant_config", "quant_config_for", "quant_constexprs", "quant_launch"]
+__all__ = ["BIASED_INT8", "quant_config", "quant_config_for", "quant_constexprs", "quant_launch"]

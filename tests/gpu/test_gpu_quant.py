@@ -72,27 +72,3 @@ def test_quant_paged_kernel_matches_the_contiguous_one(fmt):
         paged_decode(q, kp, vp, tables.to(DEV), lengths, out=out, num_splits=rng.choice([None, 3]))
         err = rel_error(out, _dequantized_reference(q, k, v, lengths))
         assert err <= TOL, f"paged {fmt} B={B} Hkv={Hkv} group={group} T={T} bs={bs}: relative error {err:.3g}"
-
-
-def test_quant_merge_as_a_programmatic_dependent_launch(monkeypatch):
-    # PDL_MERGE: the merge's programs start before the split kernel ends and wait on the GPU; a
-    # missing wait would read partials not yet written: the shared workspace is NaN before each call
-    from labkit.attention import triton_plan, triton_quant
-    from labkit.attention.triton_plan import capability
-
-    if capability() < (9, 0):
-        pytest.skip("programmatic dependent launch needs sm_90+")
-    monkeypatch.setattr(triton_quant, "PDL_MERGE", True)
-    rng = random.Random(90)
-    for _ in range(12):
-        B, Hkv, group, T = rng.randint(1, 8), rng.choice([2, 8, 32]), rng.choice([1, 4]), rng.randint(1, 20000)
-        q = torch.randn(B, Hkv * group, 128, device=DEV, dtype=torch.float16)
-        k = quantize(torch.randn(B, Hkv, T, 128, device=DEV, dtype=torch.float16), "int8")
-        v = quantize(torch.randn(B, Hkv, T, 128, device=DEV, dtype=torch.float16), "int8")
-        for _ in range(2):
-            for buf in triton_plan._WORKSPACES.get((q.device.type, q.device.index), []):
-                buf.fill_(float("nan"))
-            out = torch.full_like(q, float("nan"))
-            quant_flash_decode(q, k, v, out=out, num_splits=rng.choice([None, 2, 16]))
-            err = rel_error(out, _dequantized_reference(q, k, v, None))
-            assert err <= TOL, f"PDL merge B={B} Hkv={Hkv} group={group} T={T}: relative error {err:.3g}"
