@@ -92,10 +92,23 @@ def _set_switches(mode: str) -> None:
 
 def _restore_numpy_aliases() -> None:
     # numba-cuda 0.30 still calls np.row_stack, which numpy 2.5 removed.
-    import numpy as np
+    try:
+        import numpy as np
+    except ImportError:  # only labkit's tools that need no kernels run (`labkit release`)
+        return
 
     if not hasattr(np, "row_stack"):
         np.row_stack = np.vstack
+
+
+def _one_torch_thread() -> None:
+    # The simulators run kernels as Python threads; torch's own CPU threads on top of them
+    # slow tiny sim-mode models 10x or more on a 2-core machine.
+    try:
+        import torch
+    except ImportError:  # only labkit's tools that need no kernels run (`labkit release`)
+        return
+    torch.set_num_threads(1)
 
 
 def _fix_triton_interpreter() -> None:
@@ -204,11 +217,7 @@ _restore_numpy_aliases()
 if MODE == "sim" and not _ptx_only():
     _fix_triton_interpreter()
 if MODE == "sim" and "LABKIT_TORCH_THREADS" not in os.environ:
-    # The simulators run kernels as Python threads; torch's own CPU threads on top of them
-    # slow tiny sim-mode models 10x or more on a 2-core machine.
-    import torch
-
-    torch.set_num_threads(1)
+    _one_torch_thread()
 IS_COLAB = _in_colab()
 SIZES = GPU_SIZES if MODE == "gpu" else SIM_SIZES
 

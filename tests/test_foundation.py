@@ -116,6 +116,16 @@ def test_repository_notebooks_are_in_step_with_solutions():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_release_check_runs_in_a_python_without_torch_or_numpy():
+    # an instructor's or a checker's bare Python with nbformat alone: sys.modules[name] = None
+    # makes `import name` raise ImportError, as on a machine without it
+    code = ("import sys; sys.modules.update({m: None for m in ('torch', 'numpy', 'numba', 'triton')}); "
+            "from labkit.cli import main; sys.exit(main(['release', '--check']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "in step" in proc.stdout
+
+
 def test_every_exercise_has_a_check_and_student_notebooks_have_no_solutions():
     for path in sorted((ROOT / "solutions").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
