@@ -117,7 +117,7 @@ def test_repository_notebooks_are_in_step_with_solutions():
 
 
 def test_release_check_runs_in_a_python_without_torch_or_numpy():
-    # an instructor's or a checker's bare Python with nbformat alone: sys.modules[name] = None
+    # an instructor's Python with nbformat alone: sys.modules[name] = None
     # makes `import name` raise ImportError, as on a machine without it
     code = ("import sys; sys.modules.update({m: None for m in ('torch', 'numpy', 'numba', 'triton')}); "
             "from labkit.cli import main; sys.exit(main(['release', '--check']))")
