@@ -94,4 +94,39 @@ def dot_tile(q_op, q_bias, m, l, acc, kq, vq, ks, vs, mask_t, qk_scale,
     return m_new, l, acc
 
 
-__all__ = ["dot_tile"]
+@triton.jit
+def attend_range(q_op, q_bias, K, V, KS, VS, row0, n_tokens, qk_scale, HEADS: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, NUM_STAGES: tl.constexpr, BIASED: tl.constexpr,
+                 ASM: tl.constexpr):
+    """The tensor-core path over ``n_tokens`` consecutive rows of a contiguous cache from row
+    ``row0`` (int64; a row is one (token, KV head): D 8-bit values and one scale). Returns the
+    online softmax's ``(m [HEADS, 1], l [HEADS, 1], acc [HEADS, D])`` of those tokens.
+
+    The loop is bound by its instructions, not only its bytes: whole tiles run with no masks
+    and with pointers that step a tile, then the partial last tile (if any) runs once, masked.
+    """
+    offs_t = tl.arange(0, BLOCK_T)
+    kv_ptr = (row0 + offs_t)[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+    k_ptrs, v_ptrs = K + kv_ptr, V + kv_ptr
+    ks_ptrs, vs_ptrs = KS + row0 + offs_t, VS + row0 + offs_t
+    m = tl.full([HEADS, 1], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([HEADS, 1], dtype=tl.float32)
+    acc = tl.zeros([HEADS, HEAD_DIM], dtype=tl.float32)
+    full = tl.maximum(n_tokens, 0) // BLOCK_T  # an empty range (a split past the length) has none
+    for _ in tl.range(0, full, num_stages=NUM_STAGES):
+        m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs), tl.load(v_ptrs), tl.load(ks_ptrs),
+                             tl.load(vs_ptrs), offs_t, qk_scale, False, BIASED, ASM)  # offs_t: no mask read
+        k_ptrs += BLOCK_T * HEAD_DIM
+        v_ptrs += BLOCK_T * HEAD_DIM
+        ks_ptrs += BLOCK_T
+        vs_ptrs += BLOCK_T
+    if full * BLOCK_T < n_tokens:
+        mask_t = offs_t < n_tokens - full * BLOCK_T
+        m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs, mask=mask_t[:, None], other=0.0),
+                             tl.load(v_ptrs, mask=mask_t[:, None], other=0.0),
+                             tl.load(ks_ptrs, mask=mask_t, other=0.0), tl.load(vs_ptrs, mask=mask_t, other=0.0),
+                             mask_t, qk_scale, True, BIASED, ASM)
+    return m, l, acc
+
+
+__all__ = ["attend_range", "dot_tile"]

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from labkit import runtime
-from labkit.attention.quant_tile import dot_tile
+from labkit.attention.quant_tile import attend_range, dot_tile
 from labkit.attention.splits import LOG2E
 from labkit.attention.triton_merge import merge_splits
 from labkit.attention.triton_plan import Config, capability, heads_per_program, short_context_block, workspace
@@ -109,27 +109,9 @@ def _quant_attend_kernel(
 
     # 3. Stream the 8-bit K and V tiles and their per-token scales.
     if USE_DOT and not PAGED:
-        # The tensor-core path is bound by the loop's instructions, not only its bytes: whole
-        # tiles run with no masks and with pointers that step a tile, then the partial last
-        # tile (if any) runs once, masked.
         row0 = pid_bh.to(tl.int64) * T + t_begin  # the first (token, KV head) row of this range
-        kv_ptr = (row0 + offs_t)[:, None] * HEAD_DIM + offs_d
-        k_ptrs, v_ptrs = K + kv_ptr, V + kv_ptr
-        ks_ptrs, vs_ptrs = KS + row0 + offs_t, VS + row0 + offs_t
-        full = tl.maximum(t_end - t_begin, 0) // BLOCK_T  # a split past the length has none
-        for _ in tl.range(0, full, num_stages=NUM_STAGES):
-            m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs), tl.load(v_ptrs), tl.load(ks_ptrs),
-                                 tl.load(vs_ptrs), offs_t, qk_scale, False, BIASED, ASM)  # offs_t: no mask read
-            k_ptrs += BLOCK_T * HEAD_DIM
-            v_ptrs += BLOCK_T * HEAD_DIM
-            ks_ptrs += BLOCK_T
-            vs_ptrs += BLOCK_T
-        if t_begin + full * BLOCK_T < t_end:
-            mask_t = offs_t < t_end - (t_begin + full * BLOCK_T)
-            m, l, acc = dot_tile(q_op, q_bias, m, l, acc, tl.load(k_ptrs, mask=mask_t[:, None], other=0.0),
-                                 tl.load(v_ptrs, mask=mask_t[:, None], other=0.0),
-                                 tl.load(ks_ptrs, mask=mask_t, other=0.0), tl.load(vs_ptrs, mask=mask_t, other=0.0),
-                                 mask_t, qk_scale, True, BIASED, ASM)
+        m, l, acc = attend_range(q_op, q_bias, K, V, KS, VS, row0, t_end - t_begin, qk_scale, HEADS, HEAD_DIM,
+                                 BLOCK_T, NUM_STAGES, BIASED, ASM)
     else:
         if PAGED:
             table = BlockTables + b.to(tl.int64) * stride_bt
