@@ -133,6 +133,9 @@ def test_reuse_through_an_import_a_reexport_or_an_alias_is_found():
     assert _reuse("naive_decode = reference_decode", aliases=aliases)
     assert _reuse("from labkit.course.solutions import load_fused_kernel\nfused_decode, TILE = load_fused_kernel()",
                   exercise="02.fused_kernel", module="nb02")
+    # 08's kernel written as a call of labkit's tile loop (a jit function inlined into the student's)
+    assert _reuse("from labkit.attention.quant_tile import attend_range\n@triton.jit\ndef k(Q):\n"
+                  "    m, l, acc = attend_range(Q)", exercise="08.dequant_kernel", module="nb08")
     honest = ("import torch\ndef naive_decode(q, k, v, scale=None):\n"
               "    s = torch.einsum('bhd,bhtd->bht', q, k)\n    return s")
     assert _reuse(honest, aliases=aliases) == []

@@ -184,6 +184,7 @@ SOLUTIONS = {
     "08.quantize": ("labkit.kvcache.quant:quantize", "labkit.kvcache.quant:round_half_away",
                     "labkit.kvcache.quant:QuantKV"),
     "08.dequant_kernel": ("labkit.attention.triton_quant:_quant_attend_kernel",
+                          "labkit.attention.quant_tile:attend_range", "labkit.attention.quant_tile:dot_tile",
                           "labkit.attention.quant_decode:quant_flash_decode",
                           "labkit.attention.quant_decode:int8_decode",
                           "labkit.attention.triton_quant:quant_launch"),
