@@ -442,7 +442,7 @@ def test_a_notebook_past_its_time_limit_or_whose_kernel_dies_keeps_what_it_grade
     # the cell time limit is far beyond the notebook's: only the notebook's limit, or noticing that the
     # kernel died, can end these runs in time
     status = cli.main(["grade", str(subs), "--out", str(out), "--masters", str(masters_dir),
-                       "--jobs", "2", "--cell-timeout", "300", "--timeout", "45"])
+                       "--jobs", "2", "--cell-timeout", "300", "--timeout", "90"])
     assert status == 0
     with open(out / "gradebook.csv", newline="") as fh:
         rows = {(r["student"], r["exercise"]): (r["points"], r["status"]) for r in csv.DictReader(fh)}
@@ -450,7 +450,7 @@ def test_a_notebook_past_its_time_limit_or_whose_kernel_dies_keeps_what_it_grade
                     ("hank", "01.norm"): ("0", "timeout"),
                     ("ivan", "01.add"): ("2", "passed"), ("ivan", "01.scale"): ("0", "failed"),
                     ("ivan", "01.norm"): ("0", "failed")}
-    assert "the notebook ran past the time limit of 45 s" in (out / "feedback" / "hank" / "01_tiny.md").read_text()
+    assert "the notebook ran past the time limit of 90 s" in (out / "feedback" / "hank" / "01_tiny.md").read_text()
     feedback = (out / "feedback" / "ivan" / "01_tiny.md").read_text()
     assert "KernelDied: the kernel died while running this cell" in feedback
     assert "not run: the kernel had died in an earlier cell" in feedback
