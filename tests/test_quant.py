@@ -290,7 +290,7 @@ def test_quantized_cache_patch_is_restored_and_attention_errors_are_ordered():
 
 # --- compiles for the T4 (and the sm_89+/sm_90 paths) -------------------------------------------
 def _quant_build(fmt: str, D: int, group: int, split: bool, T: int, cc=(7, 5), paged: bool = False):
-    cfg = quant_config_for(D, group, T, cc=cc)
+    cfg = quant_config_for(D, group, T, cc=cc, paged=paged)
     meta = quant_constexprs(8, group, D, cfg, bs=16 if paged else 1, has_lengths=True, split=split, paged=paged,
                             asm=cc >= (8, 0))
     sig = {"Q": "*fp16", "K": f"*{fmt}", "V": f"*{fmt}", "KS": "*fp32", "VS": "*fp32", "BlockTables": "*i32",
@@ -339,6 +339,30 @@ def test_the_tensor_core_and_fp8_paths_compile_for_sm90():
     # V converts to fp16 before its layout change: read from shared memory whole, not a byte at a
     # time (the first version gathered 64 bytes per thread per tile, half the loop's instructions)
     assert [b.byte_shared_loads for b in builds[:4]] == [0, 0, 0, 0]
+    # MHA on a contiguous cache runs one-warp programs, and the split plan counts on seven an SM:
+    # their registers and shared memory must allow seven (64K registers, 228 KB, 1 KB reserved each)
+    cfg = quant_config_for(128, 1, 8192, cc=(9, 0))
+    assert requests[0][3] == 1 and cfg.programs_per_sm == 7
+    assert 7 * 32 * builds[0].registers <= 65536 and 7 * (builds[0].shared_bytes + 1024) <= 228 * 1024
+
+
+def test_the_sm90_mha_plan_fills_seven_one_warp_programs_an_sm_with_four_tiles_at_least(monkeypatch):
+    from labkit.attention import triton_plan
+
+    monkeypatch.setattr(triton_plan, "sm_count", lambda device_index=None: 132)  # an H100's or H200's
+    splits = {}
+    for B, T in ((1, 512), (1, 2048), (1, 8192), (1, 32768), (8, 8192)):
+        cfg = quant_config_for(128, 1, T, cc=(9, 0))
+        splits[B, T] = triton_plan.plan_splits(B, 32, 32, T, cfg)
+        assert (cfg.block_t, cfg.num_warps, cfg.num_stages) == (32, 1, 3)
+        assert -(-T // cfg.block_t) // splits[B, T] >= cfg.min_split_tiles  # no range shorter than 4 tiles
+        assert B * 32 * splits[B, T] <= 7 * 132  # one wave
+    # measured on the H200 (data/results/quant-plan_nvidia-h200.json): 16 splits at 2k, 26 at 8k, 28 at 32k
+    assert splits == {(1, 512): 4, (1, 2048): 16, (1, 8192): 26, (1, 32768): 28, (8, 8192): 3}
+    # GQA, the paged pool, D = 256 and sm_80 keep the 4-warp, 128-token plan
+    for cfg in (quant_config_for(128, 4, 8192, cc=(9, 0)), quant_config_for(128, 1, 8192, cc=(9, 0), paged=True),
+                quant_config_for(256, 1, 8192, cc=(9, 0)), quant_config_for(128, 1, 8192, cc=(8, 0))):
+        assert (cfg.block_t, cfg.num_warps, cfg.min_split_tiles) == (128, 4, 1)
 
 
 def test_formats_name_their_gpus():

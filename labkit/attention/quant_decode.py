@@ -126,7 +126,8 @@ def quant_paged_decode(q, k_pool: QuantKV, v_pool: QuantKV, block_tables, length
         if int(ids.min()) < 0 or int(ids.max()) >= num_blocks:
             raise ValueError(f"block_tables points outside the pool of {num_blocks} blocks")
     capacity = max_blocks * BS
-    cfg = quant_config_for(D, Hq // Hkv, capacity, block_t=block_n, num_warps=num_warps, num_stages=num_stages)
+    cfg = quant_config_for(D, Hq // Hkv, capacity, block_t=block_n, num_warps=num_warps, num_stages=num_stages,
+                           paged=True)
     splits = plan_splits(B, Hq, Hkv, capacity, cfg, num_splits=num_splits, device_index=q.device.index)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     return quant_launch(q, k_pool, v_pool, check_out(out, q), scale=scale, T=capacity, cfg=cfg, num_splits=splits,

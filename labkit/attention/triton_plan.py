@@ -42,6 +42,7 @@ class Config:
     num_stages: int  # K/V tiles in flight per program (1: plain loads; more: cp.async prefetch, sm_80+)
     use_dot: bool = False  # scores and p·V on the tensor cores (GQA on sm_80+, one head on sm_90+)
     programs_per_sm: int = 4  # the split heuristic's target of resident programs per SM
+    min_split_tiles: int = 1  # the heuristic gives each split at least this many tiles (its pipeline's fill)
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,8 +113,8 @@ def plan_splits(B: int, Hq: int, Hkv: int, T: int, cfg: Config, *, num_splits: i
     of ``T`` and :data:`MAX_SPLITS`.
 
     The heuristic (:func:`labkit.attention.splits.num_splits_heuristic`) aims at
-    ``cfg.programs_per_sm`` resident programs on every SM: 32 heads at batch 1 on an H200's
-    132 SMs become 32 × 16 = 512 programs.
+    ``cfg.programs_per_sm`` resident programs on every SM, with at least ``cfg.min_split_tiles``
+    tiles each: 32 heads at batch 1 on an H200's 132 SMs become 32 × 16 = 512 programs.
     """
     group = Hq // Hkv
     heads = heads_per_program(group, cfg.use_dot)
@@ -121,7 +122,8 @@ def plan_splits(B: int, Hq: int, Hkv: int, T: int, cfg: Config, *, num_splits: i
     if num_splits is None:
         programs = B * Hkv * triton.cdiv(group, heads)
         num_splits = num_splits_heuristic(1, programs, T, sm_count(device_index), block_t=cfg.block_t,
-                                          programs_per_sm=cfg.programs_per_sm)
+                                          programs_per_sm=cfg.programs_per_sm,
+                                          max_splits=max(1, min(MAX_SPLITS, tiles // cfg.min_split_tiles)))
     elif not isinstance(num_splits, int) or num_splits < 1:
         raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
     return max(1, min(num_splits, tiles, MAX_SPLITS))

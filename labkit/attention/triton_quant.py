@@ -165,24 +165,38 @@ def _quant_attend_kernel(
 BIASED_INT8 = False  # int8 on the tensor-core path: biased tiles (measured slower on the H200), or the subtraction
 
 
-def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *, use_dot: bool | None = None) -> Config:
+def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *, use_dot: bool | None = None,
+                 paged: bool = False) -> Config:
     """The launch configuration of the quantized kernel for a head dim, GQA group and GPU.
 
     The T4 (and every GPU before sm_80) reduces in fp32: the 8-bit tile costs the registers
     of the fp32 values it becomes, so the tiles are the fp16 kernel's (64 tokens at D = 128).
-    sm_80+ dequantizes to fp16 and scores with ``tl.dot``; a tile of 128 tokens keeps as many
-    bytes in flight per program as the fp16 kernel's 64, three stages deep on sm_90: the H200
-    sweep in ``labkit.bench.quant`` measured it fastest at 8k-32k tokens (B = 1 and 8) among 64-256
-    tokens, 4 or 8 warps and 1-4 stages (``data/results/quant-sweep_nvidia-h200.json``). That
-    build takes 228 registers a thread on sm_90 (V staged as fp16,
-    :mod:`~labkit.attention.quant_tile`), so two programs fit an SM, and the splits aim at two:
-    at B = 1, 8k tokens the H100 measured 8 splits (256 programs) at 31.0 µs against 34.6 µs for
-    16 (``data/results/h100/quant-loop_*.json``).
+    sm_80+ dequantizes to fp16 and scores with ``tl.dot``.
+
+    One query head per KV head on sm_90 (MHA, a contiguous cache, D ≤ 128) runs one-warp
+    programs over 32-token tiles, three stages deep. A lone query pads ``tl.dot``'s 16 rows, and
+    with one warp a tile's softmax needs no reduction across warps and p·V no exchange of p
+    through shared memory; many small programs keep many tiles in flight (why it wins was not
+    isolated further). The build takes 253 registers and 29 KB
+    of shared memory on sm_90, so seven fit an SM; the splits fill them, with at least four
+    tiles a split (a shorter range is mostly its pipeline's fill). Against the 128-token,
+    4-warp build below, the H200 measured 26.1 against 28.2 µs at batch 1, 8k tokens, 76.6
+    against 91.0 µs at 32k and 155.7 against 174.9 µs at batch 8, 8k
+    (``data/results/quant-plan_nvidia-h200.json``, ``scripts/gpu/quant_plan.py``).
+
+    Otherwise (GQA, the paged pool, sm_80) a tile of 128 tokens keeps as many bytes in flight
+    per program as the fp16 kernel's 64, three stages deep on sm_90: the H200 sweep in
+    ``labkit.bench.quant`` measured it fastest among 64-256 tokens, 4 or 8 warps and 1-4 stages
+    (``data/results/quant-sweep_nvidia-h200.json``). That build takes 228 registers a thread
+    on sm_90 (V staged as fp16, :mod:`~labkit.attention.quant_tile`), so two programs fit an
+    SM, and the splits aim at two.
     """
     cc = cc or capability()
     if use_dot is None:
         use_dot = head_dim >= 16 and cc >= (8, 0)
     if use_dot:
+        if cc >= (9, 0) and group == 1 and head_dim <= 128 and not paged:
+            return Config(block_t=32, num_warps=1, num_stages=3, use_dot=True, programs_per_sm=7, min_split_tiles=4)
         return Config(block_t=128, num_warps=4, num_stages=3 if cc >= (9, 0) else 1, use_dot=True,
                       programs_per_sm=2)
     heads = heads_per_program(group, False)
@@ -194,14 +208,14 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
 
 
 def quant_config_for(D: int, group: int, T: int, *, cc=None, block_t=None, num_warps=None, num_stages=None,
-                     use_dot=None, short_context: bool = True) -> Config:
+                     use_dot=None, short_context: bool = True, paged: bool = False) -> Config:
     """:func:`quant_config`, the tile shrunk for short contexts, then any overrides."""
     if use_dot is None and block_t is not None and block_t < 16:
         use_dot = False
-    cfg = quant_config(D, group, cc, use_dot=use_dot)
+    cfg = quant_config(D, group, cc, use_dot=use_dot, paged=paged)
     return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
                   num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
-                  use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm)
+                  use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm, min_split_tiles=cfg.min_split_tiles)
 
 
 def quant_constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, split: bool,

@@ -45,7 +45,7 @@ def test_quant_kernel_matches_the_dequantized_reference(fmt):
         v = quantize(torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16), fmt)
         kw = dict(num_splits=rng.choice([None, 1, 3, 16]))
         if rng.random() < 0.5:  # a configuration of the sweep rather than the plan's
-            kw.update(block_t=rng.choice([16, 64, 128]), num_warps=rng.choice([4, 8]), num_stages=rng.choice([1, 2, 3, 4]))
+            kw.update(block_t=rng.choice([16, 32, 64, 128]), num_warps=rng.choice([1, 2, 4, 8]), num_stages=rng.choice([1, 2, 3, 4]))
         use_lengths = rng.random() < 0.7
         out = torch.full_like(q, float("nan"))
         quant_flash_decode(q, k, v, lengths=lengths if use_lengths else None, out=out, **kw)

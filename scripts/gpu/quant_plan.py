@@ -1,0 +1,74 @@
+"""The quantized kernel's launch plan on sm_90: the 128-token, 4-warp build it had against one-warp
+programs of 32-token tiles at several split counts, beside the fp16 flash-decoding kernel.
+32 heads (MHA), d = 128, int8, CUDA graphs, KV rotated past the L2. Writes
+``quant-plan_<gpu>.json``; prints one line per shape.
+
+    LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/quant_plan.py --out data/results
+
+"plan" is what ``quant_flash_decode`` picks now. "4-warp" is the plan before it (128-token
+tiles, 4 warps, 3 stages, splits aimed at two programs an SM). "1-warp pps=N" asks the split
+heuristic for N resident programs an SM (seven fit: 253 registers and 29 KB of shared memory
+each on sm_90).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from labkit.attention import decode_bytes
+from labkit.attention.quant_decode import quant_flash_decode
+from labkit.attention.splits import num_splits_heuristic, sm_count
+from labkit.attention.triton_decode import flash_decode
+from labkit.bench.quant import D, H, make_sets
+from labkit.bench.records import Record, run_meta, save_records
+from labkit.bench.timing import copy_roofline_gbps, gbps, rotating, time_ms
+from labkit.kvcache.quant import quant_decode_bytes
+
+SHAPES = ((1, 2048), (1, 8192), (1, 32768), (8, 2048), (8, 8192))
+
+
+def settings(B: int, T: int, sms: int) -> list[tuple[str, dict]]:
+    def splits(block_t, pps):
+        return num_splits_heuristic(B, H, T, sms, block_t=block_t, programs_per_sm=pps)
+
+    found = [("plan", {}), ("4-warp", dict(block_t=128, num_warps=4, num_stages=3, num_splits=splits(128, 2)))]
+    for pps in (3, 4, 5, 6, 7):
+        found.append((f"1-warp pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, num_splits=splits(32, pps))))
+    return found
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="data/results")
+    args = p.parse_args()
+    roof, sms = copy_roofline_gbps(), sm_count()
+    records = []
+    for B, T in SHAPES:
+        shape = {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}
+        sets = make_sets(B, H, H, T, D, ("int8",))
+        fp16 = [(s["q"], s["k"], s["v"]) for s in sets]
+        int8 = [(s["q"], *s["int8"]) for s in sets]
+        del sets
+        base = time_ms(rotating(lambda q, k, v: flash_decode(q, k, v), fp16), warmup=10, rep=40, graph=True)
+        nb16, nb8 = decode_bytes(B, H, H, T, D, 2), quant_decode_bytes(B, H, H, T, D, "int8")
+        records.append(Record("triton_splitk", shape, "float16", nb16, base, gbps(nb16, base),
+                              100 * gbps(nb16, base) / roof, {}))
+        line = [f"B={B} T={T}: fp16 {base * 1e3:.2f} us"]
+        for name, kw in settings(B, T, sms):
+            ms = time_ms(rotating(lambda q, k, v: quant_flash_decode(q, k, v, **kw), int8), warmup=10, rep=40,
+                         graph=True)
+            records.append(Record(f"int8 {name}", shape, "int8", nb8, ms, gbps(nb8, ms), 100 * gbps(nb8, ms) / roof,
+                                  {"config": kw, "speedup_vs_fp16_kernel": base / ms}))
+            line.append(f"{name}{'/' + str(kw['num_splits']) if kw else ''} {ms * 1e3:.2f} ({base / ms:.2f}x)")
+        print(" | ".join(line), flush=True)
+        del fp16, int8
+        torch.cuda.empty_cache()
+    print("wrote", save_records(records, "quant-plan", run_meta(roof), Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
