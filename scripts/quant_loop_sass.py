@@ -1,0 +1,87 @@
+"""The quantized kernel's main loop in SASS, for sm_90, on a machine with no GPU.
+
+Compiles ``_quant_attend_kernel`` (int8, one head per KV head, D = 128, split, no lengths: what
+``labkit.bench.quant`` launches at batch 1) with the Triton on this machine, disassembles the cubin
+with the ``cuobjdump`` Triton ships, finds the longest backward branch (the tile loop) and counts
+its instructions by opcode. Prints one line per tile / warps / stages setting:
+
+    python scripts/quant_loop_sass.py [--config 128,4,3 32,1,3 ...]
+
+Warp-instructions per 128 tokens (loop instructions × warps × 128 / tile) compare settings by
+the work they issue for the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+# compile for a GPU, not the interpreter, and keep numba's CUDA target real (labkit's PTX-only mode)
+os.environ.update(LABKIT_MODE="sim", LABKIT_PTX_ONLY="1", TRITON_INTERPRET="0", NUMBA_ENABLE_CUDASIM="0")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs  # noqa: E402
+from labkit.testing.t4 import aligned_pointers  # noqa: E402
+
+SIGNATURE = {"Q": "*fp16", "K": "*i8", "V": "*i8", "KS": "*fp32", "VS": "*fp32", "BlockTables": "*i32",
+             "Lengths": "*i32", "Out": "*fp16", "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32",
+             "T": "i32", "num_splits": "i32", "stride_bt": "i32"}
+
+
+def sass(block_t: int, num_warps: int, num_stages: int) -> list[tuple[int, str]]:
+    """``(address, instruction)`` of the sm_90 build of one setting."""
+    cfg = quant_config_for(128, 1, 8192, cc=(9, 0), block_t=block_t, num_warps=num_warps, num_stages=num_stages)
+    meta = quant_constexprs(32, 1, 128, cfg, bs=1, has_lengths=False, split=True, paged=False, asm=True)
+    src = ASTSource(fn=_quant_attend_kernel, signature=SIGNATURE, constexprs=meta,
+                    attrs=aligned_pointers(_quant_attend_kernel.arg_names, SIGNATURE))
+    build = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps,
+                                                                          "num_stages": num_stages})
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(build.asm["cubin"])
+        text = subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
+    found = re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", text)
+    return [(int(a, 16), ins.strip()) for a, ins in found]
+
+
+def tile_loop(code: list[tuple[int, str]]) -> list[str]:
+    """The instructions of the longest loop: from a backward branch's target to the branch."""
+    addrs = [a for a, _ in code]
+    loops = []
+    for i, (addr, ins) in enumerate(code):
+        m = re.search(r"BRA\s+0x([0-9a-f]+)", ins)
+        if m and int(m.group(1), 16) < addr and int(m.group(1), 16) in addrs:
+            start = addrs.index(int(m.group(1), 16))
+            loops.append((i - start + 1, start, i))
+    _, start, end = max(loops)
+    return [ins for _, ins in code[start:end + 1]]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", nargs="+", default=["128,4,3", "32,1,3"], help="tile,warps,stages")
+    args = p.parse_args()
+    print(f"Triton {triton.__version__}, sm_90, int8, D = 128, one head per KV head")
+    for setting in args.config:
+        block_t, warps, stages = (int(x) for x in setting.split(","))
+        loop = tile_loop(sass(block_t, warps, stages))
+        ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0].split(".")[0] for ins in loop)
+        print(f"{block_t}-token tiles, {warps} warps, {stages} stages: {len(loop)} instructions per thread per tile, "
+              f"{len(loop) * warps * 128 // block_t} warp-instructions per 128 tokens")
+        print("   " + ", ".join(f"{op} {n}" for op, n in ops.most_common(20)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
