@@ -1,9 +1,13 @@
 """Where batch 1 at 8k tokens spends its time (issue #23): the int8 kernel as shipped, without its
-merge, and a kernel with the same grid, tiles and pipeline that only streams the 8-bit K/V and
-their scales (no conversion, no dot, no softmax). 32 heads, d = 128, CUDA graphs, KV rotated
-past the L2. Prints microseconds; writes ``quant-b1-parts_<gpu>.json``.
+merge, and a kernel with the same grid, tiles, warps and pipeline that only streams the 8-bit K/V
+and their scales (no conversion, no dot, no softmax), beside loads-only kernels of 64- and
+128-token tiles with 4 warps. 32 heads, d = 128, CUDA graphs, KV rotated past the L2. Prints
+microseconds; writes ``quant-b1-parts_<gpu>.json``.
 
-    LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/quant_b1_parts.py --out data/results
+    LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/quant_b1_parts.py --out data/results [--splits 0 16]
+
+The 2026-12-06 H100 record (``data/results/h100/quant-b1-parts_*.json``) was taken with the
+4-warp plan, 8 and 16 splits, and loads-only settings (128, 3), (64, 3) and (128, 2).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from labkit.attention import decode_bytes
 from labkit.attention.quant_decode import quant_flash_decode
 from labkit.attention.splits import LOG2E
 from labkit.attention.triton_decode import flash_decode
-from labkit.attention.triton_plan import workspace
+from labkit.attention.triton_plan import plan_splits, workspace
 from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs
 from labkit.bench.quant import D, H, make_sets
 from labkit.bench.records import Record, run_meta, save_records
@@ -56,6 +60,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="data/results")
     p.add_argument("--T", type=int, default=8192)
+    p.add_argument("--splits", type=int, nargs="+", default=[0, 16], help="0: the plan's count")
     args = p.parse_args()
     T, roof = args.T, copy_roofline_gbps()
     shape = {"B": 1, "Hq": H, "Hkv": H, "T": T, "D": D}
@@ -74,7 +79,7 @@ def main() -> int:
         decode_bytes(1, H, H, T, D, 2))
     add("int8 shipped", time_ms(rotating(lambda q, k, v, o: quant_flash_decode(q, k, v, out=o), args8), graph=True))
     cfg = quant_config_for(D, 1, T)
-    for splits in (8, 16):
+    for splits in [sp or plan_splits(1, H, H, T, cfg) for sp in args.splits]:
         meta = quant_constexprs(H, 1, D, cfg, bs=1, has_lengths=False, split=True, paged=False)
 
         def attend(q, k, v, o, splits=splits, meta=meta):
@@ -83,12 +88,13 @@ def main() -> int:
                                               LOG2E / math.sqrt(D), T, splits, 0, **meta, num_warps=cfg.num_warps)
 
         add("int8 kernel without the merge", time_ms(rotating(attend, args8), graph=True), splits=splits)
-        for bt, st in ((cfg.block_t, cfg.num_stages), (64, 3), (128, 2)):
-            def stream(q, k, v, o, splits=splits, bt=bt, st=st):
+        for bt, st, w in ((cfg.block_t, cfg.num_stages, cfg.num_warps), (64, 3, 4), (128, 3, 4)):
+            def stream(q, k, v, o, splits=splits, bt=bt, st=st, w=w):
                 _stream_kernel[(H, splits)](k.data, v.data, k.scale, v.scale, sink, T, splits, HEAD_DIM=D,
-                                            BLOCK_T=bt, NUM_STAGES=st, num_warps=4)
+                                            BLOCK_T=bt, NUM_STAGES=st, num_warps=w)
 
-            add("loads only", time_ms(rotating(stream, args8), graph=True), splits=splits, block_t=bt, stages=st)
+            add("loads only", time_ms(rotating(stream, args8), graph=True), splits=splits, block_t=bt, stages=st,
+                warps=w)
     print("wrote", save_records(records, "quant-b1-parts", run_meta(roof), Path(args.out)))
     return 0
 
