@@ -110,35 +110,37 @@ SWEEP = [  # (block_t, num_warps, num_stages, use_dot, biased)
 SPLITS = (None, 8, 32, 64)  # the plan's split count, then fixed ones (timed for the unbiased entries)
 
 
-def sweep(fmt: str, B: int, T: int, roofline, warmup, rep) -> list[Record]:
-    """Time the 8-bit kernel over :data:`SWEEP` (and a few split counts) at one shape."""
+def sweep(fmt: str, B: int, T: int, roofline, warmup, rep, settings=None) -> list[Record]:
+    """Time the 8-bit kernel at one shape (32 heads, D = 128) over ``settings``: ``(label,
+    quant_flash_decode keywords)`` pairs, by default :data:`SWEEP` at a few split counts.
+    Each Record's ``extra`` holds the keywords as ``config`` and the label, if any."""
+    if settings is None:
+        settings = [(None, dict(block_t=bt, num_warps=w, num_stages=st, use_dot=dot, num_splits=splits,
+                                biased=biased))
+                    for bt, w, st, dot, biased in SWEEP if not (biased and fmt != "int8")
+                    for splits in (SPLITS if not biased else (None,))]
     sets = make_sets(B, H, H, T, D, (fmt,))
     args = [(s["q"], *s[fmt]) for s in sets]
     nbytes = quant_decode_bytes(B, H, H, T, D, fmt)
     expected = reference_decode(sets[0]["q"].cpu(), sets[0][fmt][0].dequantize(torch.float64).cpu(),
                                 sets[0][fmt][1].dequantize(torch.float64).cpu()) if T <= 8192 else None
     out = []
-    for bt, w, st, dot, biased in SWEEP:
-        if biased and fmt != "int8":
+    for label, kw in settings:
+        try:
+            if expected is not None:
+                err = rel_error(quant_flash_decode(*args[0], **kw), expected)
+                if not err <= QUANT_TOLERANCE:
+                    raise AssertionError(f"rel error {err:.3g}")
+            ms = time_ms(rotating(lambda q, k, v: quant_flash_decode(q, k, v, **kw), args), warmup=warmup,
+                         rep=rep, graph=True)
+        except Exception as exc:  # noqa: BLE001 - a configuration that does not compile or fit
+            print(f"  sweep {fmt} B={B} T={T} {kw}: {type(exc).__name__}: {str(exc)[:80]}")
             continue
-        for splits in SPLITS if not biased else (None,):
-            kw = dict(block_t=bt, num_warps=w, num_stages=st, use_dot=dot, num_splits=splits, biased=biased)
-            try:
-                if expected is not None:
-                    err = rel_error(quant_flash_decode(*args[0], **kw), expected)
-                    if not err <= QUANT_TOLERANCE:
-                        raise AssertionError(f"rel error {err:.3g}")
-                ms = time_ms(rotating(lambda q, k, v: quant_flash_decode(q, k, v, **kw), args), warmup=warmup,
-                             rep=rep, graph=True)
-            except Exception as exc:  # noqa: BLE001 - a configuration that does not compile or fit
-                print(f"  sweep {fmt} B={B} T={T} {kw}: {type(exc).__name__}: {str(exc)[:80]}")
-                continue
-            bw = gbps(nbytes, ms)
-            out.append(Record(f"sweep_{fmt}", {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}, fmt, nbytes, ms, bw,
-                              None if not roofline else 100 * bw / roofline, {"config": kw}))
-            print(f"  sweep {fmt} B={B} T={T} bt={bt} w={w} st={st} dot={dot} biased={biased} splits={splits}: "
-                  f"{ms * 1e3:.1f} us "
-                  f"({bw:.0f} GB/s)")
+        bw = gbps(nbytes, ms)
+        out.append(Record(f"sweep_{fmt}", {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}, fmt, nbytes, ms, bw,
+                          None if not roofline else 100 * bw / roofline,
+                          {"config": kw, **({"label": label} if label else {})}))
+        print(f"  sweep {fmt} B={B} T={T} {label or ''} {kw}: {ms * 1e3:.1f} us ({bw:.0f} GB/s)")
     return out
 
 

@@ -1,7 +1,8 @@
 """The quantized kernel's launch plan on sm_90: the 128-token, 4-warp build it had against one-warp
 programs of 32-token tiles at several split counts, beside the fp16 flash-decoding kernel.
 32 heads (MHA), d = 128, int8, CUDA graphs, KV rotated past the L2. Writes
-``quant-plan_<gpu>.json``; prints one line per shape.
+``quant-plan_<gpu>.json`` (``sweep_int8`` records labelled as below; each setting is checked
+against the float64 reference first, up to 8k tokens); prints a line per setting.
 
     LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/quant_plan.py --out data/results
 
@@ -19,13 +20,11 @@ from pathlib import Path
 import torch
 
 from labkit.attention import decode_bytes
-from labkit.attention.quant_decode import quant_flash_decode
 from labkit.attention.splits import num_splits_heuristic, sm_count
 from labkit.attention.triton_decode import flash_decode
-from labkit.bench.quant import D, H, make_sets
+from labkit.bench.quant import D, H, make_sets, sweep
 from labkit.bench.records import Record, run_meta, save_records
 from labkit.bench.timing import copy_roofline_gbps, gbps, rotating, time_ms
-from labkit.kvcache.quant import quant_decode_bytes
 
 SHAPES = ((1, 2048), (1, 8192), (1, 32768), (8, 2048), (8, 8192))
 
@@ -47,24 +46,16 @@ def main() -> int:
     roof, sms = copy_roofline_gbps(), sm_count()
     records = []
     for B, T in SHAPES:
-        shape = {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}
-        sets = make_sets(B, H, H, T, D, ("int8",))
-        fp16 = [(s["q"], s["k"], s["v"]) for s in sets]
-        int8 = [(s["q"], *s["int8"]) for s in sets]
-        del sets
+        fp16 = [(s["q"], s["k"], s["v"]) for s in make_sets(B, H, H, T, D, ())]
         base = time_ms(rotating(lambda q, k, v: flash_decode(q, k, v), fp16), warmup=10, rep=40, graph=True)
-        nb16, nb8 = decode_bytes(B, H, H, T, D, 2), quant_decode_bytes(B, H, H, T, D, "int8")
-        records.append(Record("triton_splitk", shape, "float16", nb16, base, gbps(nb16, base),
-                              100 * gbps(nb16, base) / roof, {}))
-        line = [f"B={B} T={T}: fp16 {base * 1e3:.2f} us"]
-        for name, kw in settings(B, T, sms):
-            ms = time_ms(rotating(lambda q, k, v: quant_flash_decode(q, k, v, **kw), int8), warmup=10, rep=40,
-                         graph=True)
-            records.append(Record(f"int8 {name}", shape, "int8", nb8, ms, gbps(nb8, ms), 100 * gbps(nb8, ms) / roof,
-                                  {"config": kw, "speedup_vs_fp16_kernel": base / ms}))
-            line.append(f"{name}{'/' + str(kw['num_splits']) if kw else ''} {ms * 1e3:.2f} ({base / ms:.2f}x)")
-        print(" | ".join(line), flush=True)
-        del fp16, int8
+        del fp16
+        nb16 = decode_bytes(B, H, H, T, D, 2)
+        records.append(Record("triton_splitk", {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}, "float16", nb16, base,
+                              gbps(nb16, base), 100 * gbps(nb16, base) / roof, {}))
+        print(f"B={B} T={T}: fp16 {base * 1e3:.2f} us", flush=True)
+        for r in sweep("int8", B, T, roof, 10, 40, settings(B, T, sms)):
+            r.extra["speedup_vs_fp16_kernel"] = base / r.time_ms
+            records.append(r)
         torch.cuda.empty_cache()
     print("wrote", save_records(records, "quant-plan", run_meta(roof), Path(args.out)))
     return 0
