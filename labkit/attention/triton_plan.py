@@ -19,7 +19,7 @@ module picks that shape per GPU; :mod:`labkit.attention.triton_decode` runs it.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -141,9 +141,16 @@ def config_for(D: int, group: int, T: int, *, device_index: int | None = None, c
     if use_dot is None and block_t is not None and block_t < 16:
         use_dot = False
     cfg = kernel_config(D, group, cc or capability(device_index), use_dot=use_dot, itemsize=itemsize)
-    return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
-                  num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
-                  use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm)
+    return overridden(cfg, T, block_t=block_t, num_warps=num_warps, num_stages=num_stages,
+                      short_context=short_context)
+
+
+def overridden(cfg: Config, T: int, *, block_t=None, num_warps=None, num_stages=None,
+               short_context: bool = True) -> Config:
+    """``cfg`` with its tile shrunk for a context of ``T`` tokens (``short_context``), then the
+    tile, warps and stages that are given; the split plan's fields stay ``cfg``'s."""
+    return replace(cfg, block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
+                   num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages)
 
 
 def default_splits(B: int, Hq: int, Hkv: int, T: int, D: int, device_index: int | None = None,
@@ -177,4 +184,5 @@ def workspace(device: torch.device, B: int, Hq: int, num_splits: int, D: int):
 
 
 __all__ = ["HEAD_DIMS", "MAX_DOT_ROWS", "MAX_REDUCE_HEADS", "MAX_SPLITS", "MIN_DOT_ROWS", "Config", "capability",
-           "config_for", "default_splits", "heads_per_program", "kernel_config", "plan_splits", "short_context_block", "workspace"]
+           "config_for", "default_splits", "heads_per_program", "kernel_config", "overridden", "plan_splits",
+           "short_context_block", "workspace"]

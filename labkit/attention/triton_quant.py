@@ -40,7 +40,7 @@ from labkit import runtime
 from labkit.attention.quant_tile import attend_range, dot_tile
 from labkit.attention.splits import LOG2E
 from labkit.attention.triton_merge import merge_splits
-from labkit.attention.triton_plan import Config, capability, heads_per_program, short_context_block, workspace
+from labkit.attention.triton_plan import Config, capability, heads_per_program, overridden, workspace
 from labkit.kvcache.quant import QuantKV
 
 
@@ -212,10 +212,8 @@ def quant_config_for(D: int, group: int, T: int, *, cc=None, block_t=None, num_w
     """:func:`quant_config`, the tile shrunk for short contexts, then any overrides."""
     if use_dot is None and block_t is not None and block_t < 16:
         use_dot = False
-    cfg = quant_config(D, group, cc, use_dot=use_dot, paged=paged)
-    return Config(block_t=block_t or (short_context_block(cfg.block_t, T) if short_context else cfg.block_t),
-                  num_warps=num_warps or cfg.num_warps, num_stages=num_stages or cfg.num_stages,
-                  use_dot=cfg.use_dot, programs_per_sm=cfg.programs_per_sm, min_split_tiles=cfg.min_split_tiles)
+    return overridden(quant_config(D, group, cc, use_dot=use_dot, paged=paged), T, block_t=block_t,
+                      num_warps=num_warps, num_stages=num_stages, short_context=short_context)
 
 
 def quant_constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, split: bool,
