@@ -68,8 +68,11 @@ def compile_triton_many_for_t4(requests, *, num_stages: int = 2, ccs=None) -> li
     return builds
 
 
-def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps: int, num_stages: int,
-                    cc=T4_CC) -> TritonBuild:
+def compiled_triton(kernel, signature: dict, constexprs: dict | None, num_warps: int, num_stages: int,
+                    cc=T4_CC):
+    """Triton's compiled kernel (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata``) for compute
+    capability ``cc``, its pointers marked aligned as a launch marks them. Needs Triton's real
+    compiler: outside sim mode, or in a process started as :func:`compile_triton_many_for_t4`'s child."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -79,8 +82,14 @@ def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps:
     signature = {name: _as_tuples(ty) for name, ty in signature.items()}
     src = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs or {}),
                     attrs=aligned_pointers(fn.arg_names, signature))
-    compiled = triton.compile(src, target=GPUTarget("cuda", cc[0] * 10 + cc[1], 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+    return triton.compile(src, target=GPUTarget("cuda", cc[0] * 10 + cc[1], 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _compile_triton(kernel, signature: dict, constexprs: dict | None, num_warps: int, num_stages: int,
+                    cc=T4_CC) -> TritonBuild:
+    compiled = compiled_triton(kernel, signature, constexprs, num_warps, num_stages, cc)
+    fn = getattr(kernel, "fn", kernel)
     md = compiled.metadata
     registers, spills = _ptxas_resources(compiled.asm["ptx"], cc)
     byte_loads = len(re.findall(r"ld\.shared(?:\.v\d)?\.[bus]8\b", compiled.asm["ptx"]))
