@@ -110,6 +110,17 @@ SWEEP = [  # (block_t, num_warps, num_stages, use_dot, biased)
 SPLITS = (None, 8, 32, 64)  # the plan's split count, then fixed ones (timed for the unbiased entries)
 
 
+def fp16_kernel_record(B: int, T: int, roofline, warmup=25, rep=100) -> Record:
+    """The fp16 flash-decoding kernel timed alone at one shape (32 heads, D = 128): the baseline
+    a sweep's speedups are taken against (``bench_quant`` times it beside SDPA instead)."""
+    fp16 = [(s["q"], s["k"], s["v"]) for s in make_sets(B, H, H, T, D, ())]
+    ms = time_ms(rotating(flash_decode, fp16), warmup=warmup, rep=rep, graph=True)
+    nbytes = decode_bytes(B, H, H, T, D, 2)
+    bw = gbps(nbytes, ms)
+    return Record("triton_splitk", {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}, "float16", nbytes, ms, bw,
+                  None if not (roofline and bw) else 100 * bw / roofline, {})
+
+
 def sweep(fmt: str, B: int, T: int, roofline, warmup, rep, settings=None) -> list[Record]:
     """Time the 8-bit kernel at one shape (32 heads, D = 128) over ``settings``: ``(label,
     quant_flash_decode keywords)`` pairs, by default :data:`SWEEP` at a few split counts.
@@ -272,4 +283,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["BATCHES", "CONTEXTS", "bench_quant", "make_sets", "sdpa_best", "sweep"]
+__all__ = ["BATCHES", "CONTEXTS", "bench_quant", "fp16_kernel_record", "make_sets", "sdpa_best", "sweep"]

@@ -19,12 +19,10 @@ from pathlib import Path
 
 import torch
 
-from labkit.attention import decode_bytes
 from labkit.attention.splits import num_splits_heuristic, sm_count
-from labkit.attention.triton_decode import flash_decode
-from labkit.bench.quant import D, H, make_sets, sweep
-from labkit.bench.records import Record, run_meta, save_records
-from labkit.bench.timing import copy_roofline_gbps, gbps, rotating, time_ms
+from labkit.bench.quant import H, fp16_kernel_record, sweep
+from labkit.bench.records import run_meta, save_records
+from labkit.bench.timing import copy_roofline_gbps
 
 SHAPES = ((1, 2048), (1, 8192), (1, 32768), (8, 2048), (8, 8192))
 
@@ -46,12 +44,8 @@ def main() -> int:
     roof, sms = copy_roofline_gbps(), sm_count()
     records = []
     for B, T in SHAPES:
-        fp16 = [(s["q"], s["k"], s["v"]) for s in make_sets(B, H, H, T, D, ())]
-        base = time_ms(rotating(lambda q, k, v: flash_decode(q, k, v), fp16), warmup=10, rep=40, graph=True)
-        del fp16
-        nb16 = decode_bytes(B, H, H, T, D, 2)
-        records.append(Record("triton_splitk", {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}, "float16", nb16, base,
-                              gbps(nb16, base), 100 * gbps(nb16, base) / roof, {}))
+        records.append(fp16_kernel_record(B, T, roof, warmup=10, rep=40))
+        base = records[-1].time_ms
         print(f"B={B} T={T}: fp16 {base * 1e3:.2f} us", flush=True)
         for r in sweep("int8", B, T, roof, 10, 40, settings(B, T, sms)):
             r.extra["speedup_vs_fp16_kernel"] = base / r.time_ms
