@@ -27,19 +27,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import triton  # noqa: E402
 
-from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs  # noqa: E402
+from labkit.testing.attend_builds import quant_build  # noqa: E402
 from labkit.testing.t4 import compiled_triton  # noqa: E402
-
-SIGNATURE = {"Q": "*fp16", "K": "*i8", "V": "*i8", "KS": "*fp32", "VS": "*fp32", "BlockTables": "*i32",
-             "Lengths": "*i32", "Out": "*fp16", "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32",
-             "T": "i32", "num_splits": "i32", "stride_bt": "i32"}
 
 
 def sass(block_t: int, num_warps: int, num_stages: int) -> list[tuple[int, str]]:
     """``(address, instruction)`` of the sm_90 build of one setting."""
-    cfg = quant_config_for(128, 1, 8192, cc=(9, 0), block_t=block_t, num_warps=num_warps, num_stages=num_stages)
-    meta = quant_constexprs(32, 1, 128, cfg, bs=1, has_lengths=False, split=True, paged=False, asm=True)
-    build = compiled_triton(_quant_attend_kernel, SIGNATURE, meta, num_warps, num_stages, cc=(9, 0))
+    kernel, sig, meta, _ = quant_build("i8", 128, 1, True, 8192, (9, 0), hkv=32, has_lengths=False, block_t=block_t,
+                                       num_warps=num_warps, num_stages=num_stages)
+    build = compiled_triton(kernel, sig, meta, num_warps, num_stages, cc=(9, 0))
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")

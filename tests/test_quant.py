@@ -19,13 +19,14 @@ import triton.language as tl
 
 from labkit.attention import decode_attention, reference_decode
 from labkit.attention.quant_decode import quant_flash_decode, reference_quant_decode
-from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs
+from labkit.attention.triton_quant import quant_config_for
 from labkit.checks.core import CheckFailure, rel_error
 from labkit.kvcache.paged_attention import gather_paged, paged_decode
 from labkit.kvcache.quant import (FORMATS, QuantKV, bytes_per_token, empty_quant, quant_decode_bytes, quantize,
                                   quantize_per_channel, to_paged_quant)
 from labkit.kvcache.quant_write import quant_write, quant_write_kernel, reference_quant_write
 from labkit.rope import rope_tables
+from labkit.testing.attend_builds import quant_build
 
 # int8, one absmax scale per row of D standard-normal values: the step is max|x|/127 (about 0.02
 # at D = 128), the error uniform within half a step; the attention output's relative error
@@ -289,16 +290,6 @@ def test_quantized_cache_patch_is_restored_and_attention_errors_are_ordered():
 
 
 # --- compiles for the T4 (and the sm_89+/sm_90 paths) -------------------------------------------
-def _quant_build(fmt: str, D: int, group: int, split: bool, T: int, cc=(7, 5), paged: bool = False):
-    cfg = quant_config_for(D, group, T, cc=cc, paged=paged)
-    meta = quant_constexprs(8, group, D, cfg, bs=16 if paged else 1, has_lengths=True, split=split, paged=paged,
-                            asm=cc >= (8, 0))
-    sig = {"Q": "*fp16", "K": f"*{fmt}", "V": f"*{fmt}", "KS": "*fp32", "VS": "*fp32", "BlockTables": "*i32",
-           "Lengths": "*i32", "Out": "*fp16", "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32",
-           "T": "i32", "num_splits": "i32", "stride_bt": "i32"}
-    return (_quant_attend_kernel, sig, meta, cfg.num_warps)
-
-
 def _write_build(fmt: str, torch_dtype: torch.dtype):
     from labkit.kvcache.quant import get_format
 
@@ -315,7 +306,7 @@ def _write_build(fmt: str, torch_dtype: torch.dtype):
 def test_quant_kernels_compile_for_sm75_within_64kb_without_spills():
     from labkit.testing import compile_triton_many_for_t4
 
-    requests = [_quant_build("i8", D, g, split, T, paged=paged) for D, g, split, T, paged in (
+    requests = [quant_build("i8", D, g, split, T, paged=paged) for D, g, split, T, paged in (
         (128, 1, True, 8192, False), (128, 4, True, 8192, False), (64, 1, False, 8192, False),
         (128, 1, True, 512, False), (128, 1, True, 8192, True), (128, 4, True, 8192, True), (256, 2, True, 8192, False))]
     requests.append(_write_build("int8", torch.int8))
@@ -329,7 +320,7 @@ def test_quant_kernels_compile_for_sm75_within_64kb_without_spills():
 def test_the_tensor_core_and_fp8_paths_compile_for_sm90():
     from labkit.testing import compile_triton_many_for_t4
 
-    requests = [_quant_build(fmt, 128, g, True, 8192, cc=(9, 0), paged=paged)
+    requests = [quant_build(fmt, 128, g, True, 8192, cc=(9, 0), paged=paged)
                 for fmt, g, paged in (("i8", 1, False), ("fp8e4nv", 1, False), ("i8", 4, True), ("fp8e4nv", 8, True))]
     assert all(r[2]["USE_DOT"] for r in requests) and requests[0][2]["NUM_STAGES"] == 3
     requests.append(_write_build("fp8_e4m3", torch.float8_e4m3fn))

@@ -110,29 +110,31 @@ SWEEP = [  # (block_t, num_warps, num_stages, use_dot, biased)
 SPLITS = (None, 8, 32, 64)  # the plan's split count, then fixed ones (timed for the unbiased entries)
 
 
-def fp16_kernel_record(B: int, T: int, roofline, warmup=25, rep=100) -> Record:
-    """The fp16 flash-decoding kernel timed alone at one shape (32 heads, D = 128): the baseline
-    a sweep's speedups are taken against (``bench_quant`` times it beside SDPA instead)."""
-    fp16 = [(s["q"], s["k"], s["v"]) for s in make_sets(B, H, H, T, D, ())]
+def fp16_kernel_record(B: int, T: int, roofline, warmup=25, rep=100, *, hkv: int = H) -> Record:
+    """The fp16 flash-decoding kernel timed alone at one shape (32 query heads over ``hkv`` KV
+    heads, D = 128): the baseline a sweep's speedups are taken against (``bench_quant`` times it
+    beside SDPA instead)."""
+    fp16 = [(s["q"], s["k"], s["v"]) for s in make_sets(B, H, hkv, T, D, ())]
     ms = time_ms(rotating(flash_decode, fp16), warmup=warmup, rep=rep, graph=True)
-    nbytes = decode_bytes(B, H, H, T, D, 2)
+    nbytes = decode_bytes(B, H, hkv, T, D, 2)
     bw = gbps(nbytes, ms)
-    return Record("triton_splitk", {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}, "float16", nbytes, ms, bw,
+    return Record("triton_splitk", {"B": B, "Hq": H, "Hkv": hkv, "T": T, "D": D}, "float16", nbytes, ms, bw,
                   None if not (roofline and bw) else 100 * bw / roofline, {})
 
 
-def sweep(fmt: str, B: int, T: int, roofline, warmup, rep, settings=None) -> list[Record]:
-    """Time the 8-bit kernel at one shape (32 heads, D = 128) over ``settings``: ``(label,
-    quant_flash_decode keywords)`` pairs, by default :data:`SWEEP` at a few split counts.
+def sweep(fmt: str, B: int, T: int, roofline, warmup, rep, settings=None, *, hkv: int = H) -> list[Record]:
+    """Time the 8-bit kernel at one shape (32 query heads over ``hkv`` KV heads, D = 128) over
+    ``settings``: ``(label, quant_flash_decode keywords)`` pairs, by default :data:`SWEEP` at a
+    few split counts.
     Each Record's ``extra`` holds the keywords as ``config`` and the label, if any."""
     if settings is None:
         settings = [(None, dict(block_t=bt, num_warps=w, num_stages=st, use_dot=dot, num_splits=splits,
                                 biased=biased))
                     for bt, w, st, dot, biased in SWEEP if not (biased and fmt != "int8")
                     for splits in (SPLITS if not biased else (None,))]
-    sets = make_sets(B, H, H, T, D, (fmt,))
+    sets = make_sets(B, H, hkv, T, D, (fmt,))
     args = [(s["q"], *s[fmt]) for s in sets]
-    nbytes = quant_decode_bytes(B, H, H, T, D, fmt)
+    nbytes = quant_decode_bytes(B, H, hkv, T, D, fmt)
     expected = reference_decode(sets[0]["q"].cpu(), sets[0][fmt][0].dequantize(torch.float64).cpu(),
                                 sets[0][fmt][1].dequantize(torch.float64).cpu()) if T <= 8192 else None
     out = []
@@ -148,7 +150,7 @@ def sweep(fmt: str, B: int, T: int, roofline, warmup, rep, settings=None) -> lis
             print(f"  sweep {fmt} B={B} T={T} {kw}: {type(exc).__name__}: {str(exc)[:80]}")
             continue
         bw = gbps(nbytes, ms)
-        out.append(Record(f"sweep_{fmt}", {"B": B, "Hq": H, "Hkv": H, "T": T, "D": D}, fmt, nbytes, ms, bw,
+        out.append(Record(f"sweep_{fmt}", {"B": B, "Hq": H, "Hkv": hkv, "T": T, "D": D}, fmt, nbytes, ms, bw,
                           None if not roofline else 100 * bw / roofline,
                           {"config": kw, **({"label": label} if label else {})}))
         print(f"  sweep {fmt} B={B} T={T} {label or ''} {kw}: {ms * 1e3:.1f} us ({bw:.0f} GB/s)")

@@ -1,4 +1,4 @@
-"""The compile requests the Triton decode launcher makes, for the T4 (and sm_90) compile tests.
+"""The compile requests the Triton decode launchers make, for the T4 (and sm_90) compile tests.
 
 :func:`labkit.testing.t4.compile_triton_many_for_t4` takes ``(kernel, signature, constexprs,
 num_warps)`` tuples; :func:`attend_build` builds the one that
@@ -11,6 +11,7 @@ from the launcher's own :func:`~labkit.attention.triton_decode.config_for` and
 from __future__ import annotations
 
 from labkit.attention.triton_decode import _attend_kernel, config_for, constexprs
+from labkit.attention.triton_quant import _quant_attend_kernel, quant_config_for, quant_constexprs
 
 
 def attend_signature(dt: str) -> dict[str, str]:
@@ -35,4 +36,23 @@ def attend_build(dt: str, D: int, group: int, split: bool, T: int, cc: tuple[int
     return (_attend_kernel, attend_signature(dt), meta, cfg.num_warps)
 
 
-__all__ = ["attend_build", "attend_signature"]
+def quant_signature(fmt: str) -> dict[str, str]:
+    """Argument types of the quantized kernel for an 8-bit Triton dtype (``"i8"``, ``"fp8e4nv"``)."""
+    return {"Q": "*fp16", "K": f"*{fmt}", "V": f"*{fmt}", "KS": "*fp32", "VS": "*fp32", "BlockTables": "*i32",
+            "Lengths": "*i32", "Out": "*fp16", "Mws": "*fp32", "Lws": "*fp32", "Accws": "*fp32", "qk_scale": "fp32",
+            "T": "i32", "num_splits": "i32", "stride_bt": "i32"}
+
+
+def quant_build(fmt: str, D: int, group: int, split: bool, T: int, cc: tuple[int, int] = (7, 5),
+                paged: bool = False, *, hkv: int = 8, has_lengths: bool = True, **overrides) -> tuple:
+    """The ``(kernel, signature, constexprs, num_warps)`` request
+    :func:`~labkit.attention.triton_quant.quant_launch` makes on ``cc`` for fp16 queries over an
+    8-bit cache (``paged``: 16-token pool blocks). ``overrides`` (``block_t``, ``num_warps``,
+    ``num_stages``) replace the plan's, as ``quant_flash_decode``'s keywords do."""
+    cfg = quant_config_for(D, group, T, cc=cc, paged=paged, **overrides)
+    meta = quant_constexprs(hkv, group, D, cfg, bs=16 if paged else 1, has_lengths=has_lengths, split=split,
+                            paged=paged, asm=cc >= (8, 0))
+    return (_quant_attend_kernel, quant_signature(fmt), meta, cfg.num_warps)
+
+
+__all__ = ["attend_build", "attend_signature", "quant_build", "quant_signature"]
