@@ -1,7 +1,9 @@
 """The int8 kernel at batch 1, 32 heads, d = 128, T tokens (default 8192): every tile, warp,
 stage and split setting against the fp16 flash-decoding kernel, CUDA-graph timings, KV rotated
-past the L2, each setting checked against the float64 reference first (``labkit.bench.quant.sweep``). Writes ``<name>_<gpu>.json`` (``--name``, default quant-b1-sweep). With no options
-it runs the full grid; the options narrow it (``--block 128 --warps 4 --stages 2 3 --splits 0 8 --no-reductions``).
+past the L2, each setting checked against the float64 reference first
+(``labkit.bench.quant.sweep``). Writes ``<name>_<gpu>.json`` (``--name``, default
+quant-b1-sweep). With no options it runs the full grid; the options narrow it
+(``--block 128 --warps 4 --stages 2 3 --splits 0 8 --no-reductions``).
 
     LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/sweep_int8_b1.py --out data/results [--T 8192]
 """
