@@ -3,6 +3,8 @@ softmax, notebook 01/02 checks, and T4 PTX compilation. Sim mode, tiny sizes."""
 
 import math
 import random
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -161,6 +163,35 @@ def test_bridge_in_sim_mode_is_a_zero_copy_numpy_view():
     view[1, 2] = 5.0
     assert t[1, 2] == 5.0
     assert numba_bridge.torch_stream() == 0
+
+
+def test_simulated_shared_arrays_are_one_per_block_when_threads_race(monkeypatch):
+    """The simulator's shared-array lookup and store must be atomic. A dict that sleeps after
+    each lookup holds every thread between the two: unlocked, each of 8 threads gets its own."""
+    from numba.cuda.simulator import kernelapi
+
+    class SlowLookup(dict):
+        def get(self, key, default=None):
+            found = super().get(key, default)
+            time.sleep(0.005)  # a thread switch here, before the store, is what CI once hit
+            return found
+
+    assert getattr(kernelapi.FakeCUDAShared.array, "_labkit", False)
+    shared = kernelapi.FakeCUDAShared(0)
+    shared._allocations = SlowLookup()
+    start, got = threading.Barrier(8), []
+
+    def thread():
+        start.wait()
+        got.append(shared.array(16, np.float32))  # one source line: one array for the block
+
+    threads = [threading.Thread(target=thread) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and len({id(a) for a in got}) == 1
+    assert got[0].shape == (16,) and got[0].dtype == np.float32
 
 
 def test_sim_mode_plans_for_the_t4_in_triton_and_few_sms_in_numba():

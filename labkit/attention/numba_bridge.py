@@ -8,12 +8,14 @@
   Numba's would not be ordered.
 * sim mode: the simulator has no ``as_cuda_array`` and no external streams; a CPU tensor's
   ``.numpy()`` view is what it takes (the simulator copies arguments in and writes them back
-  after the launch, so results land in the tensor).
+  after the launch, so results land in the tensor). Its shared arrays are made thread-safe
+  here (see :func:`_lock_simulated_shared_arrays`).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -86,6 +88,44 @@ def _quick_thread_switches():
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+def _lock_simulated_shared_arrays() -> None:
+    """Make the simulator's ``cuda.shared.array`` hand every thread of a block the same array.
+
+    The simulator keeps a launch's shared arrays in a dict keyed by the allocating source line
+    and fills it on first use, unlocked: a thread switch between its lookup and its store gives
+    two threads two different arrays, and the block computes garbage (about one launch in 500
+    at :data:`SIM_SWITCH_INTERVAL_S`; it failed a sim-mode test in CI). This does the lookup and
+    the store under one lock, and finds the caller's line without walking the stack.
+    """
+    from numba.cuda.simulator import kernelapi as api  # types and numpy_support as this version has them
+
+    shared = getattr(api, "FakeCUDAShared", None)
+    original = getattr(shared, "array", None)
+    if original is None or getattr(original, "_labkit", False) or not hasattr(shared(0), "_allocations"):
+        return  # patched already, or a layout this does not know
+
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory (one buffer already), or refused
+            return original(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)  # the simulator's own key
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                as_np = api.numpy_support.as_dtype(dtype) if isinstance(dtype, api.types.Type) else dtype
+                res = self._allocations[key] = api.np.empty(shape, as_np)
+        return res
+
+    array._labkit = True
+    shared.array = array
+
+
+if runtime.is_sim():
+    _lock_simulated_shared_arrays()
 
 
 _SPECIALIZED: dict = {}  # (kernel, device, argument kinds) -> dispatcher specialized for them
