@@ -35,6 +35,14 @@ CASES = [  # (B, Hq, Hkv, T, D, splits, block_t, use_dot)
 ]
 
 
+def write_places(R: int, S: int, N: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """N distinct ``(row, slot)`` places of an ``[R, ·, S]`` cache, the last one its last place:
+    int32 ``rows`` and ``slots`` [N]. Two tokens written to one place would race (the data of
+    one, the scale of the other), so the answer would be undefined."""
+    flat = torch.cat([torch.randperm(R * S - 1, device=device)[:N - 1], torch.tensor([R * S - 1], device=device)])
+    return (flat // S).int(), (flat % S).int()
+
+
 def main() -> int:
     print(runtime.summary())
     dev = runtime.device()
@@ -60,9 +68,7 @@ def main() -> int:
         # quantize-on-write, RoPE on, the last token at the cache's last slot
         R, H, S, D, N = 3, 5, 33, 128, 7
         kn, vn = (torch.randn(N, H, D, device=dev, dtype=torch.float16) for _ in range(2))
-        rows = torch.randint(0, R, (N,), device=dev, dtype=torch.int32)
-        slots = torch.randperm(S, device=dev)[:N].int()
-        slots[-1] = S - 1
+        rows, slots = write_places(R, S, N, dev)
         cos, sin = rope_tables(64, D, device=dev)
         rope = (cos, sin, torch.randint(0, 64, (N,), device=dev, dtype=torch.int32))
         got, want = empty_quant((R, H, S, D), fmt), empty_quant((R, H, S, D), fmt)
