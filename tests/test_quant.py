@@ -186,6 +186,28 @@ def test_kernel_matches_dequantized_reference_and_the_bound(B, Hq, Hkv, T, D, dt
     assert rel_error(out, reference_decode(q, kf, vf, lengths=lengths)) < INT8_BOUND
 
 
+HEADS_ON_N_CASES = [  # (B, Hq, Hkv, T, D, fmt, num_splits, block_t)
+    (2, 2, 2, 200, 128, "int8", 3, 32),  # MHA: whole tiles, then a partial one
+    (3, 1, 1, 1, 64, "int8", None, 16),  # T = 1
+    (1, 6, 2, 45, 32, "int8", 2, 16),  # GQA 3: one padded head
+    (1, 8, 1, 77, 64, "int8", 16, 16),  # GQA 8, splits past the length
+    (2, 4, 2, 45, 64, "fp8_e4m3", 3, 16),
+]
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,T,D,fmt,splits,block_t", HEADS_ON_N_CASES)
+def test_the_heads_on_n_loop_matches_the_dequantized_reference(B, Hq, Hkv, T, D, fmt, splits, block_t):
+    q, kf, vf = qkv(B, Hq, Hkv, T, D, torch.float16)
+    k, v = quantize(kf, fmt), quantize(vf, fmt)
+    lengths = torch.randint(1, T + 1, (B,), dtype=torch.int32)
+    lengths[0] = T
+    out = torch.full_like(q, float("nan"))
+    quant_flash_decode(q, k, v, lengths=lengths, num_splits=splits, block_t=block_t, use_dot=True, heads_on_n=True,
+                       out=out)
+    assert torch.isfinite(out).all(), "an output element was left unwritten"
+    assert rel_error(out, reference_quant_decode(q, k, v, lengths=lengths)) < 1e-3
+
+
 def test_tensor_core_path_leaves_splits_past_the_length_empty():
     # 16 splits of 16-token tiles over T = 256: sequences of 1, 20 and 37 tokens leave most splits
     # with no token (their range starts past the length); such a split must add nothing.
@@ -347,6 +369,21 @@ def test_the_tensor_core_and_fp8_paths_compile_for_sm90():
     cfg = quant_config_for(128, 1, 8192, cc=(9, 0))
     assert requests[0][3] == 1 and cfg.programs_per_sm == 7
     assert 7 * 32 * builds[0].registers <= 65536 and 7 * (builds[0].shared_bytes + 1024) <= 228 * 1024
+
+
+def test_the_heads_on_n_loop_compiles_for_sm90_with_fewer_registers_and_no_byte_gathers():
+    from labkit.testing import compile_triton_many_for_t4
+
+    one_warp = dict(block_t=32, num_warps=1, num_stages=3)
+    requests = [quant_build(fmt, 128, g, True, 8192, cc=(9, 0), hkv=32 // g, heads_on_n=True, **one_warp)
+                for fmt, g in (("i8", 1), ("fp8e4nv", 1), ("i8", 8), ("fp8e4nv", 4))]
+    requests.append(quant_build("i8", 128, 1, True, 8192, cc=(9, 0), hkv=32, **one_warp))  # the shipped loop
+    assert [r[2]["HEADS"] for r in requests] == [1, 1, 8, 4, 16] and all(r[2]["HEADS_ON_N"] for r in requests[:4])
+    builds = compile_triton_many_for_t4(requests, ccs=[(9, 0)] * len(requests))
+    assert [b.byte_shared_loads for b in builds] == [0] * 5 and all(b.spill_bytes in (None, 0) for b in builds)
+    if builds[0].registers is not None:  # ptxas ran: one-warp programs of the new loop, 8 an SM
+        assert builds[0].registers < builds[4].registers
+        assert 8 * 32 * builds[0].registers <= 65536 and 8 * (builds[0].shared_bytes + 1024) <= 228 * 1024
 
 
 def test_the_sm90_mha_plan_fills_seven_one_warp_programs_an_sm_with_four_tiles_at_least(monkeypatch):

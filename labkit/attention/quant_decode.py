@@ -45,7 +45,7 @@ def _as_quant(x, fmt: str):
 def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num_splits: int | None = None,
                        out=None, fmt: str | None = None, block_t: int | None = None, num_warps: int | None = None,
                        num_stages: int | None = None, use_dot: bool | None = None,
-                       biased: bool | None = None) -> torch.Tensor:
+                       biased: bool | None = None, heads_on_n: bool = False) -> torch.Tensor:
     """Flash-decoding over a quantized contiguous cache.
 
     q: [B, Hq, D] fp16/fp32 (bf16 where the GPU has it); k, v: :class:`~labkit.kvcache.quant.QuantKV`
@@ -53,7 +53,9 @@ def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num
     ``fmt`` or int8 — convenient, not fast). ``lengths``: optional [B] int32 in [1, T].
     Returns [B, Hq, D] in q's dtype. ``num_splits``, ``block_t``, ``num_warps``,
     ``num_stages`` and ``use_dot`` override the plan; ``biased`` picks the biased int8
-    conversion (:data:`labkit.attention.triton_quant.BIASED_INT8`) (tuning).
+    conversion (:data:`labkit.attention.triton_quant.BIASED_INT8`) and ``heads_on_n`` the
+    tensor-core loop with the heads on the MMA's N side (:func:`~labkit.attention.quant_tile.dot_tile_t`),
+    both for tuning.
     """
     k, v = _as_quant(k, fmt or "int8"), _as_quant(v, fmt or "int8")
     device = runtime.device()
@@ -82,7 +84,7 @@ def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num
                            use_dot=use_dot)
     splits = plan_splits(B, Hq, Hkv, T, cfg, num_splits=num_splits, device_index=q.device.index)
     return quant_launch(q, k, v, check_out(out, q), scale=scale, T=T, cfg=cfg, num_splits=splits, lengths=lengths,
-                        biased=biased)
+                        biased=biased, heads_on_n=heads_on_n)
 
 
 def int8_decode(q, k, v, *, scale=None, **kwargs):

@@ -4,6 +4,11 @@
 on sm_80+: the tiles are converted to fp16 in registers, scored against the query rows, folded
 into the online softmax and the weighted sum of V. How the 8-bit values become fp16 decides the
 loop's speed more than the bytes do (see :func:`_to_f16`), so the conversions live here with it.
+
+:func:`dot_tile_t` and :func:`attend_range_t` are the same tile with the tokens as the MMA's M
+side and the query heads as N (``quant_flash_decode(..., heads_on_n=True)``): 580 instead of
+900 SASS instructions a 32-token tile on sm_90 (``scripts/quant_loop_sass.py``). It is a tuning
+option until a GPU has timed it against the shipped loop (``scripts/gpu/quant_plan.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _to_f16(x, ASM: tl.constexpr = False, PURE: tl.constexpr = True):
+def _i8_biased_f16(x):
+    """An int8 tile as fp16 values ``x + 1152`` (bits 0x6400 | (x + 128)): no subtraction; the
+    caller removes the bias from the dot product (1152·Σ of the other operand)."""
+    return (x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _to_f16(x, ASM: tl.constexpr = False, PURE: tl.constexpr = True, BIAS: tl.constexpr = False):
     """An 8-bit tile as fp16 for ``tl.dot``.
 
     int8 by the magic-number trick: the byte's bits x + 128 placed under fp16's exponent of
@@ -29,9 +41,21 @@ def _to_f16(x, ASM: tl.constexpr = False, PURE: tl.constexpr = True):
     per thread per 64-token tile and the permutes that pack them: about a quarter of the loop's
     instructions on sm_90). Converted first, the tile changes layout as fp16, which
     ``ldmatrix.trans`` reads whole.
+
+    ``BIAS`` (int8 only) skips the subtraction: the tile holds ``x + 1152`` exactly, and the
+    caller takes ``1152 · Σ`` of the other operand off the product.
     """
     if ASM:
-        if x.dtype == tl.int8:
+        if x.dtype == tl.int8 and BIAS:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t;
+                xor.b32 t, $2, 0x80808080;
+                prmt.b32 $0, t, 0x64646464, 0x5140;
+                prmt.b32 $1, t, 0x64646464, 0x7362;
+                }""",
+                constraints="=r,=r,r", args=[x], dtype=tl.float16, is_pure=PURE, pack=4)
+        elif x.dtype == tl.int8:
             return tl.inline_asm_elementwise(
                 asm="""{
                 .reg .b32 t, a, b, c;
@@ -52,18 +76,12 @@ def _to_f16(x, ASM: tl.constexpr = False, PURE: tl.constexpr = True):
                 cvt.rn.f16x2.e4m3x2 $1, hi;
                 }""",
                 constraints="=r,=r,r", args=[x], dtype=tl.float16, is_pure=PURE, pack=4)
+    elif x.dtype == tl.int8 and BIAS:
+        return _i8_biased_f16(x)
     elif x.dtype == tl.int8:
-        bits = x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480
-        return bits.to(tl.float16, bitcast=True) - 1152.0
+        return _i8_biased_f16(x) - 1152.0
     else:
         return x.to(tl.float16)
-
-
-@triton.jit
-def _i8_biased_f16(x):
-    """An int8 tile as fp16 values ``x + 1152`` (bits 0x6400 | (x + 128)): no subtraction; the
-    caller removes the bias from the dot product (1152·Σ of the other operand)."""
-    return (x.to(tl.uint8, bitcast=True).to(tl.uint16) ^ 0x6480).to(tl.float16, bitcast=True)
 
 
 @triton.jit
@@ -129,4 +147,64 @@ def attend_range(q_op, q_bias, K, V, KS, VS, row0, n_tokens, qk_scale, HEADS: tl
     return m, l, acc
 
 
-__all__ = ["attend_range", "dot_tile"]
+@triton.jit
+def dot_tile_t(q_t, q_bias, m, l, acc, kq, vq, ks, vs, mask_t, qk_scale, MASKED: tl.constexpr, ASM: tl.constexpr):
+    """:func:`dot_tile` with the tokens as the tensor cores' M side and the query heads as N:
+    ``s = K·qᵀ`` and ``accᵀ += Vᵀ·p``. With one query head per KV head, ``q·Kᵀ`` fills one of
+    the 16 rows an MMA computes; here a head pads N to 8, so a tile takes half the MMAs, and
+    the accumulator ``[D, HEADS]`` half the registers (and the rescale half the multiplies).
+
+    q_t: [D, HEADS] fp16; q_bias: [1, HEADS], 1152·Σ_d q (int8: keys converted without the
+    subtraction, :func:`_to_f16`); m, l: [1, HEADS]; acc: [D, HEADS] fp32. kq, vq, ks, vs,
+    mask_t as :func:`dot_tile`'s. Returns the updated ``(m, l, acc)``.
+    """
+    if kq.dtype == tl.int8:
+        s = tl.dot(_to_f16(kq, ASM, BIAS=True), q_t) - q_bias  # [BLOCK_T, HEADS]
+    else:
+        s = tl.dot(_to_f16(kq, ASM), q_t)
+    s = s * (ks * qk_scale)[:, None]
+    if MASKED:
+        s = tl.where(mask_t[:, None], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=0, keep_dims=True))
+    if tl.max(m_new - m) > 0:  # rescale only when a running max moved: most tiles of a long range skip it
+        alpha = tl.exp2(m - m_new)
+        l = l * alpha
+        acc = acc * alpha
+    p = tl.exp2(s - m_new)
+    l = l + tl.sum(p, axis=0, keep_dims=True)
+    pv = (p * vs[:, None]).to(tl.float16)  # the value scale folded into the weights
+    acc = acc + tl.dot(tl.trans(_to_f16(vq, ASM, PURE=False)), pv)
+    return m_new, l, acc
+
+
+@triton.jit
+def attend_range_t(q_t, q_bias, K, V, KS, VS, row0, n_tokens, qk_scale, HEADS: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, NUM_STAGES: tl.constexpr, ASM: tl.constexpr):
+    """:func:`attend_range` over :func:`dot_tile_t`: returns ``(m [1, HEADS], l [1, HEADS],
+    acc [D, HEADS])``. One scalar pointer per tensor steps a tile; the offsets within a tile
+    stay the same every iteration, so the loop forms no per-element addresses of its own."""
+    offs_t = tl.arange(0, BLOCK_T)
+    offs = offs_t[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+    k_tile, v_tile = K + row0 * HEAD_DIM, V + row0 * HEAD_DIM
+    ks_tile, vs_tile = KS + row0, VS + row0
+    m = tl.full([1, HEADS], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([1, HEADS], dtype=tl.float32)
+    acc = tl.zeros([HEAD_DIM, HEADS], dtype=tl.float32)
+    full = tl.maximum(n_tokens, 0) // BLOCK_T
+    for _ in tl.range(0, full, num_stages=NUM_STAGES):
+        m, l, acc = dot_tile_t(q_t, q_bias, m, l, acc, tl.load(k_tile + offs), tl.load(v_tile + offs),
+                               tl.load(ks_tile + offs_t), tl.load(vs_tile + offs_t), offs_t, qk_scale, False, ASM)
+        k_tile += BLOCK_T * HEAD_DIM
+        v_tile += BLOCK_T * HEAD_DIM
+        ks_tile += BLOCK_T
+        vs_tile += BLOCK_T
+    if full * BLOCK_T < n_tokens:
+        mask_t = offs_t < n_tokens - full * BLOCK_T
+        m, l, acc = dot_tile_t(q_t, q_bias, m, l, acc, tl.load(k_tile + offs, mask=mask_t[:, None], other=0.0),
+                               tl.load(v_tile + offs, mask=mask_t[:, None], other=0.0),
+                               tl.load(ks_tile + offs_t, mask=mask_t, other=0.0),
+                               tl.load(vs_tile + offs_t, mask=mask_t, other=0.0), mask_t, qk_scale, True, ASM)
+    return m, l, acc
+
+
+__all__ = ["attend_range", "attend_range_t", "dot_tile", "dot_tile_t"]

@@ -37,10 +37,10 @@ import triton
 import triton.language as tl
 
 from labkit import runtime
-from labkit.attention.quant_tile import attend_range, dot_tile
+from labkit.attention.quant_tile import attend_range, attend_range_t, dot_tile
 from labkit.attention.splits import LOG2E
 from labkit.attention.triton_merge import merge_splits
-from labkit.attention.triton_plan import Config, capability, heads_per_program, overridden, workspace
+from labkit.attention.triton_plan import MAX_DOT_ROWS, Config, capability, heads_per_program, overridden, workspace
 from labkit.kvcache.quant import QuantKV
 
 
@@ -71,6 +71,7 @@ def _quant_attend_kernel(
     USE_DOT: tl.constexpr,  # dequantize to fp16 and use tl.dot (sm_80+) or reduce in fp32 (the T4)
     BIASED: tl.constexpr = False,  # int8 with tl.dot: biased fp16 tiles, the bias taken off after the dot
     ASM: tl.constexpr = False,  # the tensor-core path's conversions in PTX (a GPU; the interpreter runs none)
+    HEADS_ON_N: tl.constexpr = False,  # contiguous tensor-core path: tokens as M, heads as N (quant_tile.dot_tile_t)
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -110,8 +111,15 @@ def _quant_attend_kernel(
     # 3. Stream the 8-bit K and V tiles and their per-token scales.
     if USE_DOT and not PAGED:
         row0 = pid_bh.to(tl.int64) * T + t_begin  # the first (token, KV head) row of this range
-        m, l, acc = attend_range(q_op, q_bias, K, V, KS, VS, row0, t_end - t_begin, qk_scale, HEADS, HEAD_DIM,
-                                 BLOCK_T, NUM_STAGES, BIASED, ASM)
+        if HEADS_ON_N:
+            q_t = tl.trans(q_op)  # [D, HEADS]
+            q_bias_t = 1152.0 * tl.sum(q_t.to(tl.float32), axis=0, keep_dims=True)  # [1, HEADS] (int8)
+            m_t, l_t, acc_t = attend_range_t(q_t, q_bias_t, K, V, KS, VS, row0, t_end - t_begin, qk_scale, HEADS,
+                                             HEAD_DIM, BLOCK_T, NUM_STAGES, ASM)
+            m, l, acc = tl.reshape(m_t, [HEADS, 1]), tl.reshape(l_t, [HEADS, 1]), tl.trans(acc_t)
+        else:
+            m, l, acc = attend_range(q_op, q_bias, K, V, KS, VS, row0, t_end - t_begin, qk_scale, HEADS, HEAD_DIM,
+                                     BLOCK_T, NUM_STAGES, BIASED, ASM)
     else:
         if PAGED:
             table = BlockTables + b.to(tl.int64) * stride_bt
@@ -217,18 +225,22 @@ def quant_config_for(D: int, group: int, T: int, *, cc=None, block_t=None, num_w
 
 
 def quant_constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, split: bool,
-                     paged: bool, biased: bool = False, asm: bool | None = None) -> dict:
+                     paged: bool, biased: bool = False, asm: bool | None = None, heads_on_n: bool = False) -> dict:
     """The kernel's compile-time arguments for a launch (the compile tests build the same).
-    ``asm`` (default: not in sim mode) writes the tensor-core path's conversions in PTX."""
-    heads = heads_per_program(group, cfg.use_dot)
+    ``asm`` (default: not in sim mode) writes the tensor-core path's conversions in PTX.
+    ``heads_on_n`` (the contiguous tensor-core path only) puts the query heads on the MMA's N
+    side, padded by Triton to 8 rather than to :data:`~labkit.attention.triton_plan.MIN_DOT_ROWS`."""
+    heads_on_n = heads_on_n and cfg.use_dot and not paged
+    heads = min(triton.next_power_of_2(group), MAX_DOT_ROWS) if heads_on_n else heads_per_program(group, cfg.use_dot)
     asm = not runtime.is_sim() if asm is None else asm
     return dict(HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
                 BLOCK_T=cfg.block_t, BS=bs, NUM_STAGES=cfg.num_stages, HAS_LENGTHS=has_lengths, SPLIT=split,
-                PAGED=paged, USE_DOT=cfg.use_dot, BIASED=biased and cfg.use_dot, ASM=asm and cfg.use_dot)
+                PAGED=paged, USE_DOT=cfg.use_dot, BIASED=biased and cfg.use_dot and not heads_on_n,
+                ASM=asm and cfg.use_dot, HEADS_ON_N=heads_on_n)
 
 
 def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: Config, num_splits: int,
-                 lengths=None, block_tables=None, biased: bool | None = None):
+                 lengths=None, block_tables=None, biased: bool | None = None, heads_on_n: bool = False):
     """Launch the kernel (and the merge when ``num_splits > 1``) on validated inputs; returns ``out``."""
     B, Hq, D = q.shape
     Hkv = k.data.shape[1]
@@ -237,7 +249,7 @@ def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: C
         biased = BIASED_INT8 and k.data.dtype == torch.int8
     meta = quant_constexprs(Hkv, Hq // Hkv, D, cfg, bs=k.data.shape[2] if block_tables is not None else 1,
                             has_lengths=lengths is not None, split=num_splits > 1, paged=block_tables is not None,
-                            biased=biased and k.data.dtype == torch.int8)
+                            biased=biased and k.data.dtype == torch.int8, heads_on_n=heads_on_n)
     _quant_attend_kernel[(B * Hkv * meta["HEAD_CHUNKS"], num_splits)](
         q, k.data, v.data, k.scale, v.scale,
         block_tables if block_tables is not None else q,

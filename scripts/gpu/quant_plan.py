@@ -10,8 +10,10 @@ tokens); prints a line per setting.
 "plan" is what ``quant_flash_decode`` picks. "4-warp" is the 128-token, 4-warp, 3-stage build
 with splits aimed at two programs an SM. "1-warp pps=N" asks the split heuristic for N resident
 programs an SM (at least four tiles a split), "16-token pps=N" the same with 16-token tiles and
-four stages. With another checkout's ``labkit`` first on ``PYTHONPATH`` the same settings time
-that checkout's kernel.
+four stages. "heads on N pps=N" is the one-warp plan's tiles with the loop that puts the query
+heads on the MMA's N side (``quant_flash_decode(..., heads_on_n=True)``), at 7 and 8 programs an
+SM (its 167 registers leave room for 8). With another checkout's ``labkit`` first on
+``PYTHONPATH`` the same settings time that checkout's kernel.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def settings(B: int, T: int, hkv: int = H) -> list[tuple[str, dict]]:
     for pps in (8, 12):
         found.append((f"16-token pps={pps}", dict(block_t=16, num_warps=1, num_stages=4,
                                                   num_splits=splits(16, pps))))
+    if hkv == H:  # the one-warp plan is MHA's
+        for pps in (7, 8):
+            found.append((f"heads on N pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, heads_on_n=True,
+                                                        num_splits=splits(32, pps))))
     return found
 
 

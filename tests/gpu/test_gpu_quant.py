@@ -34,7 +34,17 @@ def _dequantized_reference(q, k, v, lengths):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_quant_kernel_matches_the_dequantized_reference(fmt):
-    rng = random.Random(23)
+    _random_cases(fmt, random.Random(23))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_heads_on_n_loop_matches_the_dequantized_reference(fmt):
+    """The tuning loop (``heads_on_n``) with its conversions in PTX, which the interpreter
+    does not run: int8 keys without the subtraction, the bias taken off the scores."""
+    _random_cases(fmt, random.Random(24), heads_on_n=True)
+
+
+def _random_cases(fmt, rng, **extra):
     failures = []
     for _ in range(30):
         B, Hkv, group, D = rng.randint(1, 4), rng.choice([1, 2, 8]), rng.choice([1, 1, 2, 4, 8]), rng.choice([64, 128])
@@ -43,7 +53,7 @@ def test_quant_kernel_matches_the_dequantized_reference(fmt):
         q = torch.randn(B, Hkv * group, D, device=DEV, dtype=torch.float16)
         k = quantize(torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16), fmt)
         v = quantize(torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16), fmt)
-        kw = dict(num_splits=rng.choice([None, 1, 3, 16]))
+        kw = dict(num_splits=rng.choice([None, 1, 3, 16]), **extra)
         if rng.random() < 0.5:  # a configuration of the sweep rather than the plan's
             kw.update(block_t=rng.choice([16, 32, 64, 128]), num_warps=rng.choice([1, 2, 4, 8]), num_stages=rng.choice([1, 2, 3, 4]))
         use_lengths = rng.random() < 0.7
