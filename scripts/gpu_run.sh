@@ -8,6 +8,9 @@
 #   sanitize  compute-sanitizer (memcheck, racecheck) on the Numba and Triton kernels
 #   students  the master solutions of 02/03's kernel exercises timed (student_kernels_<gpu>.json)
 #   grade     labkit grade over every master (full points) and its release ("not started")
+#   quant     issue #23 in one stage: the quantized kernel's plans and loops beside the fp16 kernel
+#             (quant-plan_<gpu>.json), SDPA beside both (quant_<gpu>.json), and batch 1, 8k tokens
+#             split into the kernel, its merge and a loads-only kernel (quant-b1-parts_<gpu>.json)
 #   train     retrain the tiny models (not in the default run)
 #
 #   scripts/gpu_run.sh [STAGE ...]      (default: env tests bench nbval sanitize)
@@ -61,6 +64,9 @@ for stage in "${STAGES[@]}"; do
     sanitize) run sanitize "${PYTEST[@]}" -m gpu tests/gpu/test_gpu_sanitizer.py ${PYTEST_ARGS:-} ;;
     students) run students python3 scripts/gpu/student_kernels.py --out data/results ;;
     grade) run grade python3 scripts/gpu/grade.py --out "$OUT" ${GRADE_ARGS:-} ;;
+    quant) run quant_plan python3 scripts/gpu/quant_plan.py --out data/results
+           run quant_bench python3 -m labkit.bench.quant --quick --out data/results
+           run quant_parts python3 scripts/gpu/quant_b1_parts.py --out data/results ;;
     train) run train bash scripts/gpu/train_models.sh data/models ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
