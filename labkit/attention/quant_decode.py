@@ -54,8 +54,8 @@ def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num
     Returns [B, Hq, D] in q's dtype. ``num_splits``, ``block_t``, ``num_warps``,
     ``num_stages`` and ``use_dot`` override the plan; ``biased`` picks the biased int8
     conversion (:data:`labkit.attention.triton_quant.BIASED_INT8`) and ``heads_on_n`` the
-    tensor-core loop with the heads on the MMA's N side (:func:`~labkit.attention.quant_tile.dot_tile_t`),
-    both for tuning.
+    tensor-core loop with the heads on the MMA's N side (:func:`~labkit.attention.quant_tile.dot_tile_t`;
+    the reduction path, the T4's, has no MMA and ignores it), both for tuning.
     """
     k, v = _as_quant(k, fmt or "int8"), _as_quant(v, fmt or "int8")
     device = runtime.device()
