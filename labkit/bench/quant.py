@@ -151,9 +151,10 @@ def sweep(fmt: str, B: int, T: int, roofline, warmup, rep, settings=None, *, hkv
             continue
         bw = gbps(nbytes, ms)
         out.append(Record(f"sweep_{fmt}", {"B": B, "Hq": H, "Hkv": hkv, "T": T, "D": D}, fmt, nbytes, ms, bw,
-                          None if not roofline else 100 * bw / roofline,
+                          None if not (roofline and bw) else 100 * bw / roofline,
                           {"config": kw, **({"label": label} if label else {})}))
-        print(f"  sweep {fmt} B={B} T={T} {label or ''} {kw}: {ms * 1e3:.1f} us ({bw:.0f} GB/s)")
+        timed = f"{ms * 1e3:.1f} us ({bw:.0f} GB/s)" if ms is not None else "checked (sim mode: not timed)"
+        print(f"  sweep {fmt} B={B} T={T} {label or ''} {kw}: {timed}")
     return out
 
 
