@@ -35,6 +35,20 @@ def test_sim_mode_sets_simulator_switches():
     assert config.ENABLE_CUDASIM
 
 
+def test_triton_keeps_fma_contraction_without_a_warning():
+    """Triton 3.9 warns at every first compile that 3.10 stops contracting a * b + c into an
+    FMA by default; labkit keeps contraction on, the setting every recorded timing used."""
+    assert os.environ["TRITON_DEFAULT_FP_FUSION"] == "1"
+    code = ("import warnings, labkit, triton\n"
+            "warnings.simplefilter('error')\n"
+            "lang = getattr(triton.knobs, 'language', None)\n"
+            "assert lang is None or lang.default_fp_fusion\n"
+            "assert not hasattr(lang, 'fp_fusion_enabled') or lang.fp_fusion_enabled(None)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_DEFAULT_FP_FUSION"}  # unset, as on a fresh machine
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_unknown_mode_is_a_clear_error():
     proc = run_py("import labkit", LABKIT_MODE="fast")
     assert proc.returncode != 0
