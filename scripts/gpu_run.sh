@@ -9,7 +9,7 @@
 #   students  the master solutions of 02/03's kernel exercises timed (student_kernels_<gpu>.json)
 #   grade     labkit grade over every master (full points) and its release ("not started")
 #   quant     issue #23 in one stage: the quantized kernel's plans and loops beside the fp16 kernel
-#             (quant-plan_<gpu>.json), SDPA beside both (quant_<gpu>.json), and batch 1, 8k tokens
+#             (quant-plan_<gpu>.json; GQA 4 in quant-plan-gqa4_<gpu>.json), SDPA beside both (quant_<gpu>.json), and batch 1, 8k tokens
 #             split into the kernel, its merge and a loads-only kernel (quant-b1-parts_<gpu>.json)
 #   train     retrain the tiny models (not in the default run)
 #
@@ -65,6 +65,8 @@ for stage in "${STAGES[@]}"; do
     students) run students python3 scripts/gpu/student_kernels.py --out data/results ;;
     grade) run grade python3 scripts/gpu/grade.py --out "$OUT" ${GRADE_ARGS:-} ;;
     quant) run quant_plan python3 scripts/gpu/quant_plan.py --out data/results
+           run quant_plan_gqa python3 scripts/gpu/quant_plan.py --hkv 8 --out data/results \
+             --labels plan 4-warp "heads on N pps=7" "heads on N pps=8"
            run quant_bench python3 -m labkit.bench.quant --quick --out data/results
            run quant_parts python3 scripts/gpu/quant_b1_parts.py --out data/results ;;
     train) run train bash scripts/gpu/train_models.sh data/models ;;

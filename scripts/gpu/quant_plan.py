@@ -12,7 +12,8 @@ with splits aimed at two programs an SM. "1-warp pps=N" asks the split heuristic
 programs an SM (at least four tiles a split), "16-token pps=N" the same with 16-token tiles and
 four stages. "heads on N pps=N" is the one-warp plan's tiles with the loop that puts the query
 heads on the MMA's N side (``quant_flash_decode(..., heads_on_n=True)``), at 7 and 8 programs an
-SM (its 167 registers leave room for 8). With another checkout's ``labkit`` first on
+SM (its 167 registers leave room for 8), for MHA and GQA alike. With ``--hkv`` below 32 the
+record is ``quant-plan-gqa<group>_<gpu>.json``. With another checkout's ``labkit`` first on
 ``PYTHONPATH`` the same settings time that checkout's kernel.
 """
 
@@ -44,10 +45,9 @@ def settings(B: int, T: int, hkv: int = H) -> list[tuple[str, dict]]:
     for pps in (8, 12):
         found.append((f"16-token pps={pps}", dict(block_t=16, num_warps=1, num_stages=4,
                                                   num_splits=splits(16, pps))))
-    if hkv == H:  # the one-warp plan is MHA's
-        for pps in (7, 8):
-            found.append((f"heads on N pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, heads_on_n=True,
-                                                        num_splits=splits(32, pps))))
+    for pps in (7, 8):  # one warp: clean builds for every group (4 warps and 8+ heads take wgmma and byte gathers)
+        found.append((f"heads on N pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, heads_on_n=True,
+                                                    num_splits=splits(32, pps))))
     return found
 
 
@@ -68,7 +68,8 @@ def main() -> int:
             r.extra["speedup_vs_fp16_kernel"] = base / r.time_ms
             records.append(r)
         torch.cuda.empty_cache()
-    print("wrote", save_records(records, "quant-plan", run_meta(roof), Path(args.out)))
+    name = "quant-plan" if args.hkv == H else f"quant-plan-gqa{H // args.hkv}"
+    print("wrote", save_records(records, name, run_meta(roof), Path(args.out)))
     return 0
 
 
