@@ -40,7 +40,8 @@ def test_quant_kernel_matches_the_dequantized_reference(fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_heads_on_n_loop_matches_the_dequantized_reference(fmt):
     """The tuning loop (``heads_on_n``) with its conversions in PTX, which the interpreter
-    does not run: int8 keys without the subtraction, the bias taken off the scores."""
+    does not run: int8 keys and values without the subtraction, their biases taken off the
+    scores and the accumulator."""
     _random_cases(fmt, random.Random(24), heads_on_n=True)
 
 
