@@ -19,11 +19,7 @@ def _bench(args) -> int:
 
 
 def _release(args) -> int:
-    try:
-        from labkit.course.release import ReleaseError, release
-    except ImportError as exc:
-        print(f"labkit release needs {exc.name} (pip install nbformat)", file=sys.stderr)
-        return 2
+    from labkit.course.release import ReleaseError, release  # the standard library only
 
     try:
         result = release(args.src, args.dst, check=args.check)

@@ -130,14 +130,32 @@ def test_repository_notebooks_are_in_step_with_solutions():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_release_check_runs_in_a_python_without_torch_or_numpy():
-    # an instructor's Python with nbformat alone: sys.modules[name] = None
-    # makes `import name` raise ImportError, as on a machine without it
-    code = ("import sys; sys.modules.update({m: None for m in ('torch', 'numpy', 'numba', 'triton')}); "
+def test_release_check_runs_in_a_python_without_torch_numpy_or_nbformat():
+    # a bare Python (the course's own release check runs before any dependency is installed):
+    # sys.modules[name] = None makes `import name` raise ImportError, as on a machine without it
+    code = ("import sys; sys.modules.update({m: None for m in ('torch', 'numpy', 'numba', 'triton', 'nbformat')}); "
             "from labkit.cli import main; sys.exit(main(['release', '--check']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "in step" in proc.stdout
+
+
+def test_release_reads_and_writes_notebooks_byte_for_byte_as_nbformat_does(tmp_path):
+    from labkit.course import ipynb
+
+    paths = sorted((ROOT / "solutions").glob("*.ipynb")) + sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert len(paths) >= 16
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        ours, theirs = ipynb.reads(text, path.name), nbformat.reads(text, as_version=4)
+        assert ours == theirs, path.name
+        assert ipynb.writes(ours) == nbformat.writes(theirs), path.name
+        if path.parent.name == "solutions":  # a release from nbformat's node writes the same student file
+            assert ipynb.writes(student_notebook(ours, path.name)) == nbformat.writes(student_notebook(theirs, path.name))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "01_bad.ipynb").write_text("{not json")
+    with pytest.raises(ReleaseError, match="01_bad.ipynb"):
+        release(tmp_path / "src", tmp_path / "dst", check=True)
 
 
 def test_every_exercise_has_a_check_and_student_notebooks_have_no_solutions():

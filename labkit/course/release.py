@@ -25,9 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
-
-from labkit.course import colab
+from labkit.course import colab, ipynb
 from labkit.paths import ROOT
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -73,21 +71,22 @@ def stub_solution(source: str, exercise: str | None, where: str) -> str:
     return "\n".join(out)
 
 
-def student_notebook(master: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
-    """The student version of one master notebook (``name`` is used in error messages)."""
+def student_notebook(master: dict, name: str) -> dict:
+    """The student version of one master notebook (a dict, or nbformat's node: the same type
+    comes back; ``name`` is used in error messages)."""
     nb = copy.deepcopy(master)
-    for index, cell in enumerate(nb.cells):
+    for index, cell in enumerate(nb["cells"]):
         where = f"{name}, cell {index}"
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-            has_region = any(_MARK.match(line) for line in cell.source.splitlines())
+        if cell["cell_type"] == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+            has_region = any(_MARK.match(line) for line in cell["source"].splitlines())
             if has_region:
-                cell.source = stub_solution(cell.source, cell_meta(cell).get("exercise"), where)
+                cell["source"] = stub_solution(cell["source"], cell_meta(cell).get("exercise"), where)
             elif "exercise" in cell_meta(cell):
                 raise ReleaseError(f"{where}: has 'labkit.exercise' metadata but no {BEGIN} region")
-        elif BEGIN in cell.source or END in cell.source:
-            raise ReleaseError(f"{where}: solution markers in a {cell.cell_type} cell")
+        elif BEGIN in cell["source"] or END in cell["source"]:
+            raise ReleaseError(f"{where}: solution markers in a {cell['cell_type']} cell")
         cell.get("metadata", {}).pop("execution", None)
     return nb
 
@@ -109,7 +108,7 @@ def _with_link(source: str, line: str) -> str:
     return "\n".join([lines[0], "", line, "", *rest]) if rest else "\n".join([lines[0], "", line])
 
 
-def sync_colab(master: nbformat.NotebookNode, name: str) -> bool:
+def sync_colab(master: dict, name: str) -> bool:
     """Set ``master``'s setup cell and "Open in Colab" link from :mod:`labkit.course.colab`, in place.
 
     Only those two change: the first code cell, when it starts with ``# Setup. On Colab``, and
@@ -117,16 +116,16 @@ def sync_colab(master: nbformat.NotebookNode, name: str) -> bool:
     changed.
     """
     changed = False
-    cells = master.cells
-    if cells and cells[0].cell_type == "markdown":
-        linked = _with_link(cells[0].source, colab.link_line(name))
-        if linked != cells[0].source:
-            cells[0].source, changed = linked, True
-    code = next((c for c in cells if c.cell_type == "code"), None)
-    if code is not None and code.source.startswith(colab.SETUP_MARK):
+    cells = master["cells"]
+    if cells and cells[0]["cell_type"] == "markdown":
+        linked = _with_link(cells[0]["source"], colab.link_line(name))
+        if linked != cells[0]["source"]:
+            cells[0]["source"], changed = linked, True
+    code = next((c for c in cells if c["cell_type"] == "code"), None)
+    if code is not None and code["source"].startswith(colab.SETUP_MARK):
         setup = colab.setup_cell_source()
-        if code.source != setup:
-            code.source, changed = setup, True
+        if code["source"] != setup:
+            code["source"], changed = setup, True
     return changed
 
 
@@ -146,22 +145,25 @@ def release(src: str | Path = ROOT / "solutions", dst: str | Path = ROOT / "note
     written, stale = [], []
     expected = set()
     for path in master_paths(src):
-        master = nbformat.read(path, as_version=4)
+        try:
+            master = ipynb.reads(path.read_text(encoding="utf-8"), path.name)
+        except ValueError as exc:  # not JSON, or not nbformat 4
+            raise ReleaseError(f"{path.name}: {exc}") from exc
         if sync_colab(master, path.name):
             if check:
                 stale.append(path)
             else:
-                path.write_text(nbformat.writes(master) + "\n")
+                path.write_text(ipynb.writes(master) + "\n", encoding="utf-8")
                 written.append(path)
-        text = nbformat.writes(student_notebook(master, path.name)) + "\n"
+        text = ipynb.writes(student_notebook(master, path.name)) + "\n"
         target = dst / path.name
         expected.add(target.name)
         if check:
-            if not target.exists() or target.read_text() != text:
+            if not target.exists() or target.read_text(encoding="utf-8") != text:
                 stale.append(target)
         else:
             dst.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
+            target.write_text(text, encoding="utf-8")
             written.append(target)
     orphans = [p for p in dst.glob("*.ipynb") if p.name not in expected]
     if check:
