@@ -113,8 +113,7 @@ def _quant_attend_kernel(
         row0 = pid_bh.to(tl.int64) * T + t_begin  # the first (token, KV head) row of this range
         if HEADS_ON_N:
             q_t = tl.trans(q_op)  # [D, HEADS]
-            q_bias_t = 1152.0 * tl.sum(q_t.to(tl.float32), axis=0, keep_dims=True)  # [1, HEADS] (int8)
-            m_t, l_t, acc_t = attend_range_t(q_t, q_bias_t, K, V, KS, VS, row0, t_end - t_begin, qk_scale, HEADS,
+            m_t, l_t, acc_t = attend_range_t(q_t, tl.reshape(q_bias, [1, HEADS]), K, V, KS, VS, row0, t_end - t_begin, qk_scale, HEADS,
                                              HEAD_DIM, BLOCK_T, NUM_STAGES, ASM)
             m, l, acc = tl.reshape(m_t, [HEADS, 1]), tl.reshape(l_t, [HEADS, 1]), tl.trans(acc_t)
         else:

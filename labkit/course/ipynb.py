@@ -20,8 +20,17 @@ def _is_json_mime(mime: str) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
-def _outputs(cell: dict) -> list:
-    return cell.get("outputs", []) if cell.get("cell_type") == "code" else []
+def _fields(cell: dict) -> list[tuple[dict, str, str]]:
+    """``(container, key, kind)`` of a cell's multi-line fields: its source, each output's text
+    (kind ``"text"``) and each entry of its outputs' and attachments' bundles (kind: the mime type)."""
+    found = [(cell, "source", "source")]
+    bundles = list(cell.get("attachments", {}).values())
+    for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+        if out.get("output_type") in ("execute_result", "display_data"):
+            bundles.append(out.get("data", {}))
+        elif "text" in out:
+            found.append((out, "text", "text" if out.get("output_type") == "stream" else "other"))
+    return found + [(data, mime, mime) for data in bundles for mime in data]
 
 
 def reads(text: str, name: str = "notebook") -> dict:
@@ -30,18 +39,10 @@ def reads(text: str, name: str = "notebook") -> dict:
     if nb.get("nbformat") != 4:
         raise ValueError(f"{name}: nbformat {nb.get('nbformat')!r}, expected 4")
     for cell in nb.get("cells", []):
-        if isinstance(cell.get("source"), list):
-            cell["source"] = "".join(cell["source"])
-        bundles = list(cell.get("attachments", {}).values())
-        for out in _outputs(cell):
-            if out.get("output_type") in ("execute_result", "display_data"):
-                bundles.append(out.get("data", {}))
-            elif isinstance(out.get("text"), list):
-                out["text"] = "".join(out["text"])
-        for data in bundles:
-            for key, value in data.items():
-                if not _is_json_mime(key) and isinstance(value, list) and all(isinstance(v, str) for v in value):
-                    data[key] = "".join(value)
+        for box, key, kind in _fields(cell):
+            value = box.get(key)
+            if not _is_json_mime(kind) and isinstance(value, list) and all(isinstance(v, str) for v in value):
+                box[key] = "".join(value)
     return nb
 
 
@@ -52,18 +53,10 @@ def writes(nb: dict) -> str:
         nb.get("metadata", {}).pop(key, None)
     for cell in nb.get("cells", []):
         cell.get("metadata", {}).pop("trusted", None)
-        if isinstance(cell.get("source"), str):
-            cell["source"] = cell["source"].splitlines(True)
-        bundles = list(cell.get("attachments", {}).values())
-        for out in _outputs(cell):
-            if out.get("output_type") in ("execute_result", "display_data"):
-                bundles.append(out.get("data", {}))
-            elif out.get("output_type") == "stream" and isinstance(out.get("text"), str):
-                out["text"] = out["text"].splitlines(True)
-        for data in bundles:
-            for key, value in data.items():
-                if isinstance(value, str) and (key.startswith("text/") or key in _SPLIT_MIMES):
-                    data[key] = value.splitlines(True)
+        for box, key, kind in _fields(cell):
+            if isinstance(box.get(key), str) and (kind in ("source", "text") or kind.startswith("text/")
+                                                  or kind in _SPLIT_MIMES):
+                box[key] = box[key].splitlines(True)
     return json.dumps(nb, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False)
 
 
