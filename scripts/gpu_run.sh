@@ -66,7 +66,7 @@ for stage in "${STAGES[@]}"; do
     grade) run grade python3 scripts/gpu/grade.py --out "$OUT" ${GRADE_ARGS:-} ;;
     quant) run quant_plan python3 scripts/gpu/quant_plan.py --out data/results
            run quant_plan_gqa python3 scripts/gpu/quant_plan.py --hkv 8 --out data/results \
-             --labels plan 4-warp "heads on N pps=7" "heads on N pps=8"
+             --labels plan 4-warp "heads on N pps=7" "heads on N pps=8" "heads on N 64-token pps=4"
            run quant_bench python3 -m labkit.bench.quant --quick --out data/results
            run quant_parts python3 scripts/gpu/quant_b1_parts.py --out data/results ;;
     train) run train bash scripts/gpu/train_models.sh data/models ;;
