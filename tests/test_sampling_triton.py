@@ -131,6 +131,7 @@ def test_check_accepts_a_correct_kernel(nb06_kernels, capsys):
 
 
 @pytest.mark.parametrize("wrong", ["uniform_over_nucleus", "no_cut", "nan_after_banned_tile"])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN kernel's, in the interpreter
 def test_check_rejects_a_wrong_kernel(nb06_kernels, wrong):
     with pytest.raises(CheckFailure) as info:
         nb06.check_sample_kernel(nb06_kernels[wrong])
