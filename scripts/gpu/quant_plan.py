@@ -49,7 +49,7 @@ def settings(B: int, T: int, hkv: int = H) -> list[tuple[str, dict]]:
     for pps in (7, 8):  # one warp: clean builds for every group (4 warps and 8+ heads take wgmma and byte gathers)
         found.append((f"heads on N pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, heads_on_n=True,
                                                     num_splits=splits(32, pps))))
-    # the same loop on 64-token tiles (209 registers, 50 KB: four programs an SM) and 16-token ones
+    # the same loop on 64-token tiles (50 KB of shared memory: four programs an SM) and 16-token ones
     found.append(("heads on N 64-token pps=4", dict(block_t=64, num_warps=1, num_stages=3, heads_on_n=True,
                                                     num_splits=splits(64, 4))))
     found.append(("heads on N 16-token pps=12", dict(block_t=16, num_warps=1, num_stages=4, heads_on_n=True,
