@@ -6,6 +6,7 @@ labelled as below; each setting is checked against the float64 reference first, 
 tokens); prints a line per setting.
 
     LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/quant_plan.py --out data/results [--hkv 8] [--labels plan]
+        [--shapes 1x8192 8x8192]
 
 "plan" is what ``quant_flash_decode`` picks. "4-warp" is the 128-token, 4-warp, 3-stage build
 with splits aimed at two programs an SM. "1-warp pps=N" asks the split heuristic for N resident
@@ -62,10 +63,12 @@ def main() -> int:
     p.add_argument("--out", default="data/results")
     p.add_argument("--hkv", type=int, default=H, help="KV heads (32 query heads)")
     p.add_argument("--labels", nargs="+", help="time only these settings")
+    p.add_argument("--shapes", nargs="+", metavar="BxT", help="time only these shapes, e.g. 1x8192")
     args = p.parse_args()
+    shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
     roof = copy_roofline_gbps()
     records = []
-    for B, T in SHAPES:
+    for B, T in shapes:
         records.append(fp16_kernel_record(B, T, roof, warmup=10, rep=40, hkv=args.hkv))
         base = records[-1].time_ms
         print(f"B={B} T={T}: fp16 {base * 1e3:.2f} us", flush=True)
