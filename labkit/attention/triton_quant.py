@@ -113,8 +113,8 @@ def _quant_attend_kernel(
         row0 = pid_bh.to(tl.int64) * T + t_begin  # the first (token, KV head) row of this range
         if HEADS_ON_N:
             q_t = tl.trans(q_op)  # [D, HEADS]
-            m_t, l_t, acc_t = attend_range_t(q_t, tl.reshape(q_bias, [1, HEADS]), K, V, KS, VS, row0, t_end - t_begin, qk_scale, HEADS,
-                                             HEAD_DIM, BLOCK_T, NUM_STAGES, ASM)
+            m_t, l_t, acc_t = attend_range_t(q_t, tl.reshape(q_bias, [1, HEADS]), K, V, KS, VS, row0,
+                                             t_end - t_begin, qk_scale, HEADS, HEAD_DIM, BLOCK_T, NUM_STAGES, ASM)
             m, l, acc = tl.reshape(m_t, [HEADS, 1]), tl.reshape(l_t, [HEADS, 1]), tl.trans(acc_t)
         else:
             m, l, acc = attend_range(q_op, q_bias, K, V, KS, VS, row0, t_end - t_begin, qk_scale, HEADS, HEAD_DIM,
