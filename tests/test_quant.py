@@ -281,6 +281,30 @@ def _solution_dequant_kernel(Q, K, V, KS, VS, Out, scale, T, HQ: tl.constexpr, G
 
 
 @triton.jit
+def _no_max_dequant_kernel(Q, K, V, KS, VS, Out, scale, T, HQ: tl.constexpr, GROUP: tl.constexpr,
+                           HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    # The solution without the running max: exp(s) of a score near 10^3 overflows fp32.
+    pid = tl.program_id(0)
+    kv = (pid // HQ) * (HQ // GROUP) + (pid % HQ) // GROUP
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + pid * HEAD_DIM + d).to(tl.float32) * scale
+    l = 0.0
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in range(0, T, BLOCK_T):
+        t = start + tl.arange(0, BLOCK_T)
+        mask = t < T
+        rows = (kv * T + t[:, None]) * HEAD_DIM + d[None, :]
+        k = tl.load(K + rows, mask=mask[:, None], other=0).to(tl.float32)
+        v = tl.load(V + rows, mask=mask[:, None], other=0).to(tl.float32)
+        ks = tl.load(KS + kv * T + t, mask=mask, other=0.0)
+        vs = tl.load(VS + kv * T + t, mask=mask, other=0.0)
+        p = tl.where(mask, tl.exp(tl.sum(k * q[None, :], axis=1) * ks), 0.0)
+        l += tl.sum(p, axis=0)
+        acc += tl.sum((p * vs)[:, None] * v, axis=0)
+    tl.store(Out + pid * HEAD_DIM + d, (acc / l).to(Out.dtype.element_ty))
+
+
+@triton.jit
 def _stub_kernel(Q, K, V, KS, VS, Out, scale, T, HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                  BLOCK_T: tl.constexpr):
     raise NotImplementedError("08.dequant_kernel")
@@ -307,6 +331,17 @@ def test_nb08_checks_pass_solutions_and_fail_stubs(capsys):
         nb08.check_quantize(lambda x: (torch.round(x.float() / (x.float().abs().mean(-1, keepdim=True) / 50)).clamp(
             -127, 127).to(torch.int8), x.float().abs().mean(-1) / 50))
     assert set(nb08.SOLUTIONS) == {"08.quantize", "08.dequant_kernel"}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy, on the overflow on purpose
+def test_nb08_large_key_scale_property_still_catches_an_overflow():
+    # That property's tolerance is looser than the others' (fp32 rounding of scores near 10^3), so
+    # this shows a kernel without the running max fails there, and only there.
+    from labkit.checks import nb08
+
+    with pytest.raises(CheckFailure) as info:
+        nb08.check_dequant_kernel(_no_max_dequant_kernel)
+    assert "1 of 10 properties failed" in str(info.value) and "[large key scales: no overflow]" in str(info.value)
 
 
 # --- the accuracy study's machinery --------------------------------------------------------------

@@ -21,6 +21,12 @@ from labkit.checks.core import TOLERANCE, assert_close, fresh_seed, launch_kerne
 
 QMAX = 127
 BLOCK_T = 16
+# Keys scaled by 300 give scores near 10^3, and fp32 rounds each score by about 10^3 * 2^-24.
+# That error goes straight into the softmax weights, so no fp32 kernel matches the float64
+# reference to 1e-5 there. Softmax in fp32 over the same inputs went above 1e-5 in 1 draw of 150
+# at the simulator's sizes (at most 4.8e-5 over 500,000 draws) and in 1 of 25 at the GPU's sizes.
+# A kernel that overflows still fails: it writes inf or NaN.
+LARGE_SCORE_RTOL = 2e-4
 
 
 def _reference_int8(x: torch.Tensor):
@@ -140,7 +146,7 @@ def check_dequant_kernel(kernel) -> None:
     short_t = max(t for t in s.check_lengths if 1 < t < BLOCK_T)
     device = runtime.device()
 
-    def case(T, *, B=2, Hq=H, Hkv=H, dtype=torch.float32, k_scale=1.0, zero_row=False):
+    def case(T, *, B=2, Hq=H, Hkv=H, dtype=torch.float32, k_scale=1.0, zero_row=False, rtol=None):
         q = torch.randn(B, Hq, D, device=device).to(dtype)
         kf = torch.randn(B, Hkv, T, D, device=device) * k_scale
         vf = torch.randn(B, Hkv, T, D, device=device)
@@ -151,7 +157,7 @@ def check_dequant_kernel(kernel) -> None:
         out = poisoned(q.shape, dtype, device)
         launch_kernel(launch_int8_one_pass, kernel, q, k, v, out, block_t=BLOCK_T)
         expected = reference_decode(q, k.dequantize(torch.float64), v.dequantize(torch.float64))
-        assert_close(out, expected, rtol=TOLERANCE[dtype],
+        assert_close(out, expected, rtol=rtol or TOLERANCE[dtype],
                      what=f"output vs the dequantized cache (B={B}, Hq={Hq}, Hkv={Hkv}, T={T})")
         return out, q, kf, vf
 
@@ -170,7 +176,7 @@ def check_dequant_kernel(kernel) -> None:
         ("T = 1", lambda: case(1)),
         ("GQA: 4 query heads per KV head", lambda: case(long_t, Hq=4 * H, Hkv=H)),
         ("fp16 queries and output", lambda: case(long_t, dtype=torch.float16)),
-        ("large key scales: no overflow", lambda: case(long_t, k_scale=300.0)),
+        ("large key scales: no overflow", lambda: case(long_t, k_scale=300.0, rtol=LARGE_SCORE_RTOL)),
         ("a token of zeros (scale 0)", lambda: case(short_t, zero_row=True)),
         ("every output element written (batch 3)", lambda: case(short_t, B=3)),
     ])
