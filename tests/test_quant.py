@@ -333,6 +333,22 @@ def test_nb08_checks_pass_solutions_and_fail_stubs(capsys):
     assert set(nb08.SOLUTIONS) == {"08.quantize", "08.dequant_kernel"}
 
 
+def test_nb08_quantize_check_lets_only_near_ties_round_either_way():
+    from labkit.checks.nb08 import TIE, _steps_off
+
+    scale = torch.tensor([0.01], dtype=torch.float32)
+    s = float(scale)  # x / scale in float64 lands where written below
+    x = torch.tensor([[127 * s, (3.5 + 1e-6) * s, (3.5 + 0.01) * s, -2.2 * s]], dtype=torch.float64)
+    data = torch.tensor([[127, 3, 4, -2]], dtype=torch.int8)
+    assert bool((_steps_off(data, x, scale) <= 0.5 + TIE).all())
+    data[0, 1] = 4  # a near-tie rounded up: as right as down
+    assert bool((_steps_off(data, x, scale) <= 0.5 + TIE).all())
+    for i, wrong in ((2, 3), (3, -3)):  # not a near-tie: one step off is wrong
+        d = data.clone()
+        d[0, i] = wrong
+        assert float(_steps_off(d, x, scale)[0, i]) > 0.5 + TIE
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy, on the overflow on purpose
 def test_nb08_large_key_scale_property_still_catches_an_overflow():
     # That property's tolerance is looser than the others' (fp32 rounding of scores near 10^3), so
