@@ -247,12 +247,15 @@ def check_merge(kernel) -> None:
     D, H, long_t, short_t = _sizes()
     device = runtime.device()
 
-    def case(T, splits, *, B=2, Hq=H, Hkv=H, dtype=torch.float32, q_scale=1.0):
+    def case(T, splits, *, B=2, Hq=H, Hkv=H, dtype=torch.float32, q_scale=1.0, of_partials=False):
         q, k, v = _inputs(B, Hq, Hkv, T, D, dtype, q_scale=q_scale)
         m, l, acc = (t.to(device, torch.float32) for t in reference_partials(q, k, v, splits))
         out = poisoned(q.shape, dtype, device)
         launch_kernel(launch_merge, kernel, m, l, acc, out)
-        expected = reference_decode(q, k, v)
+        # Chunk maxima near 10^3 are off by up to 6e-5 in their fp32 copy, and two nearly tied chunks
+        # carry that into the output (a perfect merge went past 1e-5 in 1 draw of 4000): for them the
+        # answer to match is the float64 merge of the fp32 partials given.
+        expected = merge_reference(m, l, acc) if of_partials else reference_decode(q, k, v)
         assert_close(out, expected, rtol=TOLERANCE[dtype], what=f"merged output ({splits} chunks, T={T})")
         return m, l, acc
 
@@ -270,7 +273,7 @@ def check_merge(kernel) -> None:
         ("a number of chunks that is not a power of two", lambda: case(long_t, 7)),
         ("empty chunks (m = -inf, l = 0) add nothing", lambda: case(short_t, short_t + 3)),
         ("fp16 output", lambda: case(long_t, 3, dtype=torch.float16)),
-        ("chunk maxima far apart: no overflow", lambda: case(long_t, 3, q_scale=400.0)),
+        ("chunk maxima far apart: no overflow", lambda: case(long_t, 3, q_scale=400.0, of_partials=True)),
         ("every output element written (batch 3)", lambda: case(short_t, 2, B=3, Hq=2 * H)),
         ("your own kernel (not labkit's)", lambda: assert_not_labkit(kernel, SOLUTIONS["03.merge"])),
     ])
