@@ -253,6 +253,20 @@ def _solution_quantize(x):
 
 
 @triton.jit
+def _int8_tile(K, V, KS, VS, kv, start, T, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    # One tile of KV head kv: its int8 K and V rows as fp32, their scales, and which rows exist.
+    d = tl.arange(0, HEAD_DIM)
+    t = start + tl.arange(0, BLOCK_T)
+    mask = t < T
+    rows = (kv * T + t[:, None]) * HEAD_DIM + d[None, :]
+    k = tl.load(K + rows, mask=mask[:, None], other=0).to(tl.float32)
+    v = tl.load(V + rows, mask=mask[:, None], other=0).to(tl.float32)
+    ks = tl.load(KS + kv * T + t, mask=mask, other=0.0)
+    vs = tl.load(VS + kv * T + t, mask=mask, other=0.0)
+    return k, v, ks, vs, mask
+
+
+@triton.jit
 def _solution_dequant_kernel(Q, K, V, KS, VS, Out, scale, T, HQ: tl.constexpr, GROUP: tl.constexpr,
                              HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
     pid = tl.program_id(0)
@@ -263,13 +277,7 @@ def _solution_dequant_kernel(Q, K, V, KS, VS, Out, scale, T, HQ: tl.constexpr, G
     l = 0.0
     acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
     for start in range(0, T, BLOCK_T):
-        t = start + tl.arange(0, BLOCK_T)
-        mask = t < T
-        rows = (kv * T + t[:, None]) * HEAD_DIM + d[None, :]
-        k = tl.load(K + rows, mask=mask[:, None], other=0).to(tl.float32)
-        v = tl.load(V + rows, mask=mask[:, None], other=0).to(tl.float32)
-        ks = tl.load(KS + kv * T + t, mask=mask, other=0.0)
-        vs = tl.load(VS + kv * T + t, mask=mask, other=0.0)
+        k, v, ks, vs, mask = _int8_tile(K, V, KS, VS, kv, start, T, HEAD_DIM, BLOCK_T)
         s = tl.where(mask, tl.sum(k * q[None, :], axis=1) * ks, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
         alpha = tl.exp(m - m_new)
@@ -291,13 +299,7 @@ def _no_max_dequant_kernel(Q, K, V, KS, VS, Out, scale, T, HQ: tl.constexpr, GRO
     l = 0.0
     acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
     for start in range(0, T, BLOCK_T):
-        t = start + tl.arange(0, BLOCK_T)
-        mask = t < T
-        rows = (kv * T + t[:, None]) * HEAD_DIM + d[None, :]
-        k = tl.load(K + rows, mask=mask[:, None], other=0).to(tl.float32)
-        v = tl.load(V + rows, mask=mask[:, None], other=0).to(tl.float32)
-        ks = tl.load(KS + kv * T + t, mask=mask, other=0.0)
-        vs = tl.load(VS + kv * T + t, mask=mask, other=0.0)
+        k, v, ks, vs, mask = _int8_tile(K, V, KS, VS, kv, start, T, HEAD_DIM, BLOCK_T)
         p = tl.where(mask, tl.exp(tl.sum(k * q[None, :], axis=1) * ks), 0.0)
         l += tl.sum(p, axis=0)
         acc += tl.sum((p * vs)[:, None] * v, axis=0)
