@@ -4,7 +4,7 @@
 
 Covers the dequantizing flash-decoding kernel (contiguous and paged, int8 and, on sm_89+, fp8
 e4m3; more splits than tiles, ragged lengths, GQA on both scoring paths, T = 1 and T not a
-multiple of any tile) and the quantize-on-write kernel (with RoPE, tokens at the cache's last
+multiple of any tile; on sm_80+ also the tuning loop with the heads on the MMA's N side) and the quantize-on-write kernel (with RoPE, tokens at the cache's last
 slot). Each attention case runs twice into an output poisoned with NaN and is compared with
 the float64 reference of the dequantized cache; exits 1 on a wrong answer (the sanitizer's
 exit code reports memory errors).
@@ -19,6 +19,7 @@ import torch
 
 from labkit import runtime
 from labkit.attention.quant_decode import quant_flash_decode, reference_quant_decode
+from labkit.attention.triton_plan import capability
 from labkit.checks.core import poisoned
 from labkit.kvcache.paged_attention import paged_decode
 from labkit.kvcache.quant import QuantKV, empty_quant, format_supported, quantize, to_paged_quant
@@ -48,6 +49,7 @@ def main() -> int:
     dev = runtime.device()
     bad = 0
     fmts = [f for f in ("int8", "fp8_e4m3") if format_supported(f)]
+    mma = runtime.MODE == "gpu" and capability() >= (8, 0)  # heads_on_n is a tensor-core loop
     for fmt in fmts:
         for B, Hq, Hkv, T, D, splits, block_t, use_dot in CASES:
             q = torch.randn(B, Hq, D, device=dev, dtype=torch.float16)
@@ -59,12 +61,17 @@ def main() -> int:
             kp, table = to_paged_quant(k, 16)
             vp, _ = to_paged_quant(v, 16, tables=table)
             nan = lambda: poisoned(q.shape, q.dtype, q.device)  # noqa: E731
-            bad += check_twice({
+            runs = {
                 "quant_flash_decode": lambda: quant_flash_decode(q, k, v, lengths=lengths, num_splits=splits,
                                                                  block_t=block_t, use_dot=use_dot, out=nan()),
                 "paged_decode(QuantKV)": lambda: paged_decode(q, kp, vp, table, lengths, num_splits=splits,
                                                               out=nan()),
-            }, expected, torch.float16, f"{fmt} B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} splits={splits}")
+            }
+            if mma:
+                runs["quant_flash_decode(heads_on_n)"] = lambda: quant_flash_decode(
+                    q, k, v, lengths=lengths, num_splits=splits, block_t=max(16, block_t or 32), num_warps=1,
+                    use_dot=True, heads_on_n=True, out=nan())
+            bad += check_twice(runs, expected, torch.float16, f"{fmt} B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} splits={splits}")
         # quantize-on-write, RoPE on, the last token at the cache's last slot
         R, H, S, D, N = 3, 5, 33, 128, 7
         kn, vn = (torch.randn(N, H, D, device=dev, dtype=torch.float16) for _ in range(2))
