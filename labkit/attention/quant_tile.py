@@ -6,9 +6,10 @@ into the online softmax and the weighted sum of V. How the 8-bit values become f
 loop's speed more than the bytes do (see :func:`_to_f16`), so the conversions live here with it.
 
 :func:`dot_tile_t` and :func:`attend_range_t` are the same tile with the tokens as the MMA's M
-side and the query heads as N (``quant_flash_decode(..., heads_on_n=True)``): 531 instead of
-900 SASS instructions a 32-token tile on sm_90 (``scripts/quant_loop_sass.py``). It is a tuning
-option until a GPU has timed it against the shipped loop (``scripts/gpu/quant_plan.py``).
+side and the query heads as N (``quant_flash_decode(..., heads_on_n=True)``): 580 instead of
+900 SASS instructions a 32-token tile on sm_90 and 167 registers instead of 253 (Triton 3.6,
+``scripts/quant_loop_sass.py``). sm_90's plan runs it for MHA and for GQA up to 8 query heads a
+KV head, in one-warp programs (:func:`labkit.attention.triton_quant.quant_config`).
 """
 
 from __future__ import annotations
@@ -148,18 +149,20 @@ def attend_range(q_op, q_bias, K, V, KS, VS, row0, n_tokens, qk_scale, HEADS: tl
 
 
 @triton.jit
-def dot_tile_t(q_t, q_bias, m, l, w, acc, kq, vq, ks, vs, mask_t, qk_scale, MASKED: tl.constexpr, ASM: tl.constexpr):
+def dot_tile_t(q_t, q_bias, m, l, acc, kq, vq, ks, vs, mask_t, qk_scale, MASKED: tl.constexpr, ASM: tl.constexpr):
     """:func:`dot_tile` with the tokens as the tensor cores' M side and the query heads as N:
     ``s = K·qᵀ`` and ``accᵀ += Vᵀ·p``. With one query head per KV head, ``q·Kᵀ`` fills one of
     the 16 rows an MMA computes; here a head pads N to 8, so a tile takes half the MMAs, and
     the accumulator ``[D, HEADS]`` half the registers (and the rescale half the multiplies).
 
-    int8 tiles convert without the subtraction (:func:`_to_f16`), so each product carries a
-    bias: the keys' comes off the scores at once (q_bias, [1, HEADS], 1152·Σ_d q); the values'
-    is 1152·w, where ``w`` ([1, HEADS]) sums the weights p·vs like ``l`` sums p, and comes off
-    the accumulator once, at the end of the range. q_t: [D, HEADS] fp16; m, l: [1, HEADS];
+    int8 keys convert without the subtraction (:func:`_to_f16`): every score then carries
+    1152·Σ_d q, one number per head (q_bias, [1, HEADS]), taken off before the key scale.
+    Values keep the subtraction. Their bias would be 1152 times the sum of the weights, to take
+    off the accumulator at the end of a range, and that cancels: a weighted mean of values near
+    zero is what remains of a sum near 1152, and fp32 keeps too few of its digits (relative
+    errors of 0.4-2% at 2-4k tokens on an H100). q_t: [D, HEADS] fp16; m, l: [1, HEADS];
     acc: [D, HEADS] fp32. kq, vq, ks, vs, mask_t as :func:`dot_tile`'s. Returns the updated
-    ``(m, l, w, acc)``.
+    ``(m, l, acc)``.
     """
     if kq.dtype == tl.int8:
         s = tl.dot(_to_f16(kq, ASM, BIAS=True), q_t) - q_bias  # [BLOCK_T, HEADS]
@@ -172,24 +175,19 @@ def dot_tile_t(q_t, q_bias, m, l, w, acc, kq, vq, ks, vs, mask_t, qk_scale, MASK
     if tl.max(m_new - m) > 0:  # rescale only when a running max moved: most tiles of a long range skip it
         alpha = tl.exp2(m - m_new)
         l = l * alpha
-        w = w * alpha
         acc = acc * alpha
     p = tl.exp2(s - m_new)
     l = l + tl.sum(p, axis=0, keep_dims=True)
     pv = (p * vs[:, None]).to(tl.float16)  # the value scale folded into the weights
-    if vq.dtype == tl.int8:
-        w = w + tl.sum(pv.to(tl.float32), axis=0, keep_dims=True)
-        acc = acc + tl.dot(tl.trans(_to_f16(vq, ASM, PURE=False, BIAS=True)), pv)
-    else:
-        acc = acc + tl.dot(tl.trans(_to_f16(vq, ASM, PURE=False)), pv)
-    return m_new, l, w, acc
+    acc = acc + tl.dot(tl.trans(_to_f16(vq, ASM, PURE=False)), pv)
+    return m_new, l, acc
 
 
 @triton.jit
 def attend_range_t(q_t, q_bias, K, V, KS, VS, row0, n_tokens, qk_scale, HEADS: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, NUM_STAGES: tl.constexpr, ASM: tl.constexpr):
     """:func:`attend_range` over :func:`dot_tile_t`: returns ``(m [1, HEADS], l [1, HEADS],
-    acc [D, HEADS])``, the values' bias taken off. One scalar pointer per tensor steps a tile;
+    acc [D, HEADS])``. One scalar pointer per tensor steps a tile;
     the offsets within a tile stay the same every iteration, so the loop forms no per-element
     addresses of its own."""
     offs_t = tl.arange(0, BLOCK_T)
@@ -199,10 +197,9 @@ def attend_range_t(q_t, q_bias, K, V, KS, VS, row0, n_tokens, qk_scale, HEADS: t
     m = tl.full([1, HEADS], float("-inf"), dtype=tl.float32)
     l = tl.zeros([1, HEADS], dtype=tl.float32)
     acc = tl.zeros([HEAD_DIM, HEADS], dtype=tl.float32)
-    w = tl.zeros([1, HEADS], dtype=tl.float32)
     full = tl.maximum(n_tokens, 0) // BLOCK_T
     for _ in tl.range(0, full, num_stages=NUM_STAGES):
-        m, l, w, acc = dot_tile_t(q_t, q_bias, m, l, w, acc, tl.load(k_tile + offs), tl.load(v_tile + offs),
+        m, l, acc = dot_tile_t(q_t, q_bias, m, l, acc, tl.load(k_tile + offs), tl.load(v_tile + offs),
                                tl.load(ks_tile + offs_t), tl.load(vs_tile + offs_t), offs_t, qk_scale, False, ASM)
         k_tile += BLOCK_T * HEAD_DIM
         v_tile += BLOCK_T * HEAD_DIM
@@ -210,12 +207,10 @@ def attend_range_t(q_t, q_bias, K, V, KS, VS, row0, n_tokens, qk_scale, HEADS: t
         vs_tile += BLOCK_T
     if full * BLOCK_T < n_tokens:
         mask_t = offs_t < n_tokens - full * BLOCK_T
-        m, l, w, acc = dot_tile_t(q_t, q_bias, m, l, w, acc, tl.load(k_tile + offs, mask=mask_t[:, None], other=0.0),
+        m, l, acc = dot_tile_t(q_t, q_bias, m, l, acc, tl.load(k_tile + offs, mask=mask_t[:, None], other=0.0),
                                tl.load(v_tile + offs, mask=mask_t[:, None], other=0.0),
                                tl.load(ks_tile + offs_t, mask=mask_t, other=0.0),
                                tl.load(vs_tile + offs_t, mask=mask_t, other=0.0), mask_t, qk_scale, True, ASM)
-    if V.dtype.element_ty == tl.int8:
-        acc = acc - 1152.0 * w
     return m, l, acc
 
 
