@@ -39,8 +39,10 @@ def _stream_kernel(K, V, KS, VS, Out, T, num_splits, HEAD_DIM: tl.constexpr, BLO
     # an elementwise max keeps every load alive at one instruction per register.
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    tiles = tl.cdiv(tl.cdiv(T, BLOCK_T), num_splits)
-    row0 = pid.to(tl.int64) * T + split * tiles * BLOCK_T
+    # T a multiple of BLOCK_T; the last split may hold fewer tiles (none past the sequence)
+    per_split = tl.cdiv(T // BLOCK_T, num_splits)
+    tiles = tl.maximum(tl.minimum(per_split, T // BLOCK_T - split * per_split), 0)
+    row0 = pid.to(tl.int64) * T + split * per_split * BLOCK_T
     offs_t = tl.arange(0, BLOCK_T)
     offs = (row0 + offs_t)[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
     k_ptrs, v_ptrs, ks_ptrs, vs_ptrs = K + offs, V + offs, KS + row0 + offs_t, VS + row0 + offs_t
@@ -62,12 +64,13 @@ def main() -> int:
     p.add_argument("--T", type=int, default=8192)
     p.add_argument("--splits", type=int, nargs="+", default=[0, 16], help="0: the plan's count")
     args = p.parse_args()
+    if args.T % 128:
+        p.error(f"--T must be a multiple of 128 (whole tiles for the loads-only kernels), got {args.T}")
     T, roof = args.T, copy_roofline_gbps()
     shape = {"B": 1, "Hq": H, "Hkv": H, "T": T, "D": D}
     sets = make_sets(1, H, H, T, D, ("int8",))
     args8 = [(s["q"], *s["int8"], torch.empty_like(s["q"])) for s in sets]
     nbytes = quant_decode_bytes(1, H, H, T, D, "int8")
-    sink = torch.empty(H * 64, device=sets[0]["q"].device)
     records = []
 
     def add(name, ms, dtype="int8", b=nbytes, **extra):
@@ -80,6 +83,7 @@ def main() -> int:
     add("int8 shipped", time_ms(rotating(lambda q, k, v, o: quant_flash_decode(q, k, v, out=o), args8), graph=True))
     cfg = quant_config_for(D, 1, T)
     for splits in [sp or plan_splits(1, H, H, T, cfg) for sp in args.splits]:
+        sink = torch.empty(H * splits, device=sets[0]["q"].device)
         meta = quant_constexprs(H, 1, D, cfg, bs=1, has_lengths=False, split=True, paged=False)
 
         def attend(q, k, v, o, splits=splits, meta=meta):
@@ -89,7 +93,7 @@ def main() -> int:
 
         add("int8 kernel without the merge", time_ms(rotating(attend, args8), graph=True), splits=splits)
         for bt, st, w in ((cfg.block_t, cfg.num_stages, cfg.num_warps), (64, 3, 4), (128, 3, 4)):
-            def stream(q, k, v, o, splits=splits, bt=bt, st=st, w=w):
+            def stream(q, k, v, o, splits=splits, bt=bt, st=st, w=w, sink=sink):
                 _stream_kernel[(H, splits)](k.data, v.data, k.scale, v.scale, sink, T, splits, HEAD_DIM=D,
                                             BLOCK_T=bt, NUM_STAGES=st, num_warps=w)
 
