@@ -417,10 +417,11 @@ def test_the_tensor_core_and_fp8_paths_compile_for_sm90():
     # V converts to fp16 before its layout change: read from shared memory whole, not a byte at a
     # time (the first version gathered 64 bytes per thread per tile, half the loop's instructions)
     assert [b.byte_shared_loads for b in builds[:4]] == [0, 0, 0, 0]
-    # MHA on a contiguous cache runs one-warp programs, and the split plan counts on seven an SM:
-    # their registers and shared memory must allow seven (64K registers, 228 KB, 1 KB reserved each)
+    # MHA on a contiguous cache runs one-warp programs of the heads-on-N loop, and the split plan
+    # counts on seven an SM: registers and shared memory must allow seven (64K registers, 228 KB,
+    # 1 KB reserved each)
     cfg = quant_config_for(128, 1, 8192, cc=(9, 0))
-    assert requests[0][3] == 1 and cfg.programs_per_sm == 7
+    assert requests[0][3] == 1 and requests[0][2]["HEADS_ON_N"] and cfg.programs_per_sm == 7
     assert 7 * 32 * builds[0].registers <= 65536 and 7 * (builds[0].shared_bytes + 1024) <= 228 * 1024
 
 
@@ -430,11 +431,11 @@ def test_the_heads_on_n_loop_compiles_for_sm90_with_fewer_registers_and_no_byte_
     one_warp = dict(block_t=32, num_warps=1, num_stages=3)
     requests = [quant_build(fmt, 128, g, True, 8192, cc=(9, 0), hkv=32 // g, heads_on_n=True, **one_warp)
                 for fmt, g in (("i8", 1), ("fp8e4nv", 1), ("i8", 8), ("fp8e4nv", 4))]
-    requests.append(quant_build("i8", 128, 1, True, 8192, cc=(9, 0), hkv=32, **one_warp))  # the shipped loop
+    requests.append(quant_build("i8", 128, 1, True, 8192, cc=(9, 0), hkv=32, heads_on_n=False, **one_warp))  # the other loop
     assert [r[2]["HEADS"] for r in requests] == [1, 1, 8, 4, 16] and all(r[2]["HEADS_ON_N"] for r in requests[:4])
     builds = compile_triton_many_for_t4(requests, ccs=[(9, 0)] * len(requests))
     assert [b.byte_shared_loads for b in builds] == [0] * 5 and all(b.spill_bytes in (None, 0) for b in builds)
-    # one-warp programs of this loop: fewer registers than the shipped loop's, and 8 fit an SM
+    # one-warp programs of this loop: fewer registers than the other loop's, and 8 fit an SM
     assert builds[0].registers < builds[4].registers
     assert 8 * 32 * builds[0].registers <= 65536 and 8 * (builds[0].shared_bytes + 1024) <= 228 * 1024
 
@@ -447,15 +448,26 @@ def test_the_sm90_mha_plan_fills_seven_one_warp_programs_an_sm_with_four_tiles_a
     for B, T in ((1, 512), (1, 2048), (1, 8192), (1, 32768), (8, 8192)):
         cfg = quant_config_for(128, 1, T, cc=(9, 0))
         splits[B, T] = triton_plan.plan_splits(B, 32, 32, T, cfg)
-        assert (cfg.block_t, cfg.num_warps, cfg.num_stages) == (32, 1, 3)
+        assert (cfg.block_t, cfg.num_warps, cfg.num_stages, cfg.heads_on_n) == (32, 1, 3, True)
         assert -(-T // cfg.block_t) // splits[B, T] >= cfg.min_split_tiles  # no range shorter than 4 tiles
         assert B * 32 * splits[B, T] <= 7 * 132  # one wave
     # measured on the H200 (data/results/quant-plan_nvidia-h200.json): 16 splits at 2k, 26 at 8k, 28 at 32k
     assert splits == {(1, 512): 4, (1, 2048): 16, (1, 8192): 26, (1, 32768): 28, (8, 8192): 3}
-    # GQA, the paged pool, D = 256 and sm_80 keep the 4-warp, 128-token plan
-    for cfg in (quant_config_for(128, 4, 8192, cc=(9, 0)), quant_config_for(128, 1, 8192, cc=(9, 0), paged=True),
+    # GQA up to 8 heads a KV head takes the same loop, with no floor on a split's tiles (as timed,
+    # data/results/quant-plan-gqa4_nvidia-h100-80gb-hbm3.json)
+    for g in (2, 4, 8):
+        cfg = quant_config_for(128, g, 8192, cc=(9, 0))
+        assert (cfg.block_t, cfg.num_warps, cfg.heads_on_n, cfg.min_split_tiles) == (32, 1, True, 1)
+    # larger groups, the paged pool, D = 256 and sm_80 keep the 4-warp, 128-token plan
+    for cfg in (quant_config_for(128, 16, 8192, cc=(9, 0)), quant_config_for(128, 1, 8192, cc=(9, 0), paged=True),
                 quant_config_for(256, 1, 8192, cc=(9, 0)), quant_config_for(128, 1, 8192, cc=(8, 0))):
-        assert (cfg.block_t, cfg.num_warps, cfg.min_split_tiles) == (128, 4, 1)
+        assert (cfg.block_t, cfg.num_warps, cfg.min_split_tiles, cfg.heads_on_n) == (128, 4, 1, False)
+
+
+def test_the_heads_on_n_loop_refuses_more_than_one_warp():
+    q, kf, vf = qkv(1, 2, 2, 64, 64, torch.float16)
+    with pytest.raises(ValueError, match="heads_on_n runs one-warp programs; got num_warps=4"):
+        quant_flash_decode(q, quantize(kf), quantize(vf), use_dot=True, heads_on_n=True, num_warps=4)
 
 
 def test_formats_name_their_gpus():

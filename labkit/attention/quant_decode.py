@@ -45,7 +45,7 @@ def _as_quant(x, fmt: str):
 def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num_splits: int | None = None,
                        out=None, fmt: str | None = None, block_t: int | None = None, num_warps: int | None = None,
                        num_stages: int | None = None, use_dot: bool | None = None,
-                       biased: bool | None = None, heads_on_n: bool = False) -> torch.Tensor:
+                       biased: bool | None = None, heads_on_n: bool | None = None) -> torch.Tensor:
     """Flash-decoding over a quantized contiguous cache.
 
     q: [B, Hq, D] fp16/fp32 (bf16 where the GPU has it); k, v: :class:`~labkit.kvcache.quant.QuantKV`
@@ -53,9 +53,10 @@ def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num
     ``fmt`` or int8 — convenient, not fast). ``lengths``: optional [B] int32 in [1, T].
     Returns [B, Hq, D] in q's dtype. ``num_splits``, ``block_t``, ``num_warps``,
     ``num_stages`` and ``use_dot`` override the plan; ``biased`` picks the biased int8
-    conversion (:data:`labkit.attention.triton_quant.BIASED_INT8`) and ``heads_on_n`` the
-    tensor-core loop with the heads on the MMA's N side (:func:`~labkit.attention.quant_tile.dot_tile_t`;
-    the reduction path, the T4's, has no MMA and ignores it), both for tuning.
+    conversion (:data:`labkit.attention.triton_quant.BIASED_INT8`), for tuning. ``heads_on_n``
+    (default: the plan's, on sm_90) picks the tensor-core loop with the heads on the MMA's N
+    side (:func:`~labkit.attention.quant_tile.dot_tile_t`), which runs one-warp programs only;
+    the reduction path, the T4's, has no MMA and ignores it.
     """
     k, v = _as_quant(k, fmt or "int8"), _as_quant(v, fmt or "int8")
     device = runtime.device()
@@ -80,8 +81,12 @@ def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num
             if lo < 1 or hi > T:
                 raise ValueError(f"lengths must lie in [1, T={T}], got values from {lo} to {hi}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    cfg = quant_config_for(D, Hq // Hkv, T, block_t=block_t, num_warps=num_warps, num_stages=num_stages,
-                           use_dot=use_dot)
+    if heads_on_n and num_warps not in (None, 1):
+        raise ValueError(f"heads_on_n runs one-warp programs; got num_warps={num_warps} (pass 1, or leave it out)")
+    cfg = quant_config_for(D, Hq // Hkv, T, block_t=block_t, num_warps=1 if heads_on_n else num_warps,
+                           num_stages=num_stages, use_dot=use_dot)
+    if heads_on_n is None:  # the plan's loop, unless an override left it more than one warp
+        heads_on_n = cfg.heads_on_n and cfg.num_warps == 1
     splits = plan_splits(B, Hq, Hkv, T, cfg, num_splits=num_splits, device_index=q.device.index)
     return quant_launch(q, k, v, check_out(out, q), scale=scale, T=T, cfg=cfg, num_splits=splits, lengths=lengths,
                         biased=biased, heads_on_n=heads_on_n)

@@ -43,6 +43,7 @@ class Config:
     use_dot: bool = False  # scores and p·V on the tensor cores (GQA on sm_80+, one head on sm_90+)
     programs_per_sm: int = 4  # the split heuristic's target of resident programs per SM
     min_split_tiles: int = 1  # the heuristic gives each split at least this many tiles (its pipeline's fill)
+    heads_on_n: bool = False  # quantized kernel, one warp: tokens as the MMA's M side, query heads as N
 
 
 @functools.lru_cache(maxsize=None)

@@ -180,19 +180,20 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
     of the fp32 values it becomes, so the tiles are the fp16 kernel's (64 tokens at D = 128).
     sm_80+ dequantizes to fp16 and scores with ``tl.dot``.
 
-    One query head per KV head on sm_90 (MHA, a contiguous cache, D ≤ 128) runs one-warp
-    programs over 32-token tiles, three stages deep. A lone query pads ``tl.dot``'s 16 rows, and
-    with one warp a tile's softmax needs no reduction across warps and p·V no exchange of p
-    through shared memory; many small programs keep many tiles in flight (why it wins was not
-    isolated further). The build takes 253 registers and 29 KB
-    of shared memory on sm_90, so seven fit an SM; the splits fill them, with at least four
-    tiles a split (a shorter range is mostly its pipeline's fill). Against the 128-token,
-    4-warp build below, the H200 measured 26.1 against 28.2 µs at batch 1, 8k tokens, 76.6
-    against 91.0 µs at 32k and 155.7 against 174.9 µs at batch 8, 8k
-    (``data/results/quant-plan_nvidia-h200.json``, ``scripts/gpu/quant_plan.py``).
+    On sm_90, a contiguous cache with D ≤ 128 and up to 8 query heads a KV head runs one-warp
+    programs over 32-token tiles, three stages deep, with the tokens as the MMA's M side and the
+    heads as N (:func:`~labkit.attention.quant_tile.dot_tile_t`). With one warp a tile's softmax
+    needs no reduction across warps and p·V no exchange of p through shared memory; with the
+    heads on N a lone query pads N to 8 rather than M to 16. The build takes 167 registers and
+    25 KB of shared memory (Triton 3.6), so eight fit an SM; the splits aim at seven, with at
+    least four tiles a split for one head (a shorter range is mostly its pipeline's fill) and
+    no floor for a group. On an H100 (2026-12-07, ``data/results/h100/quant-plan_*.json`` and
+    ``quant-plan-gqa4_*.json``, ``scripts/gpu/quant_plan.py``) it was within 1% of the
+    128-token, 4-warp build below or faster at every shape timed: 30.1 against 30.6 µs at batch
+    1, 8k tokens (MHA), 11.4 against 13.9 µs at 2k, 11.8 against 14.7 µs with GQA 4 at 8k.
 
-    Otherwise (GQA, the paged pool, sm_80) a tile of 128 tokens keeps as many bytes in flight
-    per program as the fp16 kernel's 64, three stages deep on sm_90: the H200 sweep in
+    Otherwise (larger groups, the paged pool, D = 256, sm_80) a tile of 128 tokens keeps as many
+    bytes in flight per program as the fp16 kernel's 64, three stages deep on sm_90: the H200 sweep in
     ``labkit.bench.quant`` measured it fastest among 64-256 tokens, 4 or 8 warps and 1-4 stages
     (``data/results/quant-sweep_nvidia-h200.json``). That build takes 228 registers a thread
     on sm_90 (V staged as fp16, :mod:`~labkit.attention.quant_tile`), so two programs fit an
@@ -202,8 +203,9 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
     if use_dot is None:
         use_dot = head_dim >= 16 and cc >= (8, 0)
     if use_dot:
-        if cc >= (9, 0) and group == 1 and head_dim <= 128 and not paged:
-            return Config(block_t=32, num_warps=1, num_stages=3, use_dot=True, programs_per_sm=7, min_split_tiles=4)
+        if cc >= (9, 0) and group <= 8 and head_dim <= 128 and not paged:
+            return Config(block_t=32, num_warps=1, num_stages=3, use_dot=True, programs_per_sm=7,
+                          min_split_tiles=4 if group == 1 else 1, heads_on_n=True)
         return Config(block_t=128, num_warps=4, num_stages=3 if cc >= (9, 0) else 1, use_dot=True,
                       programs_per_sm=2)
     heads = heads_per_program(group, False)

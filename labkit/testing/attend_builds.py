@@ -44,14 +44,16 @@ def quant_signature(fmt: str) -> dict[str, str]:
 
 
 def quant_build(fmt: str, D: int, group: int, split: bool, T: int, cc: tuple[int, int] = (7, 5),
-                paged: bool = False, *, hkv: int = 8, has_lengths: bool = True, heads_on_n: bool = False,
+                paged: bool = False, *, hkv: int = 8, has_lengths: bool = True, heads_on_n: bool | None = None,
                 **overrides) -> tuple:
     """The ``(kernel, signature, constexprs, num_warps)`` request
     :func:`~labkit.attention.triton_quant.quant_launch` makes on ``cc`` for fp16 queries over an
     8-bit cache (``paged``: 16-token pool blocks). ``overrides`` (``block_t``, ``num_warps``,
     ``num_stages``) replace the plan's, as ``quant_flash_decode``'s keywords do, and so does
-    ``heads_on_n``."""
+    ``heads_on_n`` (default: the plan's)."""
     cfg = quant_config_for(D, group, T, cc=cc, paged=paged, **overrides)
+    if heads_on_n is None:
+        heads_on_n = cfg.heads_on_n and cfg.num_warps == 1
     meta = quant_constexprs(hkv, group, D, cfg, bs=16 if paged else 1, has_lengths=has_lengths, split=split,
                             paged=paged, asm=cc >= (8, 0), heads_on_n=heads_on_n)
     return (_quant_attend_kernel, quant_signature(fmt), meta, cfg.num_warps)

@@ -8,7 +8,8 @@ tokens); prints a line per setting.
     LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/quant_plan.py --out data/results [--hkv 8] [--labels plan]
         [--shapes 1x8192 8x8192]
 
-"plan" is what ``quant_flash_decode`` picks. "4-warp" is the 128-token, 4-warp, 3-stage build
+"plan" is what ``quant_flash_decode`` picks (on sm_90 since 2026-12-07: "heads on N pps=7", for MHA
+and for GQA up to 8 heads a KV head). "4-warp" is the 128-token, 4-warp, 3-stage build
 with splits aimed at two programs an SM. "1-warp pps=N" asks the split heuristic for N resident
 programs an SM (at least four tiles a split), "16-token pps=N" the same with 16-token tiles and
 four stages. "heads on N pps=N" is the one-warp plan's tiles with the loop that puts the query
@@ -43,9 +44,10 @@ def settings(B: int, T: int, hkv: int = H) -> list[tuple[str, dict]]:
 
     found = [("plan", {}), ("4-warp", dict(block_t=128, num_warps=4, num_stages=3, num_splits=splits(128, 2)))]
     for pps in (5, 6, 7, 8):
-        found.append((f"1-warp pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, num_splits=splits(32, pps))))
+        found.append((f"1-warp pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, heads_on_n=False,
+                                                num_splits=splits(32, pps))))
     for pps in (8, 12):
-        found.append((f"16-token pps={pps}", dict(block_t=16, num_warps=1, num_stages=4,
+        found.append((f"16-token pps={pps}", dict(block_t=16, num_warps=1, num_stages=4, heads_on_n=False,
                                                   num_splits=splits(16, pps))))
     for pps in (7, 8):  # one warp: clean builds for every group (4 warps and 8+ heads take wgmma and byte gathers)
         found.append((f"heads on N pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, heads_on_n=True,

@@ -39,9 +39,10 @@ def test_quant_kernel_matches_the_dequantized_reference(fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_heads_on_n_loop_matches_the_dequantized_reference(fmt):
-    """The tuning loop (``heads_on_n``) with its conversions in PTX, which the interpreter
-    does not run: int8 keys and values without the subtraction, their biases taken off the
-    scores and the accumulator."""
+    """The loop with the heads on the MMA's N side (sm_90's plan; one warp) with its conversions
+    in PTX, which the interpreter does not run: int8 keys without the subtraction, their bias
+    taken off the scores. Long ranges catch an accumulator whose bias cancels (the values'
+    bias, once: 0.4-2% error at 2-4k tokens on an H100)."""
     _random_cases(fmt, random.Random(24), heads_on_n=True)
 
 
@@ -56,7 +57,8 @@ def _random_cases(fmt, rng, **extra):
         v = quantize(torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.float16), fmt)
         kw = dict(num_splits=rng.choice([None, 1, 3, 16]), **extra)
         if rng.random() < 0.5:  # a configuration of the sweep rather than the plan's
-            kw.update(block_t=rng.choice([16, 32, 64, 128]), num_warps=rng.choice([1, 2, 4, 8]), num_stages=rng.choice([1, 2, 3, 4]))
+            kw.update(block_t=rng.choice([16, 32, 64, 128]), num_stages=rng.choice([1, 2, 3, 4]),
+                      num_warps=1 if extra.get("heads_on_n") else rng.choice([1, 2, 4, 8]))
         use_lengths = rng.random() < 0.7
         out = torch.full_like(q, float("nan"))
         quant_flash_decode(q, k, v, lengths=lengths if use_lengths else None, out=out, **kw)
