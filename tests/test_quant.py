@@ -431,7 +431,8 @@ def test_the_heads_on_n_loop_compiles_for_sm90_with_fewer_registers_and_no_byte_
     one_warp = dict(block_t=32, num_warps=1, num_stages=3)
     requests = [quant_build(fmt, 128, g, True, 8192, cc=(9, 0), hkv=32 // g, heads_on_n=True, **one_warp)
                 for fmt, g in (("i8", 1), ("fp8e4nv", 1), ("i8", 8), ("fp8e4nv", 4))]
-    requests.append(quant_build("i8", 128, 1, True, 8192, cc=(9, 0), hkv=32, heads_on_n=False, **one_warp))  # the other loop
+    # the other loop
+    requests.append(quant_build("i8", 128, 1, True, 8192, cc=(9, 0), hkv=32, heads_on_n=False, **one_warp))
     assert [r[2]["HEADS"] for r in requests] == [1, 1, 8, 4, 16] and all(r[2]["HEADS_ON_N"] for r in requests[:4])
     builds = compile_triton_many_for_t4(requests, ccs=[(9, 0)] * len(requests))
     assert [b.byte_shared_loads for b in builds] == [0] * 5 and all(b.spill_bytes in (None, 0) for b in builds)

@@ -81,15 +81,11 @@ def quant_flash_decode(q, k, v, *, scale: float | None = None, lengths=None, num
             if lo < 1 or hi > T:
                 raise ValueError(f"lengths must lie in [1, T={T}], got values from {lo} to {hi}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if heads_on_n and num_warps not in (None, 1):
-        raise ValueError(f"heads_on_n runs one-warp programs; got num_warps={num_warps} (pass 1, or leave it out)")
-    cfg = quant_config_for(D, Hq // Hkv, T, block_t=block_t, num_warps=1 if heads_on_n else num_warps,
-                           num_stages=num_stages, use_dot=use_dot)
-    if heads_on_n is None:  # the plan's loop, unless an override left it more than one warp
-        heads_on_n = cfg.heads_on_n and cfg.num_warps == 1
+    cfg = quant_config_for(D, Hq // Hkv, T, block_t=block_t, num_warps=num_warps, num_stages=num_stages,
+                           use_dot=use_dot, heads_on_n=heads_on_n)
     splits = plan_splits(B, Hq, Hkv, T, cfg, num_splits=num_splits, device_index=q.device.index)
     return quant_launch(q, k, v, check_out(out, q), scale=scale, T=T, cfg=cfg, num_splits=splits, lengths=lengths,
-                        biased=biased, heads_on_n=heads_on_n)
+                        biased=biased)
 
 
 def int8_decode(q, k, v, *, scale=None, **kwargs):

@@ -32,6 +32,8 @@ This module holds the kernel, its launch configuration and its launch;
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
@@ -217,21 +219,32 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
 
 
 def quant_config_for(D: int, group: int, T: int, *, cc=None, block_t=None, num_warps=None, num_stages=None,
-                     use_dot=None, short_context: bool = True, paged: bool = False) -> Config:
-    """:func:`quant_config`, the tile shrunk for short contexts, then any overrides."""
+                     use_dot=None, short_context: bool = True, paged: bool = False,
+                     heads_on_n: bool | None = None) -> Config:
+    """:func:`quant_config`, the tile shrunk for short contexts, then any overrides.
+
+    ``heads_on_n`` (default: the plan's, kept only while the program is one warp) picks the
+    loop with the query heads on the MMA's N side, which runs one-warp programs only and
+    exists on the contiguous tensor-core path alone (elsewhere it is off).
+    """
+    if heads_on_n and num_warps not in (None, 1):
+        raise ValueError(f"heads_on_n runs one-warp programs; got num_warps={num_warps} (pass 1, or leave it out)")
     if use_dot is None and block_t is not None and block_t < 16:
         use_dot = False
-    return overridden(quant_config(D, group, cc, use_dot=use_dot, paged=paged), T, block_t=block_t,
-                      num_warps=num_warps, num_stages=num_stages, short_context=short_context)
+    cfg = overridden(quant_config(D, group, cc, use_dot=use_dot, paged=paged), T, block_t=block_t,
+                     num_warps=1 if heads_on_n else num_warps, num_stages=num_stages, short_context=short_context)
+    if heads_on_n is None:
+        heads_on_n = cfg.heads_on_n and cfg.num_warps == 1
+    return replace(cfg, heads_on_n=bool(heads_on_n) and cfg.use_dot and not paged)
 
 
 def quant_constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_lengths: bool, split: bool,
-                     paged: bool, biased: bool = False, asm: bool | None = None, heads_on_n: bool = False) -> dict:
+                     paged: bool, biased: bool = False, asm: bool | None = None) -> dict:
     """The kernel's compile-time arguments for a launch (the compile tests build the same).
     ``asm`` (default: not in sim mode) writes the tensor-core path's conversions in PTX.
-    ``heads_on_n`` (the contiguous tensor-core path only) puts the query heads on the MMA's N
+    ``cfg.heads_on_n`` (the contiguous tensor-core path only) puts the query heads on the MMA's N
     side, padded by Triton to 8 rather than to :data:`~labkit.attention.triton_plan.MIN_DOT_ROWS`."""
-    heads_on_n = heads_on_n and cfg.use_dot and not paged
+    heads_on_n = cfg.heads_on_n and cfg.use_dot and not paged
     heads = min(triton.next_power_of_2(group), MAX_DOT_ROWS) if heads_on_n else heads_per_program(group, cfg.use_dot)
     asm = not runtime.is_sim() if asm is None else asm
     return dict(HKV=Hkv, GROUP=group, HEADS=heads, HEAD_CHUNKS=triton.cdiv(group, heads), HEAD_DIM=D,
@@ -241,7 +254,7 @@ def quant_constexprs(Hkv: int, group: int, D: int, cfg: Config, *, bs: int, has_
 
 
 def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: Config, num_splits: int,
-                 lengths=None, block_tables=None, biased: bool | None = None, heads_on_n: bool = False):
+                 lengths=None, block_tables=None, biased: bool | None = None):
     """Launch the kernel (and the merge when ``num_splits > 1``) on validated inputs; returns ``out``."""
     B, Hq, D = q.shape
     Hkv = k.data.shape[1]
@@ -250,7 +263,7 @@ def quant_launch(q, k: QuantKV, v: QuantKV, out, *, scale: float, T: int, cfg: C
         biased = BIASED_INT8 and k.data.dtype == torch.int8
     meta = quant_constexprs(Hkv, Hq // Hkv, D, cfg, bs=k.data.shape[2] if block_tables is not None else 1,
                             has_lengths=lengths is not None, split=num_splits > 1, paged=block_tables is not None,
-                            biased=biased and k.data.dtype == torch.int8, heads_on_n=heads_on_n)
+                            biased=biased and k.data.dtype == torch.int8)
     _quant_attend_kernel[(B * Hkv * meta["HEAD_CHUNKS"], num_splits)](
         q, k.data, v.data, k.scale, v.scale,
         block_tables if block_tables is not None else q,

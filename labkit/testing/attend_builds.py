@@ -51,11 +51,9 @@ def quant_build(fmt: str, D: int, group: int, split: bool, T: int, cc: tuple[int
     8-bit cache (``paged``: 16-token pool blocks). ``overrides`` (``block_t``, ``num_warps``,
     ``num_stages``) replace the plan's, as ``quant_flash_decode``'s keywords do, and so does
     ``heads_on_n`` (default: the plan's)."""
-    cfg = quant_config_for(D, group, T, cc=cc, paged=paged, **overrides)
-    if heads_on_n is None:
-        heads_on_n = cfg.heads_on_n and cfg.num_warps == 1
+    cfg = quant_config_for(D, group, T, cc=cc, paged=paged, heads_on_n=heads_on_n, **overrides)
     meta = quant_constexprs(hkv, group, D, cfg, bs=16 if paged else 1, has_lengths=has_lengths, split=split,
-                            paged=paged, asm=cc >= (8, 0), heads_on_n=heads_on_n)
+                            paged=paged, asm=cc >= (8, 0))
     return (_quant_attend_kernel, quant_signature(fmt), meta, cfg.num_warps)
 
 

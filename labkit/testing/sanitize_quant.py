@@ -4,10 +4,10 @@
 
 Covers the dequantizing flash-decoding kernel (contiguous and paged, int8 and, on sm_89+, fp8
 e4m3; more splits than tiles, ragged lengths, GQA on both scoring paths, T = 1 and T not a
-multiple of any tile; on sm_80+ also the tuning loop with the heads on the MMA's N side) and the quantize-on-write kernel (with RoPE, tokens at the cache's last
-slot). Each attention case runs twice into an output poisoned with NaN and is compared with
-the float64 reference of the dequantized cache; exits 1 on a wrong answer (the sanitizer's
-exit code reports memory errors).
+multiple of any tile; on sm_80+ also the loop with the heads on the MMA's N side) and the
+quantize-on-write kernel (with RoPE, tokens at the cache's last slot). Each attention case runs
+twice into an output poisoned with NaN and is compared with the float64 reference of the
+dequantized cache; exits 1 on a wrong answer (the sanitizer's exit code reports memory errors).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def main() -> int:
                 runs["quant_flash_decode(heads_on_n)"] = lambda: quant_flash_decode(
                     q, k, v, lengths=lengths, num_splits=splits, block_t=max(16, block_t or 32), num_warps=1,
                     use_dot=True, heads_on_n=True, out=nan())
-            bad += check_twice(runs, expected, torch.float16, f"{fmt} B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} splits={splits}")
+            bad += check_twice(runs, expected, torch.float16,
+                               f"{fmt} B={B} Hq={Hq} Hkv={Hkv} T={T} D={D} splits={splits}")
         # quantize-on-write, RoPE on, the last token at the cache's last slot
         R, H, S, D, N = 3, 5, 33, 128, 7
         kn, vn = (torch.randn(N, H, D, device=dev, dtype=torch.float16) for _ in range(2))
