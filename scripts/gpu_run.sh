@@ -65,7 +65,8 @@ for stage in "${STAGES[@]}"; do
     students) run students python3 scripts/gpu/student_kernels.py --out data/results ;;
     grade) run grade python3 scripts/gpu/grade.py --out "$OUT" ${GRADE_ARGS:-} ;;
     quant) run quant_plan python3 scripts/gpu/quant_plan.py --out data/results --labels plan 4-warp "1-warp pps=8" \
-             "heads on N pps=7" "heads on N pps=8" "heads on N 64-token pps=4" "heads on N 16-token pps=12"
+             "heads on N pps=5" "heads on N pps=6" \
+             "heads on N pps=7" "heads on N pps=8" "heads on N 4-stage pps=6" "heads on N 64-token pps=4" "heads on N 16-token pps=12"
            run quant_plan_gqa python3 scripts/gpu/quant_plan.py --hkv 8 --out data/results \
              --labels plan 4-warp "heads on N pps=7" "heads on N pps=8" "heads on N 64-token pps=4"
            run quant_bench python3 -m labkit.bench.quant --quick --out data/results

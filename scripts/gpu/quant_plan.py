@@ -14,8 +14,8 @@ with splits aimed at two programs an SM. "1-warp pps=N" asks the split heuristic
 programs an SM (at least four tiles a split), "16-token pps=N" the same with 16-token tiles and
 four stages. "heads on N pps=N" is the one-warp plan's tiles with the loop that puts the query
 heads on the MMA's N side (``quant_flash_decode(..., heads_on_n=True)``), at 7 and 8 programs an
-SM (its 167 registers leave room for 8), for MHA and GQA alike, and on 64-token tiles (four
-programs an SM) and 16-token ones (twelve). With ``--hkv`` below 32 the record is
+SM (its 167 registers leave room for 8; also 5 and 6, and 6 with a fourth stage), for MHA and
+GQA alike, and on 64-token tiles (four programs an SM) and 16-token ones (twelve). With ``--hkv`` below 32 the record is
 ``quant-plan-gqa<group>_<gpu>.json``. With another checkout's ``labkit`` first on
 ``PYTHONPATH`` the same settings time that checkout's kernel.
 """
@@ -49,9 +49,12 @@ def settings(B: int, T: int, hkv: int = H) -> list[tuple[str, dict]]:
     for pps in (8, 12):
         found.append((f"16-token pps={pps}", dict(block_t=16, num_warps=1, num_stages=4, heads_on_n=False,
                                                   num_splits=splits(16, pps))))
-    for pps in (7, 8):  # one warp: clean builds for every group (4 warps and 8+ heads take wgmma and byte gathers)
+    for pps in (5, 6, 7, 8):  # one warp: clean builds for every group (4 warps and 8+ heads take wgmma and byte gathers)
         found.append((f"heads on N pps={pps}", dict(block_t=32, num_warps=1, num_stages=3, heads_on_n=True,
                                                     num_splits=splits(32, pps))))
+    # a fourth stage (about 33 KB of shared memory: six programs an SM)
+    found.append(("heads on N 4-stage pps=6", dict(block_t=32, num_warps=1, num_stages=4, heads_on_n=True,
+                                                   num_splits=splits(32, 6))))
     # the same loop on 64-token tiles (50 KB of shared memory: four programs an SM) and 16-token ones
     found.append(("heads on N 64-token pps=4", dict(block_t=64, num_warps=1, num_stages=3, heads_on_n=True,
                                                     num_splits=splits(64, 4))))
