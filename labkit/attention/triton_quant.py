@@ -187,12 +187,16 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
     heads as N (:func:`~labkit.attention.quant_tile.dot_tile_t`). With one warp a tile's softmax
     needs no reduction across warps and p·V no exchange of p through shared memory; with the
     heads on N a lone query pads N to 8 rather than M to 16. The build takes 167 registers and
-    25 KB of shared memory (Triton 3.6), so eight fit an SM; the splits aim at seven, with at
+    25 KB of shared memory (Triton 3.6), so eight fit an SM; the splits aim at four, with at
     least four tiles a split for one head (a shorter range is mostly its pipeline's fill) and
-    no floor for a group. On an H100 (2026-12-07, ``data/results/h100/quant-plan_*.json`` and
-    ``quant-plan-gqa4_*.json``, ``scripts/gpu/quant_plan.py``) it was within 1% of the
-    128-token, 4-warp build below or faster at every shape timed: 30.1 against 30.6 µs at batch
-    1, 8k tokens (MHA), 11.4 against 13.9 µs at 2k, 11.8 against 14.7 µs with GQA 4 at 8k.
+    no floor for a group. Fewer, longer programs stream faster than a full SM: on an H100
+    (2026-12-07, ``data/results/h100/quant-splits_*.json``, ``scripts/gpu/quant_splits.py``)
+    aiming at four was never more than 1% behind aiming at 3, 5 or 7, and level with seven or
+    faster at every shape, MHA and GQA 4. At batch 1, 8k tokens that is 16 splits and 28.7-29.1
+    µs, against 26 splits and 30.2-31.0 µs aimed at seven: 1.71× the fp16 kernel
+    (``h100/quant_*.json``). Against the 128-token, 4-warp build below (``h100/quant-plan_*.json``,
+    ``h100/quant-plan-gqa4_*.json``): 29.1 against 30.6 µs at batch 1, 8k (MHA), 11.4 against
+    13.7 µs at 2k, 11.7 against 14.7 µs with GQA 4 at 8k. Not yet timed on an H200.
 
     Otherwise (larger groups, the paged pool, D = 256, sm_80) a tile of 128 tokens keeps as many
     bytes in flight per program as the fp16 kernel's 64, three stages deep on sm_90: the H200 sweep in
@@ -206,7 +210,7 @@ def quant_config(head_dim: int, group: int, cc: tuple[int, int] | None = None, *
         use_dot = head_dim >= 16 and cc >= (8, 0)
     if use_dot:
         if cc >= (9, 0) and group <= 8 and head_dim <= 128 and not paged:
-            return Config(block_t=32, num_warps=1, num_stages=3, use_dot=True, programs_per_sm=7,
+            return Config(block_t=32, num_warps=1, num_stages=3, use_dot=True, programs_per_sm=4,
                           min_split_tiles=4 if group == 1 else 1, heads_on_n=True)
         return Config(block_t=128, num_warps=4, num_stages=3 if cc >= (9, 0) else 1, use_dot=True,
                       programs_per_sm=2)
