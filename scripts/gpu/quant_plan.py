@@ -8,8 +8,9 @@ tokens); prints a line per setting.
     LABKIT_MODE=gpu PYTHONPATH=. python scripts/gpu/quant_plan.py --out data/results [--hkv 8] [--labels plan]
         [--shapes 1x8192 8x8192]
 
-"plan" is what ``quant_flash_decode`` picks (on sm_90 since 2026-12-07: "heads on N pps=7", for MHA
-and for GQA up to 8 heads a KV head). "4-warp" is the 128-token, 4-warp, 3-stage build
+"plan" is what ``quant_flash_decode`` picks (on sm_90 since 2026-12-07: the heads-on-N loop aimed
+at four programs an SM, for MHA and for GQA up to 8 heads a KV head; "heads on N pps=7" the plan
+before it). "4-warp" is the 128-token, 4-warp, 3-stage build
 with splits aimed at two programs an SM. "1-warp pps=N" asks the split heuristic for N resident
 programs an SM (at least four tiles a split), "16-token pps=N" the same with 16-token tiles and
 four stages. "heads on N pps=N" is the one-warp plan's tiles with the loop that puts the query
