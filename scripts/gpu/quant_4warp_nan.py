@@ -65,8 +65,7 @@ def replay(fmt: str, dev) -> list[str]:
         splits = plan_splits(B, Hkv * group, Hkv, T, cfg, num_splits=kw["num_splits"])
         out = torch.full_like(q, float("nan"))
         quant_launch(q, k, v, out, scale=1 / math.sqrt(D), T=T, cfg=cfg, num_splits=splits, lengths=lens)
-        expected = reference_on_device(q, k.data.float() * k.scale[..., None], v.data.float() * v.scale[..., None],
-                                       lens)
+        expected = reference_on_device(q, k.dequantize(torch.float64), v.dequantize(torch.float64), lens)
         err = rel_error(out, expected)
         if not err <= 2e-3:
             misses.append(f"{fmt} B={B} Hkv={Hkv} group={group} D={D} T={T} lengths={lens is not None} {kw} "

@@ -38,10 +38,15 @@ from labkit.bench.timing import copy_roofline_gbps
 SHAPES = ((1, 2048), (1, 8192), (1, 32768), (8, 2048), (8, 8192))
 
 
+def aimed_splits(B: int, T: int, hkv: int, block_t: int, pps: int) -> int:
+    """The plan's split heuristic for ``block_t``-token tiles, aimed at ``pps`` programs an SM."""
+    cfg = replace(quant_config_for(D, H // hkv, T, block_t=block_t), programs_per_sm=pps)
+    return plan_splits(B, H, hkv, T, cfg)
+
+
 def settings(B: int, T: int, hkv: int = H) -> list[tuple[str, dict]]:
-    def splits(block_t, pps):  # the plan's split heuristic aimed at pps programs an SM
-        cfg = replace(quant_config_for(D, H // hkv, T, block_t=block_t), programs_per_sm=pps)
-        return plan_splits(B, H, hkv, T, cfg)
+    def splits(block_t, pps):
+        return aimed_splits(B, T, hkv, block_t, pps)
 
     found = [("plan", {}), ("4-warp", dict(block_t=128, num_warps=4, num_stages=3, num_splits=splits(128, 2)))]
     for pps in (5, 6, 7, 8):

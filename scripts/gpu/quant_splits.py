@@ -15,14 +15,12 @@ or faster at every shape, MHA and GQA 4: the plan aims at four since.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import torch
+from quant_plan import aimed_splits  # this script's folder is first on sys.path
 
-from labkit.attention.triton_plan import plan_splits
-from labkit.attention.triton_quant import quant_config_for
-from labkit.bench.quant import D, H, fp16_kernel_record, sweep
+from labkit.bench.quant import H, fp16_kernel_record, sweep
 from labkit.bench.records import run_meta, save_records
 from labkit.bench.timing import copy_roofline_gbps
 
@@ -40,8 +38,7 @@ def fixed_counts() -> list[tuple[str, dict]]:
 def aimed(B: int, T: int, hkv: int) -> list[tuple[str, dict]]:
     found = [("plan", {})]
     for pps in PPS:
-        cfg = replace(quant_config_for(D, H // hkv, T), programs_per_sm=pps)
-        s = plan_splits(B, H, hkv, T, cfg)
+        s = aimed_splits(B, T, hkv, 32, pps)
         found.append((f"pps={pps}/s={s}", dict(block_t=32, num_splits=s, **ONE_WARP)))
     return found
 
